@@ -1,0 +1,240 @@
+r"""The mmevol command line: each command parses options, calls graph/ or sim/, and prints.
+
+Example:
+    mmevol serve-sim --port 8765 &
+    OPENAI_API_KEY=sim mmevol run seed.jsonl --images images/ --run trial \\
+        --base-url http://127.0.0.1:8765/v1
+    mmevol status --run trial
+    mmevol export --run trial -o evolved.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from graph.config import Settings, default_checkpoints_dir
+
+app = typer.Typer(
+    help="Evolve image-grounded Q&A data with the MMEvol method.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals would print API keys
+)
+out = Console()
+err = Console(stderr=True)
+
+RunOpt = Annotated[str, typer.Option("--run", help="Run name: a folder under --checkpoints.")]
+CheckpointsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoints",
+        envvar="MMEVOL_CHECKPOINTS",
+        help="Folder of runs.  [default: checkpoints]",
+        show_default=False,
+    ),
+]
+
+
+def fail(message: str) -> NoReturn:
+    """Print one error line and exit 1."""
+    err.print(f"Error: {message}", highlight=False, markup=False)
+    raise typer.Exit(code=1)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from nodes.llm import EndpointProblem
+
+    return (EndpointProblem, FileNotFoundError, ValueError)
+
+
+def guarded(call, *args, **kwargs):
+    """Run a call, turning expected errors into one line (unless MMEVOL_RAISE_ERRORS is set)."""
+    try:
+        return call(*args, **kwargs)
+    except _expected_errors() as problem:
+        if os.environ.get("MMEVOL_RAISE_ERRORS"):
+            raise
+        fail(str(problem))
+
+
+def _existing_run(run: str, checkpoints: Path | None) -> Path:
+    checkpoints = checkpoints or default_checkpoints_dir()
+    path = checkpoints / run / "results.db"
+    if not path.exists():
+        fail(f"no run named {run!r} under {str(checkpoints)!r}")
+    return path
+
+
+@app.command()
+def run(
+    seed: Annotated[
+        Path, typer.Argument(help="Seed: a JSON list, a JSONL file or a folder of JSON files.")
+    ],
+    images: Annotated[Path, typer.Option("--images", help="Image root folder.")] = Path("."),
+    run: RunOpt = "default",
+    checkpoints: CheckpointsOpt = None,
+    rounds: Annotated[int, typer.Option(help="Evolution rounds.")] = 3,
+    concurrency: Annotated[int, typer.Option(help="Samples in flight.")] = 16,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows of the seed.")] = None,
+    model: Annotated[str, typer.Option(help="Evolution model.")] = "gpt-4o-mini",
+    scorer_model: Annotated[
+        str | None, typer.Option(help="Judge model [default: --model].")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint.")
+    ] = None,
+    seed_value: Annotated[int, typer.Option("--seed", help="Seed of the operator choice.")] = 0,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    max_tokens: Annotated[int, typer.Option(help="Output token limit per call.")] = 4096,
+    max_attempts: Annotated[int, typer.Option(help="Evolution attempts per round.")] = 3,
+    chunk_size: Annotated[int, typer.Option(help="Items per evolution or judge call.")] = 10,
+    image_max_side: Annotated[
+        int, typer.Option(help="Downscale images to this many pixels.")
+    ] = 512,
+    image_detail: Annotated[str, typer.Option(help="Image detail: low, high or auto.")] = "low",
+    retry_failed: Annotated[bool, typer.Option(help="Run failed samples again.")] = False,
+) -> None:
+    """Evolve a seed (re-running the same command resumes it)."""
+    from graph import runner
+    from graph.progress import RunProgress
+
+    settings = guarded(
+        Settings,
+        run=run,
+        checkpoints=checkpoints or default_checkpoints_dir(),
+        images=images,
+        rounds=rounds,
+        concurrency=concurrency,
+        limit=limit,
+        model=model,
+        scorer_model=scorer_model,
+        base_url=base_url,
+        seed=seed_value,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        max_attempts=max_attempts,
+        chunk_size=chunk_size,
+        image_max_side=image_max_side,
+        image_detail=image_detail,
+    )
+    with RunProgress(err) as progress:
+        report = guarded(runner.run, settings, seed, retry_failed=retry_failed, listener=progress)
+    out.print(
+        f"run {run!r}: {report.done} done, {report.failed} failed, {report.skipped} skipped "
+        f"(already finished or failed earlier) -> {settings.run_dir}",
+        highlight=False,
+    )
+    for hash_id, reason in report.failures[:10]:
+        err.print(f"  failed {hash_id}: {reason}", highlight=False, markup=False)
+    if len(report.failures) > 10:
+        err.print(f"  ... and {len(report.failures) - 10} more (mmevol status --run {run})")
+
+
+@app.command()
+def status(
+    run: RunOpt = "default",
+    checkpoints: CheckpointsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show samples per status, rounds, drops and model calls of a run."""
+    from graph.store import Store
+
+    store = Store(_existing_run(run, checkpoints))
+    summary = store.summary()
+    store.close()
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    samples = ", ".join(f"{k} {v}" for k, v in sorted(summary["samples"].items())) or "none"
+    out.print(f"run {run!r}: samples {samples}", highlight=False)
+    for title, rows in (
+        ("rounds", summary["rounds"]),
+        ("calls", summary["calls"]),
+        ("dropped items", summary["dropped"]),
+        ("failures", summary["failures"]),
+    ):
+        if rows:
+            out.print(_table(title, rows))
+
+
+def _table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for key in rows[0]:
+        table.add_column(key, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    return table
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write (JSON list).")],
+    run: RunOpt = "default",
+    checkpoints: CheckpointsOpt = None,
+) -> None:
+    """Write finished samples in the authors' format: seed fields plus conversations_v1..vN."""
+    from graph.export import export_json
+
+    path = _existing_run(run, checkpoints)
+    count = guarded(export_json, path, output)
+    out.print(f"wrote {count} samples to {output}", highlight=False)
+
+
+@app.command("serve-sim")
+def serve_sim(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,
+    latency_ms: Annotated[float, typer.Option(help="Median latency of each answer.")] = 0.0,
+    heavy_tail: Annotated[
+        bool, typer.Option(help="Heavy-tailed latency around the median.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated answers.")] = 0,
+    error_rate: Annotated[float, typer.Option(help="Share of HTTP 500 answers.")] = 0.0,
+    rate_limit_rate: Annotated[float, typer.Option(help="Share of HTTP 429 answers.")] = 0.0,
+    garbage_rate: Annotated[float, typer.Option(help="Share of unusable answers.")] = 0.0,
+    truncate_rate: Annotated[
+        float, typer.Option(help="Share of answers cut at the token limit.")
+    ] = 0.0,
+    api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
+) -> None:
+    """Serve the simulated OpenAI-compatible endpoint on loopback (Ctrl-C stops it)."""
+    from sim.server import SimOptions, serve_forever
+
+    options = SimOptions(
+        seed=seed,
+        latency_ms=latency_ms,
+        latency_dist="heavy" if heavy_tail else "fixed",
+        error_rate=error_rate,
+        rate_limit_rate=rate_limit_rate,
+        garbage_rate=garbage_rate,
+        truncate_rate=truncate_rate,
+        api_key=api_key,
+    )
+    serve_forever(options, "127.0.0.1", port)
+
+
+@app.command()
+def demo(
+    samples: Annotated[int, typer.Option(help="Synthetic samples to draw.")] = 12,
+    checkpoints: CheckpointsOpt = None,
+) -> None:
+    """Draw a synthetic seed, serve the simulated endpoint, and evolve the seed end to end."""
+    from sim.demo import run_demo
+
+    result = guarded(run_demo, checkpoints or default_checkpoints_dir(), samples)
+    out.print(result.summary, highlight=False)
+
+
+def main() -> None:
+    """Run the CLI (the console script's entry point)."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Graph state, wiring, the batch runner and persistence."""

@@ -1,0 +1,103 @@
+"""Run settings: one object that the CLI fills and every node reads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def default_checkpoints_dir() -> Path:
+    """Return where runs live: ``$MMEVOL_CHECKPOINTS``, else ``./checkpoints``."""
+    return Path(os.environ.get("MMEVOL_CHECKPOINTS") or "checkpoints")
+
+
+@dataclass(kw_only=True)
+class Settings:
+    """Everything a run needs to know. CLI options map one-to-one onto these fields.
+
+    Precedence: an explicit value (a CLI option) wins, then the environment variable
+    named in the field's description, then the default.
+    """
+
+    run: str = field(default="default", metadata={"description": "Name of the run."})
+    checkpoints: Path = field(
+        default_factory=default_checkpoints_dir,
+        metadata={"description": "Folder holding one sub-folder per run (env MMEVOL_CHECKPOINTS)."},
+    )
+    images: Path = field(default=Path("."), metadata={"description": "Image root folder."})
+    model: str = field(default="gpt-4o-mini", metadata={"description": "Evolution model."})
+    scorer_model: str | None = field(
+        default=None, metadata={"description": "Judge model; the evolution model when unset."}
+    )
+    base_url: str | None = field(
+        default=None,
+        metadata={"description": "Endpoint (env OPENAI_BASE_URL, else OpenAI's)."},
+    )
+    api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"description": "API key (env OPENAI_API_KEY). Never stored."},
+    )
+    temperature: float = 1.0
+    max_tokens: int = 4096
+    timeout: float = 120.0
+    max_retries: int = field(
+        default=5, metadata={"description": "HTTP retries per call, done by the openai SDK."}
+    )
+    rounds: int = 3
+    max_attempts: int = field(
+        default=3, metadata={"description": "Evolution attempts per round before it ends empty."}
+    )
+    chunk_size: int = field(
+        default=10, metadata={"description": "Items per evolution or judge call."}
+    )
+    concurrency: int = field(default=16, metadata={"description": "Samples in flight."})
+    seed: int = field(default=0, metadata={"description": "Seed of the operator choice."})
+    image_max_side: int = 512
+    image_detail: str = "low"
+    jpeg_quality: int = 85
+    limit: int | None = None
+    structured_output: bool = False
+
+    def __post_init__(self) -> None:
+        """Fill unset values from the environment and check ranges."""
+        self.checkpoints = Path(self.checkpoints)
+        self.images = Path(self.images)
+        if self.base_url is None:
+            self.base_url = os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
+        if self.api_key is None:
+            self.api_key = os.environ.get("OPENAI_API_KEY") or None
+        for name in ("rounds", "max_attempts", "chunk_size", "concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
+        if self.image_detail not in ("low", "high", "auto"):
+            raise ValueError("image-detail must be low, high or auto")
+
+    @property
+    def judge_model(self) -> str:
+        """Return the model that scores items."""
+        return self.scorer_model or self.model
+
+    @property
+    def run_dir(self) -> Path:
+        """Return the folder of this run's databases."""
+        return self.checkpoints / self.run
+
+    @property
+    def graph_db(self) -> Path:
+        """Return the LangGraph checkpoint database of this run."""
+        return self.run_dir / "graph.sqlite"
+
+    @property
+    def results_db(self) -> Path:
+        """Return the results database of this run."""
+        return self.run_dir / "results.db"
+
+    def public(self) -> dict:
+        """Return the settings as JSON-ready values, without the API key."""
+        data = asdict(self)
+        data.pop("api_key")
+        return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}

@@ -1,0 +1,181 @@
+"""Run a seed through the graph: many samples in flight, each its own checkpointed thread.
+
+There is no barrier between rounds: a sample goes from round 1 to round 3 on its own,
+and a new sample starts as soon as one finishes, so a slow sample never holds the
+others back. Re-running the same command resumes: finished samples are skipped and
+interrupted ones continue from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph.state import CompiledStateGraph
+
+from graph.build import build_graph
+from graph.config import Settings
+from graph.context import RunContext
+from graph.seed import SeedRow, count_rows, read_seed
+from graph.store import Store
+from nodes import images
+from nodes.llm import ModelClient, preflight
+
+Listener = Callable[[str, str], None]
+"""Called with (event, hash_id). Events: total (the row count, or "" when unknown, in place of a
+hash_id), skipped (finished earlier), rejected (bad input, never started), started, done, failed."""
+
+
+@dataclass
+class RunReport:
+    """What one invocation of the runner did."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def thread_config(settings: Settings, hash_id: str) -> dict:
+    """Return the LangGraph config of one sample: its thread, tags for tracing, step limit."""
+    return {
+        "configurable": {"thread_id": hash_id},
+        # Each attempt is three steps and each round two more; leave ample headroom.
+        "recursion_limit": settings.rounds * (3 * settings.max_attempts + 4) + 10,
+        "run_name": f"mmevol {hash_id}",
+        "tags": ["mmevol", f"run:{settings.run}", f"sample:{hash_id}"],
+        "metadata": {"mmevol_run": settings.run, "hash_id": hash_id},
+    }
+
+
+def compile_graph(saver: AsyncSqliteSaver) -> CompiledStateGraph:
+    """Compile the sample graph with a checkpointer."""
+    return build_graph().compile(checkpointer=saver)
+
+
+def run(
+    settings: Settings, seed: Path, *, retry_failed: bool = False, listener: Listener | None = None
+) -> RunReport:
+    """Run (or resume) a seed; see ``run_async``."""
+    return asyncio.run(run_async(settings, seed, retry_failed=retry_failed, listener=listener))
+
+
+async def run_async(
+    settings: Settings,
+    seed: Path,
+    *,
+    retry_failed: bool = False,
+    listener: Listener | None = None,
+) -> RunReport:
+    """Run every sample of a seed through the graph, ``settings.concurrency`` at a time.
+
+    Raises:
+        EndpointProblem: the key is missing or the endpoint unreachable (before any sample).
+        FileNotFoundError: the seed does not exist.
+    """
+    seed = Path(seed)
+    if not seed.exists():
+        raise FileNotFoundError(f"seed {str(seed)!r} does not exist")
+    await preflight(settings)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.results_db)
+    report = RunReport()
+    notify = listener or (lambda event, hash_id: None)
+    try:
+        store.set_meta("settings", settings.public())
+        store.set_meta("seed", str(seed.resolve()))
+        ctx = RunContext(settings, store, ModelClient(settings, store))
+        async with AsyncSqliteSaver.from_conn_string(str(settings.graph_db)) as saver:
+            await _run_rows(compile_graph(saver), ctx, seed, retry_failed, report, notify)
+    finally:
+        store.close()
+    return report
+
+
+async def _run_rows(
+    graph: CompiledStateGraph,
+    ctx: RunContext,
+    seed: Path,
+    retry_failed: bool,
+    report: RunReport,
+    notify: Listener,
+) -> None:
+    settings, store = ctx.settings, ctx.store
+    statuses = store.statuses()
+    seen: set[str] = set()
+    slots = asyncio.Semaphore(settings.concurrency)
+    running: set[asyncio.Task] = set()
+
+    def fail(row: SeedRow, reason: str, key: str | None = None) -> None:
+        store.fail_sample(key or row.hash_id, reason, idx=row.index, source_id=row.source_id)
+        report.failed += 1
+        report.failures.append((key or row.hash_id, reason))
+        notify("rejected", key or row.hash_id)
+
+    total = count_rows(seed)
+    if settings.limit is not None:
+        total = settings.limit if total is None else min(total, settings.limit)
+    notify("total", str(total) if total is not None else "")
+    for row in read_seed(seed):
+        if settings.limit is not None and row.index >= settings.limit:
+            break
+        status = statuses.get(row.hash_id)
+        if status == "done" or (status == "failed" and not retry_failed):
+            report.skipped += 1
+            notify("skipped", row.hash_id)
+            continue
+        if row.error is not None:
+            fail(row, row.error)
+            continue
+        if row.hash_id in seen:
+            fail(
+                row,
+                f"row {row.index}: hash_id {row.hash_id!r} appears twice in the seed",
+                f"row-{row.index}",
+            )
+            continue
+        seen.add(row.hash_id)
+        try:
+            images.check(settings.images, row.sample.image)
+        except images.ImageProblem as err:
+            fail(row, f"row {row.index} ({row.hash_id}): {err}")
+            continue
+        # Waiting for a free slot before reading on keeps memory flat on a huge seed.
+        await slots.acquire()
+        task = asyncio.create_task(_run_sample(graph, ctx, row, report, notify))
+        running.add(task)
+        task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+    if running:
+        await asyncio.gather(*running)
+
+
+async def _run_sample(
+    graph: CompiledStateGraph, ctx: RunContext, row: SeedRow, report: RunReport, notify: Listener
+) -> None:
+    assert row.sample is not None
+    store = ctx.store
+    config = thread_config(ctx.settings, row.hash_id)
+    store.start_sample(row.hash_id, row.index, row.source_id, row.raw or {})
+    notify("started", row.hash_id)
+    try:
+        snapshot = await graph.aget_state(config)
+        if snapshot.values and not snapshot.next:
+            final = snapshot.values  # finished before a crash could record it
+        else:
+            # With a checkpoint, None continues the thread where it stopped.
+            start = None if snapshot.values else row.sample
+            final = await graph.ainvoke(start, config, context=ctx, durability="sync")
+    except (openai.APIError, images.ImageProblem) as err:
+        reason = f"row {row.index} ({row.hash_id}): {type(err).__name__}: {err}"
+        store.fail_sample(row.hash_id, reason)
+        report.failed += 1
+        report.failures.append((row.hash_id, reason))
+        notify("failed", row.hash_id)
+        return
+    store.finish_sample(row.hash_id, len(final["rounds"]))
+    report.done += 1
+    notify("done", row.hash_id)

@@ -1,0 +1,1 @@
+"""Graph nodes (one module each), prompts, the model client and output parsing."""

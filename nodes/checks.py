@@ -1,0 +1,101 @@
+"""Check evolved items against the method's constraints; each failure names its reason."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from nodes.parsing import QAItem
+
+_NUMBER = r"-?\d+(?:\.\d+)?"
+_BOX = re.compile(rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]")
+# Rounding to 2 decimals moves a coordinate by at most 0.005.
+_TOLERANCE = 0.005 + 1e-9
+
+_LEAKS = re.compile(
+    r"given\s+q\s*&\s*a|rewritten\s+q\s*&\s*a|q\s*&\s*a\s*&\s*s|#\s*created|"
+    r"\bgiven (?:item|question|sample)s?\b|\brewritten (?:item|question|sample)s?\b",
+    re.IGNORECASE,
+)
+_REFUSAL = re.compile(
+    r"^\s*(?:i'?m sorry|i am sorry|i can(?:no|')t (?:help|assist|answer|determine)|"
+    r"i(?: am|'m) unable|as an ai)",
+    re.IGNORECASE,
+)
+_LOCALISE = re.compile(
+    r"\b(?:bounding[ _-]?box(?:es)?|bbox(?:es)?|coordinates?|bbx_?\d*)\b", re.IGNORECASE
+)
+
+
+def _texts(item: QAItem) -> list[str]:
+    texts = [item.question, item.answer]
+    for step in item.steps:
+        texts += [step.manipulation, step.description]
+    return texts
+
+
+def boxes_in(item: QAItem) -> list[tuple[float, ...]]:
+    """Return every 4-number box written anywhere in an item."""
+    found = []
+    for text in _texts(item):
+        for match in _BOX.finditer(text):
+            found.append(tuple(float(g) for g in match.groups()))
+    return found
+
+
+def _is_given(box: tuple[float, ...], given: Sequence[Sequence[float]]) -> bool:
+    return any(
+        len(g) == 4 and all(abs(a - b) <= _TOLERANCE for a, b in zip(box, g, strict=True))
+        for g in given
+    )
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def check_item(
+    item: QAItem, given_boxes: Sequence[Sequence[float]], given_items: Sequence[QAItem]
+) -> str | None:
+    """Return why an item breaks the method's constraints, or None when it is fine."""
+    for text in (item.question, item.answer):
+        if _LEAKS.search(text):
+            return "mentions the prompt's own wording"
+    if _REFUSAL.match(item.answer) or _REFUSAL.match(item.question):
+        return "is a refusal"
+    boxes = boxes_in(item)
+    if given_boxes:
+        invented = [b for b in boxes if not _is_given(b, given_boxes)]
+        if invented:
+            shown = ", ".join(f"[{', '.join(f'{v:g}' for v in b)}]" for b in invented[:2])
+            return f"has coordinates that are not among the given boxes: {shown}"
+    else:
+        if boxes:
+            return "has coordinates although no boxes were given"
+        if _LOCALISE.search(item.question):
+            return "asks for localisation by coordinates although no boxes were given"
+    key = (_normal(item.question), _normal(item.answer))
+    if any((_normal(g.question), _normal(g.answer)) == key for g in given_items):
+        return "is identical to an item it was made from"
+    return None
+
+
+def screen(
+    items: Sequence[QAItem],
+    given_boxes: Sequence[Sequence[float]],
+    given_items: Sequence[QAItem],
+) -> tuple[list[QAItem], list[tuple[QAItem, str]]]:
+    """Split items into those that pass and (item, reason) for those that do not."""
+    kept: list[QAItem] = []
+    dropped: list[tuple[QAItem, str]] = []
+    seen: set[str] = set()
+    for item in items:
+        reason = check_item(item, given_boxes, given_items)
+        if reason is None and _normal(item.question) in seen:
+            reason = "repeats another item of the same answer"
+        if reason is None:
+            seen.add(_normal(item.question))
+            kept.append(item)
+        else:
+            dropped.append((item, reason))
+    return kept, dropped

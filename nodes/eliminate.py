@@ -1,0 +1,63 @@
+"""Keep the candidates the judge found improved, record the round, and move to the next."""
+
+from __future__ import annotations
+
+from langgraph.runtime import Runtime
+
+from graph.context import RunContext
+from graph.state import Dropped, RoundRecord, SampleState
+from nodes.parsing import ScoredItem
+
+
+async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
+    """Write the round's kept and dropped items, then reset the per-round fields."""
+    kept: list[ScoredItem] = []
+    drops = list(state.round_drops)
+    unscored = state.problem or "the judge gave no verdict that could be matched to this item"
+    for item, verdict in zip(
+        state.candidates, state.verdicts or [None] * len(state.candidates), strict=True
+    ):
+        if verdict is None:
+            drops.append(
+                Dropped(item=item.model_dump(), reason=f"unscored: {unscored}", stage="judge")
+            )
+        elif verdict.improved:
+            kept.append(ScoredItem(**item.model_dump(), score=verdict.score))
+        else:
+            reason = f"judged not improved (score {verdict.score})"
+            if verdict.reason:
+                reason += f": {verdict.reason}"
+            drops.append(Dropped(item=item.model_dump(), reason=reason, stage="judge"))
+    if not state.candidates:
+        reason = f"no usable evolution after {state.attempt - 1} attempts: {state.problem}"
+    elif not kept:
+        reason = "no item was judged improved"
+    else:
+        reason = None
+    record = RoundRecord(
+        round=state.round,
+        operator=state.operator or "perceptual",
+        attempts=state.attempt if state.candidates else state.attempt - 1,
+        candidates=len(state.candidates),
+        kept=kept,
+        dropped=len(drops),
+        reason=reason,
+    )
+    runtime.context.store.save_round(
+        state.hash_id,
+        record.model_dump(exclude={"kept"}) | {"kept": len(kept)},
+        [k.model_dump() for k in kept],
+        [d.model_dump() for d in drops],
+    )
+    return {
+        "rounds": [record],
+        "round": state.round + 1,
+        "attempt": 1,
+        "operator": None,
+        "calls": [],
+        "candidates": [],
+        "origins": [],
+        "verdicts": [],
+        "round_drops": [],
+        "problem": None,
+    }

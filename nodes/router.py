@@ -1,0 +1,31 @@
+"""Routing after each decision point: score, retry, give the round up, next round or finish."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from langgraph.graph import END
+from langgraph.runtime import Runtime
+
+from graph.context import RunContext
+from graph.state import SampleState
+
+
+def route_after_validate(
+    state: SampleState, runtime: Runtime[RunContext]
+) -> Literal["score", "select_operator", "eliminate"]:
+    """Score usable candidates, retry an unusable answer, or end the round empty."""
+    if state.candidates:
+        return "score"
+    if state.attempt <= runtime.context.settings.max_attempts:
+        return "select_operator"
+    return "eliminate"
+
+
+def route_after_eliminate(
+    state: SampleState, runtime: Runtime[RunContext]
+) -> Literal["select_operator", "__end__"]:
+    """Start the next round, or finish after the last one."""
+    if state.round <= runtime.context.settings.rounds:
+        return "select_operator"
+    return END

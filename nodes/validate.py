@@ -1,0 +1,56 @@
+"""Parse the evolution answers and check each item against the method's constraints."""
+
+from __future__ import annotations
+
+from langgraph.runtime import Runtime
+
+from graph.context import RunContext
+from graph.state import Dropped, SampleState
+from nodes.checks import screen
+from nodes.parsing import QAItem, UnusableAnswer, parse_items
+
+
+async def validate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
+    """Turn the recorded answers into candidate items; an unusable attempt asks for a retry."""
+    store = runtime.context.store
+    given = state.current_items()
+    boxes = [b.bbox for b in state.boxes]
+    candidates: list[QAItem] = []
+    origins: list[int] = []
+    drops = list(state.round_drops)
+    problems: list[str] = []
+    for chunk, call_id in enumerate(state.calls):
+        call = store.get_call(call_id)
+        try:
+            if call["finish_reason"] == "length":
+                raise UnusableAnswer("the answer was cut off at the output token limit")
+            parsed = parse_items(call["response"])
+        except UnusableAnswer as err:
+            problems.append(str(err))
+            store.set_parse(call_id, f"unusable: {err}")
+            continue
+        store.set_parse(call_id, "repaired" if parsed.repaired else "ok")
+        drops += [
+            Dropped(item={"raw": raw}, reason=reason, stage="parse")
+            for raw, reason in parsed.rejected
+        ]
+        kept, rejected = screen(parsed.items, boxes, given + candidates)
+        drops += [Dropped(item=i.model_dump(), reason=r, stage="check") for i, r in rejected]
+        if not kept and rejected:
+            problems.append("every item broke a constraint: " + rejected[0][1])
+        candidates += kept
+        origins += [chunk] * len(kept)
+    if candidates:
+        return {
+            "candidates": candidates,
+            "origins": origins,
+            "round_drops": drops,
+            "problem": None,
+        }
+    return {
+        "candidates": [],
+        "origins": [],
+        "round_drops": drops,
+        "problem": "; ".join(dict.fromkeys(problems)) or "no usable item",
+        "attempt": state.attempt + 1,
+    }

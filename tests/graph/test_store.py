@@ -1,0 +1,50 @@
+from graph.store import Store, migrations
+
+EXPECTED_TABLES = {"meta", "samples", "rounds", "items", "dropped", "calls", "_sqlite_migrations"}
+
+
+def test_migrate_blank():
+    store = Store(None)
+    assert set(store.db.table_names()) == EXPECTED_TABLES
+    assert store.db["calls"].columns_dict["response"] is str
+    assert not migrations.pending(store.db)
+
+
+def test_reopen_applies_nothing_twice(tmp_path):
+    path = tmp_path / "results.db"
+    Store(path).close()
+    store = Store(path)
+    assert [m.name for m in migrations.applied(store.db)] == ["m001_initial"]
+
+
+def test_round_rewrite_replaces_and_export_orders_by_seed():
+    store = Store(None)
+    store.start_sample("b", 1, "x", {"id": "x", "image": "b.jpg", "extra": 1})
+    store.start_sample("a", 0, "y", {"id": "y", "image": "a.jpg"})
+    record = {"round": 1, "operator": "reasoning", "attempts": 1, "candidates": 2, "kept": 1, "dropped": 1, "reason": None}
+    kept = [{"question": "Q", "answer": "A", "score": 7}]
+    dropped = [{"item": {"question": "Q2"}, "reason": "judged not improved", "stage": "judge"}]
+    store.save_round("b", record, kept, dropped)
+    store.save_round("b", record, kept, dropped)  # a re-run step must not duplicate rows
+    assert store.db["items"].count == 1 and store.db["dropped"].count == 1
+    store.finish_sample("b", 1)
+    store.finish_sample("a", 1)
+    rows = list(store.export_rows(rounds=2))
+    assert [r["hash_id"] for r in rows] == ["a", "b"]
+    assert rows[1]["conversations_v1"] == kept and rows[1]["conversations_v2"] == []
+    assert rows[1]["extra"] == 1 and rows[1]["topic_name"] == []
+
+
+def test_calls_are_found_by_key_only_when_successful():
+    store = Store(None)
+    store.log_call({"key": "k", "error": "APIConnectionError: boom"})
+    assert store.find_call("k") is None
+    call_id = store.log_call({"key": "k", "response": "[]", "finish_reason": "stop"})
+    assert store.find_call("k")["id"] == call_id
+
+
+def test_failed_rows_without_a_start_keep_position():
+    store = Store(None)
+    store.fail_sample("row-3", "row 3: invalid JSON", idx=3)
+    assert store.statuses() == {"row-3": "failed"}
+    assert store.summary()["failures"] == [{"reason": "row 3: invalid JSON", "n": 1}]
