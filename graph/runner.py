@@ -89,8 +89,11 @@ async def run_async(
         store.set_meta("settings", settings.public())
         store.set_meta("seed", str(seed.resolve()))
         ctx = RunContext(settings, store, ModelClient(settings, store))
-        async with AsyncSqliteSaver.from_conn_string(str(settings.graph_db)) as saver:
-            await _run_rows(compile_graph(saver), ctx, seed, retry_failed, report, notify)
+        try:
+            async with AsyncSqliteSaver.from_conn_string(str(settings.graph_db)) as saver:
+                await _run_rows(compile_graph(saver), ctx, seed, retry_failed, report, notify)
+        finally:
+            await ctx.client.aclose()
     finally:
         store.close()
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,7 +52,15 @@ def m001_initial(db: Database) -> None:
         pk=("hash_id", "round", "position"),
     )
     db["dropped"].create(
-        {"id": int, "hash_id": str, "round": int, "stage": str, "reason": str, "item": str},
+        {
+            "id": int,
+            "hash_id": str,
+            "round": int,
+            "stage": str,
+            "kind": str,
+            "reason": str,
+            "item": str,
+        },
         pk="id",
     )
     db["dropped"].create_index(["hash_id", "round"])
@@ -78,6 +87,11 @@ def m001_initial(db: Database) -> None:
     )
     db["calls"].create_index(["key"])
     db["calls"].create_index(["hash_id"])
+
+
+def reason_kind(reason: str) -> str:
+    """Return the category of a drop reason: its text before any colon, without the score."""
+    return re.sub(r"\s*\(score \d+\)", "", reason.split(":", 1)[0]).strip()
 
 
 def open_db(path: Path | str | None) -> Database:
@@ -193,6 +207,7 @@ class Store:
                     "hash_id": hash_id,
                     "round": rnd,
                     "stage": d["stage"],
+                    "kind": reason_kind(d["reason"]),
                     "reason": d["reason"],
                     "item": json.dumps(d["item"], ensure_ascii=False),
                 }
@@ -262,8 +277,8 @@ class Store:
         drops = [
             dict(r)
             for r in db.query(
-                "select stage, reason, count(*) as n from dropped group by stage, reason"
-                " order by n desc limit 20"
+                "select stage, kind as reason, count(*) as items from dropped"
+                " group by stage, kind order by items desc limit 20"
             )
         ]
         failures = [

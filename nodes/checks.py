@@ -84,15 +84,20 @@ def screen(
     items: Sequence[QAItem],
     given_boxes: Sequence[Sequence[float]],
     given_items: Sequence[QAItem],
+    earlier: Sequence[QAItem] = (),
 ) -> tuple[list[QAItem], list[tuple[QAItem, str]]]:
-    """Split items into those that pass and (item, reason) for those that do not."""
+    """Split items into those that pass and (item, reason) for those that do not.
+
+    ``earlier`` holds items already accepted in this round (from other chunks); an item
+    asking the same question as one of them, or as an item before it, is a repeat.
+    """
     kept: list[QAItem] = []
     dropped: list[tuple[QAItem, str]] = []
-    seen: set[str] = set()
+    seen = {_normal(i.question) for i in earlier}
     for item in items:
         reason = check_item(item, given_boxes, given_items)
         if reason is None and _normal(item.question) in seen:
-            reason = "repeats another item of the same answer"
+            reason = "repeats the question of another new item"
         if reason is None:
             seen.add(_normal(item.question))
             kept.append(item)

@@ -8,7 +8,6 @@ returns it without calling the endpoint, so no answer is paid for twice.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -49,9 +48,10 @@ class Answer:
     reused: bool
 
 
-def make_chat(settings: Settings, model: str) -> ChatOpenAI:
+def make_chat(settings: Settings, model: str, http_client: object | None = None) -> ChatOpenAI:
     """Build the ChatOpenAI client for one model from the settings."""
     return ChatOpenAI(
+        http_async_client=http_client,
         model=model,
         base_url=settings.base_url,
         api_key=settings.api_key or "unset",
@@ -78,13 +78,24 @@ class ModelClient:
     """Ask the evolution and judge models, recording each call in the results database."""
 
     def __init__(self, settings: Settings, store: Store):
-        """Build one ChatOpenAI per model role."""
+        """Build one ChatOpenAI per model role, sharing one connection pool of this run.
+
+        langchain-openai otherwise shares a process-wide async HTTP client, which stays
+        bound to the event loop of the first run and breaks the next ``asyncio.run``.
+        """
         self.settings = settings
         self.store = store
+        self.http = openai.DefaultAsyncHttpxClient(
+            limits=_limits(max(100, settings.concurrency * 4)), timeout=settings.timeout
+        )
         self.chats = {
-            "evolve": make_chat(settings, settings.model),
-            "score": make_chat(settings, settings.judge_model),
+            "evolve": make_chat(settings, settings.model, self.http),
+            "score": make_chat(settings, settings.judge_model, self.http),
         }
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.http.aclose()
 
     async def ask(self, key: CallKey, text: str, image_url: str | None = None) -> Answer:
         """Return the answer recorded under ``key``, or ask the model and record it.
@@ -128,6 +139,12 @@ class ModelClient:
         return Answer(self.store.log_call(row), content, finish, False)
 
 
+def _limits(connections: int) -> object:
+    from langchain_openai._compat import httpx
+
+    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
@@ -156,6 +173,3 @@ async def preflight(settings: Settings) -> None:
         pass
     finally:
         await client.close()
-
-
-__all__ = ["Answer", "CallKey", "EndpointProblem", "ModelClient", "asyncio", "preflight"]

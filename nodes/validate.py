@@ -31,10 +31,10 @@ async def validate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
             continue
         store.set_parse(call_id, "repaired" if parsed.repaired else "ok")
         drops += [
-            Dropped(item={"raw": raw}, reason=reason, stage="parse")
+            Dropped(item={"raw": raw}, reason=f"not a valid item: {reason}", stage="parse")
             for raw, reason in parsed.rejected
         ]
-        kept, rejected = screen(parsed.items, boxes, given + candidates)
+        kept, rejected = screen(parsed.items, boxes, given, earlier=candidates)
         drops += [Dropped(item=i.model_dump(), reason=r, stage="check") for i, r in rejected]
         if not kept and rejected:
             problems.append("every item broke a constraint: " + rejected[0][1])

@@ -8,7 +8,10 @@ GOOD = {
     "id": "42",
     "image": "coco/train2017/0001.jpg",
     "conversations_v0": [{"question": "What is this?", "answer": "A cat."}],
-    "caption": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A cat on a mat."}],
+    "caption": [
+        {"from": "human", "value": "<image>\nDescribe."},
+        {"from": "gpt", "value": "A cat on a mat."},
+    ],
     "det": [{"label": "cat", "bbox": [0.1, 0.2, 0.3, 0.4], "confidence": 0.9}],
 }
 

@@ -21,7 +21,15 @@ def test_round_rewrite_replaces_and_export_orders_by_seed():
     store = Store(None)
     store.start_sample("b", 1, "x", {"id": "x", "image": "b.jpg", "extra": 1})
     store.start_sample("a", 0, "y", {"id": "y", "image": "a.jpg"})
-    record = {"round": 1, "operator": "reasoning", "attempts": 1, "candidates": 2, "kept": 1, "dropped": 1, "reason": None}
+    record = {
+        "round": 1,
+        "operator": "reasoning",
+        "attempts": 1,
+        "candidates": 2,
+        "kept": 1,
+        "dropped": 1,
+        "reason": None,
+    }
     kept = [{"question": "Q", "answer": "A", "score": 7}]
     dropped = [{"item": {"question": "Q2"}, "reason": "judged not improved", "stage": "judge"}]
     store.save_round("b", record, kept, dropped)

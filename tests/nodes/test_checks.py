@@ -16,7 +16,9 @@ def item(question="Where is the dog?", answer="On the left.", steps=()):
 def test_given_boxes_pass_also_rounded_to_two_decimals():
     ok = item(answer="The dog is at [0.100, 0.200, 0.300, 0.400].")
     assert check_item(ok, BOXES, SEED) is None
-    rounded = item(question="What is in [0.5, 0.5, 0.9, 0.95]?", answer="A cat at [0.10, 0.20, 0.30, 0.40].")
+    rounded = item(
+        question="What is in [0.5, 0.5, 0.9, 0.95]?", answer="A cat at [0.10, 0.20, 0.30, 0.40]."
+    )
     assert check_item(rounded, BOXES, SEED) is None
 
 
@@ -37,7 +39,9 @@ def test_no_boxes_means_no_coordinates_and_no_localisation():
 
 
 def test_leaks_refusals_and_copies():
-    assert "prompt's own wording" in check_item(item(question="Based on the Given Q&A, what is it?"), [], SEED)
+    assert "prompt's own wording" in check_item(
+        item(question="Based on the Given Q&A, what is it?"), [], SEED
+    )
     assert "prompt's own wording" in check_item(item(answer="#Created Q&A&S: ..."), [], SEED)
     assert "refusal" in check_item(item(answer="I'm sorry, I can't help with that."), [], SEED)
     copy = item(question="what colour is the  car?", answer="red.")
@@ -48,7 +52,9 @@ def test_screen_drops_repeats_and_keeps_order():
     a, b = item(question="Q one?"), item(question="Q two?")
     kept, dropped = screen([a, b, item(question="q ONE?")], [], SEED)
     assert [k.question for k in kept] == ["Q one?", "Q two?"]
-    assert dropped[0][1] == "repeats another item of the same answer"
+    assert dropped[0][1] == "repeats the question of another new item"
+    _, dropped = screen([item(question="Q TWO?")], [], SEED, earlier=[b])
+    assert dropped[0][1] == "repeats the question of another new item"
 
 
 def test_boxes_in_reads_every_text():

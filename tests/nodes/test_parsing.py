@@ -24,8 +24,7 @@ def test_single_object_becomes_a_list():
 
 def test_raw_newline_inside_string_and_trailing_comma_are_repaired():
     text = (
-        '```json\n[{"question": "Which colour is the car?\nA. red\nB. blue", '
-        '"answer": "A",},]\n```'
+        '```json\n[{"question": "Which colour is the car?\nA. red\nB. blue", "answer": "A",},]\n```'
     )
     parsed = parse_items(text)
     assert parsed.items[0].question.startswith("Which colour")
@@ -34,11 +33,11 @@ def test_raw_newline_inside_string_and_trailing_comma_are_repaired():
 
 
 def test_comments_and_curly_quotes():
-    text = (
-        '[\n  // first item\n  {"question": "How many dogs?", "answer": "Two dogs", }\n]'
-    )
+    text = '[\n  // first item\n  {"question": "How many dogs?", "answer": "Two dogs", }\n]'
     assert parse_items(text).items[0].answer == "Two dogs"
-    curly = "[{\u201cquestion\u201d: \u201cWhat is it?\u201d, \u201canswer\u201d: \u201cA cat.\u201d}]"
+    curly = (
+        "[{\u201cquestion\u201d: \u201cWhat is it?\u201d, \u201canswer\u201d: \u201cA cat.\u201d}]"
+    )
     assert parse_items(curly).items[0].answer == "A cat."
 
 
@@ -56,7 +55,9 @@ def test_loose_shapes_are_normalised():
 
 
 def test_answer_given_as_object():
-    item = parse_items('[{"question": "Q?", "answer": {"choice": "B", "why": "it is blue"}}]').items[0]
+    item = parse_items(
+        '[{"question": "Q?", "answer": {"choice": "B", "why": "it is blue"}}]'
+    ).items[0]
     assert item.answer == "choice: B\nwhy: it is blue"
 
 

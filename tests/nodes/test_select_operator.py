@@ -4,11 +4,17 @@ from nodes.select_operator import pick_operator
 
 
 def test_same_inputs_same_operator():
-    assert all(pick_operator(7, f"{i}_x.jpg", 2, 1) == pick_operator(7, f"{i}_x.jpg", 2, 1) for i in range(50))
+    assert all(
+        pick_operator(7, f"{i}_x.jpg", 2, 1) == pick_operator(7, f"{i}_x.jpg", 2, 1)
+        for i in range(50)
+    )
 
 
 def test_seed_round_and_attempt_change_the_draw():
-    draws = lambda **kw: [pick_operator(kw.get("seed", 0), f"{i}_x.jpg", kw.get("r", 1), kw.get("a", 1)) for i in range(200)]  # noqa: E731
+    draws = lambda **kw: [
+        pick_operator(kw.get("seed", 0), f"{i}_x.jpg", kw.get("r", 1), kw.get("a", 1))
+        for i in range(200)
+    ]  # noqa: E731
     base = draws()
     assert base != draws(seed=1)
     assert base != draws(r=2)

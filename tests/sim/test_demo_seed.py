@@ -40,8 +40,9 @@ def demo(tmp_path_factory):
 def test_shape_box_matches_drawn_pixels():
     rng = random.Random(7)
     for _ in range(200):
-        s = Shape(rng.choice(KINDS), "red", rng.randint(0, 50), rng.randint(0, 50),
-                  rng.randint(20, 150))
+        s = Shape(
+            rng.choice(KINDS), "red", rng.randint(0, 50), rng.randint(0, 50), rng.randint(20, 150)
+        )
         mask = Image.new("RGB", (220, 220))
         s.draw(ImageDraw.Draw(mask))
         assert mask.getbbox() == s.box(), s
@@ -53,8 +54,10 @@ def test_samples_follow_the_seed_format(demo):
     assert len({s["image"] for s in samples}) == 12
     for i, s in enumerate(samples):
         assert set(s) - {"hash_id"} == {"id", "image", "conversations_v0", "caption", "det"}
-        assert s.get("hash_id", f"{i}_{s['image'].replace('/', '_')}") == \
-            f"{i}_{s['image'].replace('/', '_')}"
+        assert (
+            s.get("hash_id", f"{i}_{s['image'].replace('/', '_')}")
+            == f"{i}_{s['image'].replace('/', '_')}"
+        )
         conv = s["conversations_v0"]
         if i % 6 == 4:  # LLaVA turns
             assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2)
@@ -136,10 +139,17 @@ def write_jsonl(path: Path, samples: list[dict]) -> Path:
 
 def test_placeholders_formats_and_skip(tmp_path):
     det = [{"label": "dog", "bbox": [0.1, 0.2, 0.5, 0.9]}]
-    names = {"a/x.jpg": "JPEG", "a/y.JPEG": "JPEG", "b/z.png": "PNG", "c/w.webp": "WEBP",
-             "d/v.bmp": "JPEG"}
-    seed = write_jsonl(tmp_path / "seed.jsonl",
-                       [{"image": n, "det": det if k % 2 else []} for k, n in enumerate(names)])
+    names = {
+        "a/x.jpg": "JPEG",
+        "a/y.JPEG": "JPEG",
+        "b/z.png": "PNG",
+        "c/w.webp": "WEBP",
+        "d/v.bmp": "JPEG",
+    }
+    seed = write_jsonl(
+        tmp_path / "seed.jsonl",
+        [{"image": n, "det": det if k % 2 else []} for k, n in enumerate(names)],
+    )
     root = tmp_path / "images"
     assert make_placeholders(seed, root) == 5
     for name, fmt in names.items():

@@ -1,0 +1,1 @@
+"""The simulated OpenAI-compatible endpoint and the synthetic demo data."""

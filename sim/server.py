@@ -1,0 +1,353 @@
+"""Serve a simulated OpenAI chat-completions endpoint on loopback, with scripted faults."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import math
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from sim.answers import build_reply, classify, make_rng, prompt_tokens, read_messages
+
+SCRIPT_KINDS = ("status", "content", "hang")
+FAULTS = (
+    "error", "rate_limit", "garbage", "truncate", "verdict_mismatch",
+    "unauthorized", "bad_request", "scripted",
+)  # fmt: skip
+_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "requests"}
+
+
+@dataclass
+class SimOptions:
+    """How the simulated endpoint behaves; every rate is a share of requests in 0..1."""
+
+    seed: int = 0
+    latency_ms: float = 0.0
+    latency_dist: str = "fixed"
+    """ "fixed", or "heavy": lognormal with ``latency_ms`` as its median and a long tail."""
+    error_rate: float = 0.0
+    """Share answered with HTTP 500."""
+    rate_limit_rate: float = 0.0
+    """Share answered with HTTP 429 and a Retry-After header."""
+    retry_after: float = 0.05
+    """Seconds sent in Retry-After (and in retry-after-ms); small so tests stay fast."""
+    garbage_rate: float = 0.0
+    """Share answered 200 with unusable text: empty, a refusal, an HTML page or prose."""
+    truncate_rate: float = 0.0
+    """Share cut in the middle with finish_reason "length"."""
+    verdict_mismatch_rate: float = 0.0
+    """Share of judge answers with one verdict fewer or more than asked."""
+    no_rate: float = 0.3
+    """Share of judge verdicts that are "no"."""
+    clean: bool = False
+    """Answer pure fenced JSON, without the small imperfections real models show."""
+    api_key: str | None = None
+    """When set, requests must carry ``Authorization: Bearer <api_key>``."""
+    reject_structured: bool = False
+    """Refuse ``response_format`` of type json_schema with HTTP 400, as some servers do."""
+    model: str = "sim-gpt-4o-mini"
+    """The model id /v1/models lists; any requested model is accepted anyway."""
+
+    def __post_init__(self) -> None:
+        """Check the rates and the latency distribution."""
+        rates = ("error_rate", "rate_limit_rate", "garbage_rate", "truncate_rate",
+                 "verdict_mismatch_rate", "no_rate")  # fmt: skip
+        for name in rates:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.latency_dist not in ("fixed", "heavy"):
+            raise ValueError('latency_dist must be "fixed" or "heavy"')
+        if self.latency_ms < 0 or self.retry_after < 0:
+            raise ValueError("latency_ms and retry_after must not be negative")
+
+
+def _error(
+    status: int, message: str, code: str | None = None, param: str | None = None, **kw: Any
+) -> web.Response:
+    """Build an OpenAI-style error response."""
+    kind = _ERROR_TYPES.get(status, "server_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status, **kw)
+
+
+class SimServer:
+    """An aiohttp server in a background thread that answers like an OpenAI endpoint.
+
+    Example:
+        with SimServer(SimOptions(seed=1)) as srv:
+            client = openai.OpenAI(base_url=srv.base_url, api_key="x")
+    """
+
+    def __init__(
+        self, options: SimOptions | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        """Prepare the server; ``start`` binds and serves."""
+        self.options = options or SimOptions()
+        self.host, self.port = host, port
+        self._lock = threading.Lock()
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._ids = 0
+        self.reset()
+
+    @property
+    def base_url(self) -> str:
+        """Return the URL to give an OpenAI client, ending in /v1."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def start(self) -> SimServer:
+        """Bind the port and serve from a background thread; return once listening."""
+        if self._thread is not None:
+            raise RuntimeError("the server is already running")
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self._listen(sock))
+            except BaseException as exc:  # handed to start() so the caller sees it
+                failure.append(exc)
+                return
+            finally:
+                ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="sim-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread = None
+            raise failure[0]
+        return self
+
+    async def _listen(self, sock: socket.socket) -> None:
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/sim/script", self._script)
+        app.router.add_get("/sim/stats", self._stats)
+        app.router.add_post("/sim/reset", self._reset)
+        # No access log: benchmarks push thousands of requests a second through here.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock, backlog=2048).start()
+
+    def stop(self) -> None:
+        """Stop serving and join the thread; calls still in flight are cut off."""
+        if self._thread is None or self._loop is None or self._runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._thread = self._loop = self._runner = None
+
+    def __enter__(self) -> SimServer:
+        """Start the server."""
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop the server."""
+        self.stop()
+
+    def enqueue(self, kind: str, **kw: Any) -> None:
+        """Answer the next request (any request, first in first out) from a script.
+
+        Args:
+            kind: "status" (``status``, optional ``body`` and ``headers``), "content"
+                (``content``, optional ``finish_reason``) or "hang" (wait ``seconds``,
+                then answer normally).
+            **kw: The script's fields.
+        """
+        if kind not in SCRIPT_KINDS:
+            raise ValueError(f"unknown script kind {kind!r}; use one of {SCRIPT_KINDS}")
+        with self._lock:
+            self._queue.append({"kind": kind, **kw})
+
+    def stats(self) -> dict[str, Any]:
+        """Return a copy of the counters: requests, by_kind, faults and bodies."""
+        with self._lock:
+            return {
+                "requests": self._requests,
+                "by_kind": dict(self._by_kind),
+                "faults": dict(self._faults),
+                "bodies": dict(self._bodies),
+            }
+
+    def reset(self) -> None:
+        """Clear the counters, the script queue and the memory of bodies seen."""
+        with self._lock:
+            self._requests = 0
+            self._by_kind = dict.fromkeys(("evolve", "score", "other"), 0)
+            self._faults = dict.fromkeys(FAULTS, 0)
+            self._bodies: dict[str, int] = {}
+            self._queue.clear()
+            # The prompt text of the latest requests, for tests that check what was sent.
+            self.recent: collections.deque[str] = collections.deque(maxlen=200)
+
+    def _count(self, fault: str) -> None:
+        with self._lock:
+            self._faults[fault] += 1
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        digest = hashlib.sha256(raw).hexdigest()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        body = body if isinstance(body, dict) else {}
+        text, images = read_messages(body)
+        kind = classify(text)
+        with self._lock:
+            self._requests += 1
+            self._by_kind[kind] += 1
+            seen = self._bodies.get(digest, 0)
+            self._bodies[digest] = seen + 1
+            self.recent.append(text)
+            script = self._queue.popleft() if self._queue else None
+        if script is not None:
+            if script["kind"] == "hang":
+                await asyncio.sleep(float(script.get("seconds", 1.0)))
+            else:
+                self._count("scripted")
+                return self._scripted(script, body, prompt_tokens(text, images))
+        opts = self.options
+        if opts.api_key and request.headers.get("Authorization") != f"Bearer {opts.api_key}":
+            self._count("unauthorized")
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        problem = self._problem(body)
+        if problem:
+            self._count("bad_request")
+            return _error(400, problem[1], problem[0], param=problem[0])
+        # A retry repeats the body byte for byte; counting earlier sightings lets it draw
+        # fresh faults while staying reproducible.
+        rng = make_rng(opts.seed, digest, seen)
+        delay = self._latency(rng)
+        draw = rng.random()
+        if draw < opts.rate_limit_rate:
+            self._count("rate_limit")
+            message = "Rate limit reached; try again shortly."
+            return _error(429, message, "rate_limit_exceeded", headers=self._retry_headers())
+        if delay:
+            await asyncio.sleep(delay)
+        if draw < opts.rate_limit_rate + opts.error_rate:
+            self._count("error")
+            return _error(500, "The server had an error while processing your request.")
+        reply = build_reply(text, body, opts, rng)
+        if reply.fault:
+            self._count(reply.fault)
+        prompt = prompt_tokens(text, images)
+        return self._completion(body, reply.content, reply.finish_reason, prompt)
+
+    def _problem(self, body: dict[str, Any]) -> tuple[str, str] | None:
+        """Return (parameter, message) when the request cannot be served, else None."""
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return "messages", "'messages' must be a non-empty list."
+        if body.get("stream"):
+            return "stream", "Streaming is not supported by this endpoint; send stream=false."
+        fmt = body.get("response_format")
+        structured = isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+        if structured and self.options.reject_structured:
+            return "response_format", "response_format of type json_schema is not supported."
+        return None
+
+    def _retry_headers(self) -> dict[str, str]:
+        # The openai SDK reads retry-after-ms first; other clients know only Retry-After.
+        seconds = self.options.retry_after
+        return {"Retry-After": f"{seconds:g}", "retry-after-ms": f"{seconds * 1000:g}"}
+
+    def _latency(self, rng: random.Random) -> float:
+        median = self.options.latency_ms / 1000
+        if median <= 0:
+            return 0.0
+        if self.options.latency_dist == "fixed":
+            return median
+        # Lognormal with sigma 1: p90 is about 3.6 times the median, p99 about 10 times.
+        return min(rng.lognormvariate(math.log(median), 1.0), 30 * median)
+
+    def _scripted(self, script: dict[str, Any], body: dict[str, Any], prompt: int) -> web.Response:
+        if script["kind"] == "content":
+            content = str(script.get("content", ""))
+            return self._completion(body, content, script.get("finish_reason", "stop"), prompt)
+        status = int(script.get("status", 500))
+        headers = dict(script.get("headers") or {})
+        if status == 429 and not headers:
+            headers = self._retry_headers()
+        if "body" not in script:
+            return _error(status, f"Scripted error {status}.", headers=headers)
+        payload = script["body"]
+        if isinstance(payload, str):
+            return web.Response(status=status, text=payload, headers=headers)
+        return web.json_response(payload, status=status, headers=headers)
+
+    def _completion(
+        self, body: dict[str, Any], content: str, finish_reason: str, prompt: int
+    ) -> web.Response:
+        completion = math.ceil(len(content) / 4)
+        self._ids += 1
+        message = {"role": "assistant", "content": content, "refusal": None}
+        choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+        return web.json_response(
+            {
+                "id": f"chatcmpl-sim{self._ids}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or self.options.model,
+                "choices": [choice],
+                "usage": {**usage, "total_tokens": prompt + completion},
+            }
+        )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        model = {"id": self.options.model, "object": "model", "created": 0, "owned_by": "sim"}
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def _script(self, request: web.Request) -> web.Response:
+        try:
+            script = await request.json()
+            self.enqueue(**script)
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"Bad script: {exc}")
+        with self._lock:
+            return web.json_response({"queued": len(self._queue)})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"reset": True})
+
+
+def serve_forever(
+    options: SimOptions | None = None, host: str = "127.0.0.1", port: int = 0
+) -> None:
+    """Serve until Ctrl-C, printing the base URL once the port listens."""
+    with SimServer(options, host, port) as server:
+        print(server.base_url, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

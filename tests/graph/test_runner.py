@@ -1,0 +1,128 @@
+"""End-to-end runs over real HTTP against the simulated endpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from graph import runner
+from graph.export import export_json
+from graph.store import Store
+from nodes.llm import EndpointProblem
+from sim.demo_seed import bad_indices
+
+
+def rows_of(settings):
+    store = Store(settings.results_db)
+    try:
+        return {
+            "samples": {r["hash_id"]: dict(r) for r in store.db.query("select * from samples")},
+            "rounds": [
+                dict(r) for r in store.db.query("select * from rounds order by hash_id, round")
+            ],
+            "calls": [dict(r) for r in store.db.query("select * from calls order by id")],
+        }
+    finally:
+        store.close()
+
+
+def test_end_to_end_with_bad_samples_and_export(sim, demo_seed, make_settings, tmp_path):
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images)
+    report = runner.run(settings, seed_path)
+    assert report.done == 8
+    assert report.failed == 4
+
+    data = rows_of(settings)
+    failed = {r["idx"]: r["reason"] for r in data["samples"].values() if r["status"] == "failed"}
+    bad = bad_indices(8)
+    assert "not found" in failed[bad["missing_image"]]
+    assert "escapes the image root" in failed[bad["escaping_path"]]
+    assert failed[bad["malformed"]].startswith(f"row {bad['malformed']} ")
+    assert "conversations_v0" in failed[bad["malformed"]]
+    assert "not a readable image" in failed[bad["not_an_image"]]
+    # A bad sample never reaches the model.
+    assert {c["hash_id"] for c in data["calls"]} <= {
+        h for h, r in data["samples"].items() if r["status"] == "done"
+    }
+
+    out = tmp_path / "evolved.json"
+    assert export_json(settings.results_db, out) == 8
+    exported = json.loads(out.read_text())
+    seed_rows = [json.loads(line) for line in seed_path.read_text().splitlines()][:8]
+    assert [e["image"] for e in exported] == [s["image"] for s in seed_rows]
+    for sample, original in zip(exported, seed_rows, strict=True):
+        for key, value in original.items():
+            assert sample[key] == value  # every seed field kept as it was
+        assert sample["hash_id"]
+        for rnd in (1, 2, 3):
+            for item in sample[f"conversations_v{rnd}"]:
+                assert isinstance(item["score"], int) and 0 <= item["score"] <= 10
+                assert item["question"] and item["answer"]
+    assert sum(len(s["conversations_v1"]) for s in exported) > 0
+    assert all(r["round"] in (1, 2, 3) for r in data["rounds"])
+    assert len(data["rounds"]) == 8 * 3
+
+
+def test_rerun_resumes_and_skips_finished(sim, demo_seed, make_settings):
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images, limit=3)
+    first = runner.run(settings, seed_path)
+    calls_after_first = sim.stats()["requests"]
+    second = runner.run(settings, seed_path)
+    assert (first.done, second.done, second.skipped) == (3, 0, 3)
+    assert (
+        sim.stats()["requests"] == calls_after_first + 0 * 1
+    )  # nothing asked again (preflight aside)
+
+
+def test_same_seed_same_operators_other_seed_differs(sim, demo_seed, make_settings):
+    seed_path, images = demo_seed
+
+    def operators(run, seed):
+        settings = make_settings(sim, images, run=run, seed=seed, limit=6)
+        runner.run(settings, seed_path)
+        return [(r["hash_id"], r["round"], r["operator"]) for r in rows_of(settings)["rounds"]]
+
+    assert operators("a", 11) == operators("b", 11)
+    assert operators("a", 11) != operators("c", 12)
+
+
+def test_missing_key_is_one_error_before_any_sample(sim, demo_seed, make_settings):
+    seed_path, images = demo_seed
+    with pytest.raises(EndpointProblem, match="OPENAI_API_KEY is not set"):
+        runner.run(make_settings(sim, images, api_key=""), seed_path)
+    assert sim.stats()["requests"] == 0
+
+
+def test_unreachable_endpoint_is_one_error(demo_seed, make_settings, sim):
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images, base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(EndpointProblem, match="cannot reach the endpoint"):
+        runner.run(settings, seed_path)
+    assert not settings.results_db.exists()
+
+
+def test_unusable_answer_is_retried_with_feedback_then_round_ends_empty(
+    sim_factory, demo_seed, make_settings
+):
+    seed_path, images = demo_seed
+    server = sim_factory(seed=0)
+    settings = make_settings(server, images, limit=1, rounds=1, max_attempts=2, concurrency=1)
+    server.enqueue("content", content="I'm sorry, I can't help with that.")
+    server.enqueue("content", content="<html><body>502</body></html>")
+    runner.run(settings, seed_path)
+    data = rows_of(settings)
+    (record,) = data["rounds"]
+    assert record["attempts"] == 2 and record["kept"] == 0
+    assert "no usable evolution after 2 attempts" in record["reason"]
+    assert [c["parse"] for c in data["calls"]] == [
+        "unusable: the answer was a refusal",
+        "unusable: the answer was an HTML page, not JSON",
+    ]
+    assert data["samples"][record["hash_id"]]["status"] == "done"
+    # The retry told the model what was wrong with its previous answer.
+    first, second = list(server.recent)[-2:]
+    assert "<feedback>" not in first
+    assert "the answer was a refusal" in second
