@@ -44,7 +44,7 @@ CheckpointsOpt = Annotated[
 
 def fail(message: str) -> NoReturn:
     """Print one error line and exit 1."""
-    err.print(f"Error: {message}", highlight=False, markup=False)
+    err.print(f"Error: {message}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 

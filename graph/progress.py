@@ -42,7 +42,7 @@ class RunProgress:
         """Stop the live display, or print the last line."""
         if self._bar is not None:
             self._bar.stop()
-        else:
+        elif self.counts:
             self._line()
 
     def __call__(self, event: str, hash_id: str) -> None:
