@@ -131,10 +131,18 @@ def run(
         f"(already finished or failed earlier) -> {settings.run_dir}",
         highlight=False,
     )
+    if report.stopped:
+        err.print(
+            f"Stopped with {report.interrupted} samples interrupted; run the same command "
+            "again to resume them and the rest of the seed.",
+            highlight=False,
+        )
     for hash_id, reason in report.failures[:10]:
         err.print(f"  failed {hash_id}: {reason}", highlight=False, markup=False)
     if len(report.failures) > 10:
         err.print(f"  ... and {len(report.failures) - 10} more (mmevol status --run {run})")
+    if report.stopped:
+        raise typer.Exit(code=130)
 
 
 @app.command()

@@ -10,6 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+MESSAGES = {
+    "stopping": "Stopping: no new sample or call starts; answers on their way are recorded. "
+    "Press Ctrl-C again to quit at once (still resumable).",
+    "aborting": "Quitting now; everything recorded so far is kept.",
+}
+
+
 class RunProgress:
     """A runner listener that counts samples by outcome and shows them."""
 
@@ -51,6 +58,9 @@ class RunProgress:
             if self._bar is not None and hash_id:
                 self._bar.update(self._task, total=int(hash_id))
             return
+        if event in MESSAGES:
+            self.console.print(MESSAGES[event], highlight=False)
+            return
         self.counts[event] += 1
         if self._bar is not None:
             finished = sum(self.counts[k] for k in ("done", "failed", "rejected", "skipped"))
@@ -60,7 +70,7 @@ class RunProgress:
 
     def _detail(self) -> str:
         c = self.counts
-        in_flight = c["started"] - c["done"] - c["failed"]
+        in_flight = c["started"] - c["done"] - c["failed"] - c["interrupted"]
         return (
             f"done {c['done']}  failed {c['failed'] + c['rejected']}  "
             f"skipped {c['skipped']}  in flight {in_flight}"

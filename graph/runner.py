@@ -9,6 +9,8 @@ interrupted ones continue from their last checkpoint.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from graph.context import RunContext
 from graph.seed import SeedRow, count_rows, read_seed
 from graph.store import Store
 from nodes import images
-from nodes.llm import ModelClient, preflight
+from nodes.llm import ModelClient, RunStopped, preflight
 
 Listener = Callable[[str, str], None]
 """Called with (event, hash_id). Events: total (the row count, or "" when unknown, in place of a
@@ -37,7 +39,56 @@ class RunReport:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    interrupted: int = 0
+    """Samples stopped mid-way by Ctrl-C or SIGTERM; the next run resumes them."""
+    stopped: bool = False
+    """Whether a signal stopped the run before the seed was through."""
     failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Stopper:
+    """Turn Ctrl-C and SIGTERM into a clean stop, and a second one into an immediate one.
+
+    First signal: no new sample starts, and no new model call is made; answers already
+    on their way are received and recorded, and every sample stops at its next call,
+    checkpointed. Second signal: the in-flight tasks are cancelled at once; what was
+    recorded and checkpointed so far is kept, so the run still resumes.
+    """
+
+    def __init__(self, client: ModelClient, notify: Listener):
+        """Remember what to stop."""
+        self.client = client
+        self.notify = notify
+        self.stopping = False
+        self.tasks: set[asyncio.Task] = set()
+        self._installed: list[int] = []
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM on the running loop (only possible in the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+            self._installed.append(sig)
+
+    def uninstall(self) -> None:
+        """Give the signals back to Python's default handling."""
+        loop = asyncio.get_running_loop()
+        for sig in self._installed:
+            loop.remove_signal_handler(sig)
+        self._installed.clear()
+
+    def stop(self) -> None:
+        """Stop cleanly the first time, at once the second time."""
+        if not self.stopping:
+            self.stopping = True
+            self.client.stopping = True
+            self.notify("stopping", "")
+            return
+        self.notify("aborting", "")
+        for task in list(self.tasks):
+            task.cancel()
 
 
 def thread_config(settings: Settings, hash_id: str) -> dict:
@@ -89,11 +140,16 @@ async def run_async(
         store.set_meta("settings", settings.public())
         store.set_meta("seed", str(seed.resolve()))
         ctx = RunContext(settings, store, ModelClient(settings, store))
+        stopper = Stopper(ctx.client, notify)
+        stopper.install()
         try:
             async with AsyncSqliteSaver.from_conn_string(str(settings.graph_db)) as saver:
-                await _run_rows(compile_graph(saver), ctx, seed, retry_failed, report, notify)
+                graph = compile_graph(saver)
+                await _run_rows(graph, ctx, seed, retry_failed, report, notify, stopper)
         finally:
+            stopper.uninstall()
             await ctx.client.aclose()
+        report.stopped = stopper.stopping
     finally:
         store.close()
     return report
@@ -106,12 +162,22 @@ async def _run_rows(
     retry_failed: bool,
     report: RunReport,
     notify: Listener,
+    stopper: Stopper,
 ) -> None:
     settings, store = ctx.settings, ctx.store
     statuses = store.statuses()
     seen: set[str] = set()
     slots = asyncio.Semaphore(settings.concurrency)
-    running: set[asyncio.Task] = set()
+    running = stopper.tasks
+    bugs: list[BaseException] = []
+
+    def finished(task: asyncio.Task) -> None:
+        running.discard(task)
+        slots.release()
+        if task.cancelled():
+            report.interrupted += 1
+        elif task.exception() is not None:
+            bugs.append(task.exception())
 
     def fail(row: SeedRow, reason: str, key: str | None = None) -> None:
         store.fail_sample(key or row.hash_id, reason, idx=row.index, source_id=row.source_id)
@@ -124,7 +190,7 @@ async def _run_rows(
         total = settings.limit if total is None else min(total, settings.limit)
     notify("total", str(total) if total is not None else "")
     for row in read_seed(seed):
-        if settings.limit is not None and row.index >= settings.limit:
+        if stopper.stopping or (settings.limit is not None and row.index >= settings.limit):
             break
         status = statuses.get(row.hash_id)
         if status == "done" or (status == "failed" and not retry_failed):
@@ -149,11 +215,19 @@ async def _run_rows(
             continue
         # Waiting for a free slot before reading on keeps memory flat on a huge seed.
         await slots.acquire()
+        if stopper.stopping:
+            slots.release()
+            break
         task = asyncio.create_task(_run_sample(graph, ctx, row, report, notify))
         running.add(task)
-        task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+        task.add_done_callback(finished)
+        if bugs:
+            break
     if running:
-        await asyncio.gather(*running)
+        await asyncio.wait(set(running))
+    if bugs:
+        # A programming error is a bug, not a property of one sample: stop and show it.
+        raise bugs[0]
 
 
 async def _run_sample(
@@ -172,6 +246,11 @@ async def _run_sample(
             # With a checkpoint, None continues the thread where it stopped.
             start = None if snapshot.values else row.sample
             final = await graph.ainvoke(start, config, context=ctx, durability="sync")
+    except RunStopped:
+        store.interrupt_sample(row.hash_id)
+        report.interrupted += 1
+        notify("interrupted", row.hash_id)
+        return
     except (openai.APIError, images.ImageProblem) as err:
         reason = f"row {row.index} ({row.hash_id}): {type(err).__name__}: {err}"
         store.fail_sample(row.hash_id, reason)

@@ -58,6 +58,8 @@ class InputState(BaseModel):
 class SampleState(InputState):
     """The full state of one sample's trip through the rounds."""
 
+    branch: str = "main"
+    """"main", or the name of a replay fork; calls and round results are kept per branch."""
     round: int = 1
     """The round under way (1-based); past the last round once the sample is finished."""
     attempt: int = 1

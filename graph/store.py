@@ -27,6 +27,7 @@ def m001_initial(db: Database) -> None:
             "status": str,
             "reason": str,
             "rounds_done": int,
+            "branch": str,
             "seed": str,
             "updated_at": float,
         },
@@ -37,6 +38,7 @@ def m001_initial(db: Database) -> None:
     db["rounds"].create(
         {
             "hash_id": str,
+            "branch": str,
             "round": int,
             "operator": str,
             "attempts": int,
@@ -45,16 +47,24 @@ def m001_initial(db: Database) -> None:
             "dropped": int,
             "reason": str,
         },
-        pk=("hash_id", "round"),
+        pk=("hash_id", "branch", "round"),
     )
     db["items"].create(
-        {"hash_id": str, "round": int, "position": int, "score": int, "item": str},
-        pk=("hash_id", "round", "position"),
+        {
+            "hash_id": str,
+            "branch": str,
+            "round": int,
+            "position": int,
+            "score": int,
+            "item": str,
+        },
+        pk=("hash_id", "branch", "round", "position"),
     )
     db["dropped"].create(
         {
             "id": int,
             "hash_id": str,
+            "branch": str,
             "round": int,
             "stage": str,
             "kind": str,
@@ -63,12 +73,13 @@ def m001_initial(db: Database) -> None:
         },
         pk="id",
     )
-    db["dropped"].create_index(["hash_id", "round"])
+    db["dropped"].create_index(["hash_id", "branch", "round"])
     db["calls"].create(
         {
             "id": int,
             "key": str,
             "hash_id": str,
+            "branch": str,
             "round": int,
             "node": str,
             "attempt": int,
@@ -148,6 +159,7 @@ class Store:
                 "source_id": source_id,
                 "status": "running",
                 "reason": None,
+                "branch": "main",
                 "seed": json.dumps(seed, ensure_ascii=False),
                 "updated_at": time.time(),
             },
@@ -166,6 +178,10 @@ class Store:
             },
         )
 
+    def interrupt_sample(self, hash_id: str) -> None:
+        """Mark a sample stopped mid-way; the next run resumes it from its checkpoint."""
+        self.db["samples"].update(hash_id, {"status": "interrupted", "updated_at": time.time()})
+
     def fail_sample(
         self, hash_id: str, reason: str, *, idx: int | None = None, source_id: str | None = None
     ) -> None:
@@ -177,6 +193,15 @@ class Store:
             row["source_id"] = source_id
         self.db["samples"].upsert(row, pk="hash_id")
 
+    def adopt(self, hash_id: str, branch: str) -> None:
+        """Make ``branch`` the one the export uses for a sample."""
+        self.db["samples"].update(hash_id, {"branch": branch, "updated_at": time.time()})
+
+    def sample(self, hash_id: str) -> dict | None:
+        """Return a sample's row, or None."""
+        rows = list(self.db.query("select * from samples where hash_id = ?", [hash_id]))
+        return rows[0] if rows else None
+
     # -- rounds -------------------------------------------------------------------------
 
     def save_round(
@@ -185,16 +210,21 @@ class Store:
         record: dict,
         kept: list[dict],
         dropped: list[dict],
+        branch: str = "main",
     ) -> None:
         """Write one finished round atomically; writing the same round again replaces it."""
         rnd = record["round"]
+        where = "hash_id = ? and branch = ? and round = ?"
         with self.db.atomic():
-            self.db["rounds"].upsert({"hash_id": hash_id, **record}, pk=("hash_id", "round"))
-            self.db.execute("delete from items where hash_id = ? and round = ?", [hash_id, rnd])
-            self.db.execute("delete from dropped where hash_id = ? and round = ?", [hash_id, rnd])
+            self.db["rounds"].upsert(
+                {"hash_id": hash_id, "branch": branch, **record}, pk=("hash_id", "branch", "round")
+            )
+            self.db.execute(f"delete from items where {where}", [hash_id, branch, rnd])
+            self.db.execute(f"delete from dropped where {where}", [hash_id, branch, rnd])
             self.db["items"].insert_all(
                 {
                     "hash_id": hash_id,
+                    "branch": branch,
                     "round": rnd,
                     "position": n,
                     "score": item["score"],
@@ -205,6 +235,7 @@ class Store:
             self.db["dropped"].insert_all(
                 {
                     "hash_id": hash_id,
+                    "branch": branch,
                     "round": rnd,
                     "stage": d["stage"],
                     "kind": reason_kind(d["reason"]),
@@ -255,13 +286,17 @@ class Store:
                 " sum(kept) as kept, sum(dropped) as dropped,"
                 " sum(case when kept = 0 then 1 else 0 end) as empty,"
                 " round(avg(nullif(kept, 0)), 2) as kept_per_sample"
-                " from rounds group by round order by round"
+                " from rounds join samples using (hash_id)"
+                " where rounds.branch = coalesce(samples.branch, 'main')"
+                " group by round order by round"
             )
         ]
         for r in rounds:
             r["mean_score"] = next(
                 db.query(
-                    "select round(avg(score), 2) as s from items where round = ?", [r["round"]]
+                    "select round(avg(score), 2) as s from items join samples using (hash_id)"
+                    " where round = ? and items.branch = coalesce(samples.branch, 'main')",
+                    [r["round"]],
                 )
             )["s"]
         calls = [
@@ -299,7 +334,7 @@ class Store:
     def export_rows(self, rounds: int) -> Iterator[dict]:
         """Yield finished samples in seed order, in the authors' output format."""
         for row in self.db.query(
-            "select hash_id, seed from samples where status = 'done' order by idx"
+            "select hash_id, branch, seed from samples where status = 'done' order by idx"
         ):
             sample = json.loads(row["seed"])
             sample["hash_id"] = row["hash_id"]
@@ -307,8 +342,9 @@ class Store:
                 sample[f"conversations_v{rnd}"] = []
             # One indexed query per sample keeps memory flat on a 163k-sample export.
             for item in self.db.query(
-                "select round, item from items where hash_id = ? order by round, position",
-                [row["hash_id"]],
+                "select round, item from items where hash_id = ? and branch = ?"
+                " order by round, position",
+                [row["hash_id"], row["branch"] or "main"],
             ):
                 sample.setdefault(f"conversations_v{item['round']}", []).append(
                     json.loads(item["item"])

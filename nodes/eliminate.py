@@ -48,6 +48,7 @@ async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
         record.model_dump(exclude={"kept"}) | {"kept": len(kept)},
         [k.model_dump() for k in kept],
         [d.model_dump() for d in drops],
+        branch=state.branch,
     )
     return {
         "rounds": [record],

@@ -21,7 +21,8 @@ async def evolve(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     settings = ctx.settings
     chunks = chunked(state.current_items(), settings.chunk_size)
     keys = [
-        CallKey(state.hash_id, state.round, "evolve", state.attempt, n) for n in range(len(chunks))
+        CallKey(state.hash_id, state.round, "evolve", state.attempt, n, state.branch)
+        for n in range(len(chunks))
     ]
     # Encode the image only when some chunk still has to be asked: a resumed step whose
     # answers are all recorded costs neither a call nor an image decode.

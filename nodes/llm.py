@@ -23,6 +23,10 @@ class EndpointProblem(RuntimeError):
     """Raised before any sample starts when the endpoint or key cannot work."""
 
 
+class RunStopped(Exception):
+    """Raised instead of a new call once the run is stopping; the sample resumes later."""
+
+
 @dataclass(frozen=True)
 class CallKey:
     """Names one model call so that it can be found again."""
@@ -32,10 +36,12 @@ class CallKey:
     node: str
     attempt: int
     chunk: int = 0
+    branch: str = "main"
 
     def __str__(self) -> str:
         """Return the key as stored in the calls table."""
-        return f"{self.hash_id}|r{self.round}|{self.node}|a{self.attempt}|c{self.chunk}"
+        key = f"{self.hash_id}|r{self.round}|{self.node}|a{self.attempt}|c{self.chunk}"
+        return key if self.branch == "main" else f"{key}|{self.branch}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class ModelClient:
         """
         self.settings = settings
         self.store = store
+        self.stopping = False
+        """Set when the run stops: recorded answers are still served, new calls are not made."""
         self.http = openai.DefaultAsyncHttpxClient(
             limits=_limits(max(100, settings.concurrency * 4)), timeout=settings.timeout
         )
@@ -107,12 +115,15 @@ class ModelClient:
         found = self.store.find_call(str(key))
         if found is not None:
             return Answer(found["id"], found["response"] or "", found["finish_reason"], True)
+        if self.stopping:
+            raise RunStopped(str(key))
         role = "score" if key.node.startswith("score") else "evolve"
         chat = self.chats[role]
         message = user_message(text, image_url, self.settings.image_detail)
         row = {
             "key": str(key),
             "hash_id": key.hash_id,
+            "branch": key.branch,
             "round": key.round,
             "node": key.node,
             "attempt": key.attempt,

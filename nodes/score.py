@@ -62,7 +62,7 @@ async def _judge_group(
     for ask in range(1, ctx.settings.max_attempts + 2):
         prompt = render_score_prompt(given, candidates, feedback)
         answer = await ctx.client.ask(
-            CallKey(state.hash_id, state.round, "score", ask, chunk), prompt
+            CallKey(state.hash_id, state.round, "score", ask, chunk, state.branch), prompt
         )
         try:
             if answer.finish_reason == "length":
