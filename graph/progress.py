@@ -9,7 +9,6 @@ from collections import Counter
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-
 MESSAGES = {
     "stopping": "Stopping: no new sample or call starts; answers on their way are recorded. "
     "Press Ctrl-C again to quit at once (still resumable).",

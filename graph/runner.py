@@ -20,6 +20,7 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from graph.build import build_graph
+from graph.checkpoints import open_checkpointer
 from graph.config import Settings
 from graph.context import RunContext
 from graph.seed import SeedRow, count_rows, read_seed
@@ -143,7 +144,7 @@ async def run_async(
         stopper = Stopper(ctx.client, notify)
         stopper.install()
         try:
-            async with AsyncSqliteSaver.from_conn_string(str(settings.graph_db)) as saver:
+            async with open_checkpointer(settings.graph_db) as saver:
                 graph = compile_graph(saver)
                 await _run_rows(graph, ctx, seed, retry_failed, report, notify, stopper)
         finally:

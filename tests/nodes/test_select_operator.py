@@ -10,15 +10,15 @@ def test_same_inputs_same_operator():
     )
 
 
+def draws(seed=0, round_=1, attempt=1):
+    return [pick_operator(seed, f"{i}_x.jpg", round_, attempt) for i in range(200)]
+
+
 def test_seed_round_and_attempt_change_the_draw():
-    draws = lambda **kw: [
-        pick_operator(kw.get("seed", 0), f"{i}_x.jpg", kw.get("r", 1), kw.get("a", 1))
-        for i in range(200)
-    ]  # noqa: E731
     base = draws()
     assert base != draws(seed=1)
-    assert base != draws(r=2)
-    assert base != draws(a=2)
+    assert base != draws(round_=2)
+    assert base != draws(attempt=2)
 
 
 def test_weights_follow_the_method():
