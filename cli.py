@@ -195,6 +195,39 @@ def export(
     out.print(f"wrote {count} samples to {output}", highlight=False)
 
 
+@app.command()
+def trace(
+    hash_id: Annotated[str, typer.Argument(help="The sample's hash_id.")],
+    run: RunOpt = "default",
+    checkpoints: CheckpointsOpt = None,
+    branch: Annotated[str, typer.Option(help="Branch to show (main or a replay fork).")] = "main",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    raw: Annotated[bool, typer.Option(help="Add the prompts and the model's answers.")] = False,
+) -> None:
+    """Show one sample's path through the graph, step by step, from its checkpoints."""
+    import asyncio
+
+    from graph.store import Store
+    from graph.trace import UnknownSample, format_steps, trace_sample
+
+    results = _existing_run(run, checkpoints)
+    store = Store(results)
+    chunk_size = (store.get_meta("settings") or {}).get("chunk_size", 10)
+    store.close()
+    try:
+        steps = asyncio.run(
+            trace_sample(
+                results.with_name("graph.sqlite"), results, hash_id, branch, raw, chunk_size
+            )
+        )
+    except UnknownSample as problem:
+        fail(str(problem))
+    if as_json:
+        out.print_json(json.dumps(steps))
+    else:
+        out.print(format_steps(steps), highlight=False, markup=False, soft_wrap=True)
+
+
 @app.command("serve-sim")
 def serve_sim(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,

@@ -17,30 +17,39 @@ from nodes.parsing import QAItem, UnusableAnswer, Verdict, parse_verdicts
 
 async def score(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     """Score the candidates, one judge call per evolution chunk that produced any."""
-    given_chunks = chunked(state.current_items(), runtime.context.settings.chunk_size)
-    groups: dict[int, list[int]] = {}
-    for position, origin in enumerate(state.origins):
-        groups.setdefault(origin, []).append(position)
+    groups = judge_groups(state, runtime.context.settings.chunk_size)
     results = await asyncio.gather(
         *(
             _judge_group(
-                state,
-                runtime.context,
-                chunk,
-                given_chunks[chunk] if chunk < len(given_chunks) else [],
-                [state.candidates[p] for p in positions],
+                state, runtime.context, chunk, given, [state.candidates[p] for p in positions]
             )
-            for chunk, positions in groups.items()
+            for chunk, given, positions in groups
         )
     )
     verdicts: list[Verdict | None] = [None] * len(state.candidates)
     problems = []
-    for positions, (group_verdicts, problem) in zip(groups.values(), results, strict=True):
+    for (_, _, positions), (group_verdicts, problem) in zip(groups, results, strict=True):
         for position, verdict in zip(positions, group_verdicts, strict=True):
             verdicts[position] = verdict
         if problem:
             problems.append(problem)
     return {"verdicts": verdicts, "problem": "; ".join(problems) or None}
+
+
+def judge_groups(state: SampleState, chunk_size: int) -> list[tuple[int, list[QAItem], list[int]]]:
+    """Group candidates by the chunk they were evolved from.
+
+    Returns:
+        (chunk number, the chunk's given items, positions of its candidates) per group.
+    """
+    given_chunks = chunked(state.current_items(), chunk_size)
+    positions: dict[int, list[int]] = {}
+    for position, origin in enumerate(state.origins):
+        positions.setdefault(origin, []).append(position)
+    return [
+        (chunk, given_chunks[chunk] if chunk < len(given_chunks) else [], members)
+        for chunk, members in positions.items()
+    ]
 
 
 async def _judge_group(
