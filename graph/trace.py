@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,7 @@ async def trace_sample(
 def _pairs(path: Sequence[StateSnapshot]) -> list[tuple[StateSnapshot, StateSnapshot]]:
     # The first checkpoints are the input and the __start__ step, which change nothing
     # a user cares about; pair each remaining checkpoint with the one before it.
-    return [(a, b) for a, b in zip(path, path[1:]) if a.next and a.next[0] != "__start__"]
+    return [(a, b) for a, b in pairwise(path) if a.next and a.next[0] != "__start__"]
 
 
 def format_steps(steps: Sequence[dict]) -> str:
