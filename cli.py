@@ -228,6 +228,62 @@ def trace(
         out.print(format_steps(steps), highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command()
+def replay(
+    hash_id: Annotated[str, typer.Argument(help="The sample's hash_id.")],
+    from_step: Annotated[
+        int, typer.Option("--from", help="Trace step to run again (mmevol trace).")
+    ],
+    run: RunOpt = "default",
+    checkpoints: CheckpointsOpt = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="FIELD=VALUE to change in the state first.")
+    ] = None,
+    operator: Annotated[
+        str | None, typer.Option(help="Operator to use instead of the draw.")
+    ] = None,
+    branch: Annotated[str, typer.Option(help="Branch to fork from.")] = "main",
+    adopt: Annotated[bool, typer.Option(help="Export the fork instead of the original.")] = False,
+    base_url: Annotated[
+        str | None, typer.Option(envvar="OPENAI_BASE_URL", help="Endpoint [default: the run's].")
+    ] = None,
+) -> None:
+    """Fork a sample from a past step, run the rest with real calls, and show what changed."""
+    import asyncio
+
+    from graph.replay import ReplayProblem, parse_sets, replay_settings
+    from graph.replay import replay as replay_sample
+    from graph.trace import UnknownSample
+
+    checkpoints = checkpoints or default_checkpoints_dir()
+    results = _existing_run(run, checkpoints)
+    try:
+        settings = replay_settings(results, checkpoints, run, base_url=base_url)
+        result = asyncio.run(
+            replay_sample(
+                settings, hash_id, from_step, parse_sets(set_ or []), operator, branch, adopt
+            )
+        )
+    except (ReplayProblem, UnknownSample) as problem:
+        fail(str(problem))
+    except _expected_errors() as problem:
+        fail(str(problem))
+    out.print(
+        f"forked {hash_id} from step {result.from_step} of {result.source} as {result.branch}",
+        highlight=False,
+    )
+    for line in result.changes:
+        out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    if result.adopted:
+        out.print(f"the export now uses {result.branch} for this sample", highlight=False)
+    else:
+        out.print(
+            f"the export still uses {result.source}; adopt the fork with --adopt, see it with "
+            f"mmevol trace {hash_id} --run {run} --branch {result.branch}",
+            highlight=False,
+        )
+
+
 @app.command("serve-sim")
 def serve_sim(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,

@@ -245,6 +245,19 @@ class Store:
                 for d in dropped
             )
 
+    def copy_rounds(self, hash_id: str, source: str, target: str, before_round: int) -> None:
+        """Copy a sample's round results before ``before_round`` from one branch to another."""
+        with self.db.atomic():
+            for table in ("rounds", "items", "dropped"):
+                columns = [c for c in self.db[table].columns_dict if c not in ("branch", "id")]
+                names = ", ".join(columns)
+                self.db.execute(
+                    f"insert or replace into {table} (branch, {names})"
+                    f" select ?, {names} from {table}"
+                    " where hash_id = ? and branch = ? and round < ?",
+                    [target, hash_id, source, before_round],
+                )
+
     # -- calls --------------------------------------------------------------------------
 
     def find_call(self, key: str) -> dict | None:

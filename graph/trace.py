@@ -165,15 +165,18 @@ async def trace_sample(
             path = await branch_path(compile_graph(saver), hash_id, branch)
         return [
             describe_step(n, before, after, store, raw, chunk_size)
-            for n, (before, after) in enumerate(_pairs(path), 1)
+            for n, (before, after) in enumerate(step_pairs(path), 1)
         ]
     finally:
         store.close()
 
 
-def _pairs(path: Sequence[StateSnapshot]) -> list[tuple[StateSnapshot, StateSnapshot]]:
-    # The first checkpoints are the input and the __start__ step, which change nothing
-    # a user cares about; pair each remaining checkpoint with the one before it.
+def step_pairs(path: Sequence[StateSnapshot]) -> list[tuple[StateSnapshot, StateSnapshot]]:
+    """Pair each checkpoint with the one before it: one pair per node that ran.
+
+    The first checkpoints are the input and the __start__ step, which change nothing a
+    user cares about, so they are left out; pair N is trace step N.
+    """
     return [(a, b) for a, b in pairwise(path) if a.next and a.next[0] != "__start__"]
 
 
