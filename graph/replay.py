@@ -70,7 +70,7 @@ async def replay(
     source: str = "main",
     adopt: bool = False,
 ) -> ReplayResult:
-    """Fork ``hash_id`` before trace step ``from_step`` of ``source`` and run the fork to the end."""
+    """Fork a sample before trace step ``from_step`` of ``source`` and run the fork to the end."""
     if operator is not None and operator not in OPERATORS:
         raise ReplayProblem(f"--operator must be one of {', '.join(OPERATORS)}")
     await preflight(settings)
