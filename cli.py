@@ -284,6 +284,14 @@ def replay(
         )
 
 
+@app.command("graph")
+def show_graph() -> None:
+    """Print the per-sample graph as a Mermaid diagram."""
+    from graph.build import build_graph
+
+    out.print(build_graph().compile().get_graph().draw_mermaid(), highlight=False, markup=False)
+
+
 @app.command("serve-sim")
 def serve_sim(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8765,

@@ -6,7 +6,9 @@ the API key inside the settings cannot reach the checkpoint database.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 from graph.config import Settings
 from graph.store import Store
@@ -20,3 +22,28 @@ class RunContext:
     settings: Settings
     store: Store
     client: ModelClient
+
+
+_from_env: RunContext | None = None
+
+
+def context_of(runtime: Any) -> RunContext:
+    """Return the run context of a node call.
+
+    The batch runner, trace and replay always pass one. A host that cannot, such as
+    LangGraph Studio (``langgraph dev``), gets one built once from the environment:
+    ``OPENAI_*`` for the endpoint, ``MMEVOL_CHECKPOINTS`` and ``MMEVOL_RUN`` (default
+    "studio") for where results go, ``MMEVOL_IMAGES`` for the image root.
+    """
+    if isinstance(runtime.context, RunContext):
+        return runtime.context
+    global _from_env
+    if _from_env is None:
+        settings = Settings(
+            run=os.environ.get("MMEVOL_RUN", "studio"),
+            images=os.environ.get("MMEVOL_IMAGES", "."),
+        )
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.results_db)
+        _from_env = RunContext(settings, store, ModelClient(settings, store))
+    return _from_env

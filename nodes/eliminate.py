@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from graph.context import RunContext
+from graph.context import RunContext, context_of
 from graph.state import Dropped, RoundRecord, SampleState
 from nodes.parsing import ScoredItem
 
@@ -43,7 +43,7 @@ async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
         dropped=len(drops),
         reason=reason,
     )
-    runtime.context.store.save_round(
+    context_of(runtime).store.save_round(
         state.hash_id,
         record.model_dump(exclude={"kept"}) | {"kept": len(kept)},
         [k.model_dump() for k in kept],

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
 
-from graph.context import RunContext
+from graph.context import RunContext, context_of
 from graph.state import Box, SampleState
 from nodes import images, prompts
 from nodes.llm import CallKey
@@ -17,7 +17,7 @@ from nodes.parsing import QAItem
 
 async def evolve(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     """Send one call per chunk of items and keep the ids of the recorded answers."""
-    ctx = runtime.context
+    ctx = context_of(runtime)
     settings = ctx.settings
     chunks = chunked(state.current_items(), settings.chunk_size)
     keys = [

@@ -7,7 +7,7 @@ from typing import Literal
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 
-from graph.context import RunContext
+from graph.context import RunContext, context_of
 from graph.state import SampleState
 
 
@@ -17,7 +17,7 @@ def route_after_validate(
     """Score usable candidates, retry an unusable answer, or end the round empty."""
     if state.candidates:
         return "score"
-    if state.attempt <= runtime.context.settings.max_attempts:
+    if state.attempt <= context_of(runtime).settings.max_attempts:
         return "select_operator"
     return "eliminate"
 
@@ -26,6 +26,6 @@ def route_after_eliminate(
     state: SampleState, runtime: Runtime[RunContext]
 ) -> Literal["select_operator", "__end__"]:
     """Start the next round, or finish after the last one."""
-    if state.round <= runtime.context.settings.rounds:
+    if state.round <= context_of(runtime).settings.rounds:
         return "select_operator"
     return END

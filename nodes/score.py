@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
 
-from graph.context import RunContext
+from graph.context import RunContext, context_of
 from graph.state import SampleState
 from nodes import prompts
 from nodes.evolve import chunked, items_json
@@ -17,11 +17,11 @@ from nodes.parsing import QAItem, UnusableAnswer, Verdict, parse_verdicts
 
 async def score(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     """Score the candidates, one judge call per evolution chunk that produced any."""
-    groups = judge_groups(state, runtime.context.settings.chunk_size)
+    groups = judge_groups(state, context_of(runtime).settings.chunk_size)
     results = await asyncio.gather(
         *(
             _judge_group(
-                state, runtime.context, chunk, given, [state.candidates[p] for p in positions]
+                state, context_of(runtime), chunk, given, [state.candidates[p] for p in positions]
             )
             for chunk, given, positions in groups
         )

@@ -6,7 +6,7 @@ import random
 
 from langgraph.runtime import Runtime
 
-from graph.context import RunContext
+from graph.context import RunContext, context_of
 from graph.state import OPERATORS, Operator, SampleState
 
 WEIGHTS: dict[Operator, float] = {"perceptual": 0.5, "reasoning": 0.25, "interactive": 0.25}
@@ -14,7 +14,7 @@ WEIGHTS: dict[Operator, float] = {"perceptual": 0.5, "reasoning": 0.25, "interac
 
 async def select_operator(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     """Choose the operator for this round and attempt, and clear the attempt's leftovers."""
-    seed = runtime.context.settings.seed
+    seed = context_of(runtime).settings.seed
     return {
         "operator": pick_operator(seed, state.hash_id, state.round, state.attempt),
         "calls": [],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from graph.context import RunContext
+from graph.context import RunContext, context_of
 from graph.state import Dropped, SampleState
 from nodes.checks import screen
 from nodes.parsing import QAItem, UnusableAnswer, parse_items
@@ -12,7 +12,7 @@ from nodes.parsing import QAItem, UnusableAnswer, parse_items
 
 async def validate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     """Turn the recorded answers into candidate items; an unusable attempt asks for a retry."""
-    store = runtime.context.store
+    store = context_of(runtime).store
     given = state.current_items()
     boxes = [b.bbox for b in state.boxes]
     candidates: list[QAItem] = []
