@@ -26,7 +26,7 @@ from graph.context import RunContext
 from graph.seed import SeedRow, count_rows, read_seed
 from graph.store import Store
 from nodes import images
-from nodes.llm import ModelClient, RunStopped, preflight
+from nodes.llm import ModelClient, RunStopped, error_name, preflight
 
 Listener = Callable[[str, str], None]
 """Called with (event, hash_id). Events: total (the row count, or "" when unknown, in place of a
@@ -43,7 +43,8 @@ class RunReport:
     interrupted: int = 0
     """Samples stopped mid-way by Ctrl-C or SIGTERM; the next run resumes them."""
     stopped: bool = False
-    """Whether a signal stopped the run before the seed was through."""
+    """Whether the run stopped before the seed was through (a signal, a budget, the breaker)."""
+    stop_reason: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -56,11 +57,12 @@ class Stopper:
     recorded and checkpointed so far is kept, so the run still resumes.
     """
 
-    def __init__(self, client: ModelClient, notify: Listener):
-        """Remember what to stop."""
-        self.client = client
+    def __init__(self, notify: Listener):
+        """Remember whom to tell."""
+        self.client: ModelClient | None = None
         self.notify = notify
         self.stopping = False
+        self.reason: str | None = None
         self.tasks: set[asyncio.Task] = set()
         self._installed: list[int] = []
 
@@ -80,13 +82,17 @@ class Stopper:
             loop.remove_signal_handler(sig)
         self._installed.clear()
 
-    def stop(self) -> None:
-        """Stop cleanly the first time, at once the second time."""
+    def stop(self, reason: str = "interrupted by a signal") -> None:
+        """Stop cleanly the first time, at once the second time (a second signal)."""
         if not self.stopping:
             self.stopping = True
-            self.client.stopping = True
-            self.notify("stopping", "")
+            self.reason = reason
+            if self.client is not None:
+                self.client.stopping = True
+            self.notify("stopping", reason)
             return
+        if reason != "interrupted by a signal":
+            return  # a budget or the breaker never forces an immediate exit
         self.notify("aborting", "")
         for task in list(self.tasks):
             task.cancel()
@@ -140,8 +146,12 @@ async def run_async(
     try:
         store.set_meta("settings", settings.public())
         store.set_meta("seed", str(seed.resolve()))
-        ctx = RunContext(settings, store, ModelClient(settings, store))
-        stopper = Stopper(ctx.client, notify)
+        stopper = Stopper(notify)
+        client = ModelClient(
+            settings, store, on_stop=stopper.stop, on_notice=lambda text: notify("notice", text)
+        )
+        stopper.client = client
+        ctx = RunContext(settings, store, client)
         stopper.install()
         try:
             async with open_checkpointer(settings.graph_db) as saver:
@@ -151,6 +161,7 @@ async def run_async(
             stopper.uninstall()
             await ctx.client.aclose()
         report.stopped = stopper.stopping
+        report.stop_reason = stopper.reason
     finally:
         store.close()
     return report
@@ -241,7 +252,10 @@ async def _run_sample(
     notify("started", row.hash_id)
     try:
         snapshot = await graph.aget_state(config)
-        if snapshot.values and not snapshot.next:
+        # A thread is finished when nothing is left to run. A step that completed but was
+        # not yet checkpointed when the process died is not "next" but still a task with
+        # pending writes; resuming applies them and goes on.
+        if snapshot.values and not snapshot.next and not snapshot.tasks:
             final = snapshot.values  # finished before a crash could record it
         else:
             # With a checkpoint, None continues the thread where it stopped.
@@ -253,7 +267,7 @@ async def _run_sample(
         notify("interrupted", row.hash_id)
         return
     except (openai.APIError, images.ImageProblem) as err:
-        reason = f"row {row.index} ({row.hash_id}): {type(err).__name__}: {err}"
+        reason = f"row {row.index} ({row.hash_id}): {error_name(err)}: {err}"
         store.fail_sample(row.hash_id, reason)
         report.failed += 1
         report.failures.append((row.hash_id, reason))
