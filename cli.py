@@ -100,8 +100,29 @@ def run(
     ] = 512,
     image_detail: Annotated[str, typer.Option(help="Image detail: low, high or auto.")] = "low",
     retry_failed: Annotated[bool, typer.Option(help="Run failed samples again.")] = False,
+    structured_output: Annotated[
+        bool, typer.Option(help="Ask for JSON following the item schema (falls back if refused).")
+    ] = False,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute (both models).")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per minute (both models).")] = None,
+    scorer_rpm: Annotated[float | None, typer.Option(help="Judge's own requests/minute.")] = None,
+    scorer_tpm: Annotated[float | None, typer.Option(help="Judge's own tokens/minute.")] = None,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Stop cleanly at this spend (USD).")
+    ] = None,
+    max_calls: Annotated[int | None, typer.Option(help="Stop cleanly after N model calls.")] = None,
+    prices: Annotated[
+        Path | None, typer.Option(envvar="MMEVOL_PRICES", help="JSON price table override.")
+    ] = None,
+    keep_history: Annotated[
+        bool, typer.Option(help="Keep every checkpoint of finished samples (for replay).")
+    ] = False,
 ) -> None:
-    """Evolve a seed (re-running the same command resumes it)."""
+    """Evolve a seed (re-running the same command resumes it).
+
+    Exit status: 0 when the seed is through, 130 when stopped by Ctrl-C or SIGTERM,
+    3 when stopped by --max-cost, --max-calls or a failing endpoint.
+    """
     from graph import runner
     from graph.progress import RunProgress
 
@@ -123,6 +144,15 @@ def run(
         chunk_size=chunk_size,
         image_max_side=image_max_side,
         image_detail=image_detail,
+        structured_output=structured_output,
+        rpm=rpm,
+        tpm=tpm,
+        scorer_rpm=scorer_rpm,
+        scorer_tpm=scorer_tpm,
+        max_cost=max_cost,
+        max_calls=max_calls,
+        prices=prices,
+        keep_history=keep_history,
     )
     with RunProgress(err) as progress:
         report = guarded(runner.run, settings, seed, retry_failed=retry_failed, listener=progress)
@@ -133,16 +163,17 @@ def run(
     )
     if report.stopped:
         err.print(
-            f"Stopped with {report.interrupted} samples interrupted; run the same command "
-            "again to resume them and the rest of the seed.",
+            f"Stopped ({report.stop_reason}) with {report.interrupted} samples interrupted; "
+            "run the same command again to resume them and the rest of the seed.",
             highlight=False,
+            soft_wrap=True,
         )
     for hash_id, reason in report.failures[:10]:
         err.print(f"  failed {hash_id}: {reason}", highlight=False, markup=False)
     if len(report.failures) > 10:
         err.print(f"  ... and {len(report.failures) - 10} more (mmevol status --run {run})")
     if report.stopped:
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=130 if report.stop_reason == "interrupted by a signal" else 3)
 
 
 @app.command()

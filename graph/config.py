@@ -60,7 +60,33 @@ class Settings:
     image_detail: str = "low"
     jpeg_quality: int = 85
     limit: int | None = None
-    structured_output: bool = False
+    structured_output: bool = field(
+        default=False, metadata={"description": "Ask for JSON that follows the item schema."}
+    )
+    rpm: float | None = field(default=None, metadata={"description": "Requests per minute."})
+    tpm: float | None = field(
+        default=None, metadata={"description": "Tokens per minute (estimated before each call)."}
+    )
+    scorer_rpm: float | None = field(
+        default=None,
+        metadata={"description": "Judge requests per minute; shares --rpm when unset."},
+    )
+    scorer_tpm: float | None = field(
+        default=None, metadata={"description": "Judge tokens per minute; shares --tpm when unset."}
+    )
+    max_cost: float | None = field(
+        default=None, metadata={"description": "Stop cleanly once the run has spent this (USD)."}
+    )
+    max_calls: int | None = field(
+        default=None, metadata={"description": "Stop cleanly after this many model calls."}
+    )
+    prices: Path | None = field(
+        default=None, metadata={"description": "JSON price table (env MMEVOL_PRICES)."}
+    )
+    keep_history: bool = field(
+        default=False,
+        metadata={"description": "Keep every checkpoint of finished samples (for replay)."},
+    )
 
     def __post_init__(self) -> None:
         """Fill unset values from the environment and check ranges."""
@@ -73,6 +99,12 @@ class Settings:
         for name in ("rounds", "max_attempts", "chunk_size", "concurrency", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
+        for name in ("rpm", "tpm", "scorer_rpm", "scorer_tpm", "max_calls"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.max_cost is not None and self.max_cost < 0:
+            raise ValueError("max-cost must not be negative")
         if self.image_detail not in ("low", "high", "auto"):
             raise ValueError("image-detail must be low, high or auto")
 

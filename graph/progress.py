@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 MESSAGES = {
-    "stopping": "Stopping: no new sample or call starts; answers on their way are recorded. "
+    "stopping": "no new sample or call starts; answers on their way are recorded. "
     "Press Ctrl-C again to quit at once (still resumable).",
     "aborting": "Quitting now; everything recorded so far is kept.",
 }
@@ -56,6 +56,14 @@ class RunProgress:
         if event == "total":
             if self._bar is not None and hash_id:
                 self._bar.update(self._task, total=int(hash_id))
+            return
+        if event == "notice":
+            self.console.print(f"note: {hash_id}", highlight=False, markup=False)
+            return
+        if event == "stopping":
+            self.console.print(
+                f"Stopping ({hash_id}): {MESSAGES['stopping']}", highlight=False, markup=False
+            )
             return
         if event in MESSAGES:
             self.console.print(MESSAGES[event], highlight=False)

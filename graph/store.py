@@ -279,6 +279,18 @@ class Store:
         row = {**row, "created_at": time.time()}
         return self.db["calls"].insert(row).last_pk
 
+    def spent(self) -> dict:
+        """Return the calls made so far and the tokens per model (for budgets across resumes)."""
+        calls = next(self.db.query("select count(*) as n from calls"))["n"]
+        by_model = [
+            (r["model"], r["i"] or 0, r["o"] or 0)
+            for r in self.db.query(
+                "select model, sum(input_tokens) as i, sum(output_tokens) as o"
+                " from calls group by model"
+            )
+        ]
+        return {"calls": calls, "by_model": by_model}
+
     def set_parse(self, call_id: int, status: str) -> None:
         """Record how a call's answer parsed (ok, repaired, unusable: ...)."""
         self.db["calls"].update(call_id, {"parse": status})

@@ -8,8 +8,10 @@ returns it without calling the endpoint, so no answer is paid for twice.
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import openai
 from langchain_core.messages import HumanMessage
@@ -17,6 +19,11 @@ from langchain_openai import ChatOpenAI
 
 from graph.config import Settings
 from graph.store import Store
+from nodes.limits import Governor, Outcome, TokenBucket, estimate_prompt_tokens
+from nodes.prices import PriceTable
+from nodes.prompts import ITEMS_SCHEMA, VERDICTS_SCHEMA
+
+log = logging.getLogger("mmevol")
 
 
 class EndpointProblem(RuntimeError):
@@ -80,10 +87,42 @@ def user_message(text: str, image_url: str | None = None, detail: str = "low") -
     )
 
 
-class ModelClient:
-    """Ask the evolution and judge models, recording each call in the results database."""
+@dataclass
+class Usage:
+    """What the run has spent so far (this invocation and, for money, earlier ones too)."""
 
-    def __init__(self, settings: Settings, store: Store):
+    calls: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    cost_before: float = 0.0
+    """Dollars spent by earlier invocations of the same run."""
+    calls_before: int = 0
+    unpriced: set[str] = field(default_factory=set)
+
+    @property
+    def total_cost(self) -> float:
+        """Return the dollars of the whole run so far."""
+        return self.cost_before + self.cost
+
+
+class ModelClient:
+    """Ask the evolution and judge models, recording each call in the results database.
+
+    Every new call waits for the rate limits of its model and a place under the adaptive
+    concurrency limit, is counted against ``max_calls`` and ``max_cost``, and feeds the
+    failure breaker. Reaching a budget or tripping the breaker calls ``on_stop`` with the
+    reason (the runner then stops cleanly) and no further call is made.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        on_stop: Callable[[str], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
+    ):
         """Build one ChatOpenAI per model role, sharing one connection pool of this run.
 
         langchain-openai otherwise shares a process-wide async HTTP client, which stays
@@ -91,35 +130,74 @@ class ModelClient:
         """
         self.settings = settings
         self.store = store
+        self.on_stop = on_stop or (lambda reason: None)
+        self.on_notice = on_notice or (lambda text: log.warning(text))
         self.stopping = False
         """Set when the run stops: recorded answers are still served, new calls are not made."""
+        self.stop_reason: str | None = None
+        self.governor = Governor(ceiling=settings.concurrency * 2)
         self.http = openai.DefaultAsyncHttpxClient(
-            limits=_limits(max(100, settings.concurrency * 4)), timeout=settings.timeout
+            limits=_limits(max(100, settings.concurrency * 4)),
+            timeout=settings.timeout,
+            event_hooks={"response": [self._observe]},
         )
         self.chats = {
             "evolve": make_chat(settings, settings.model, self.http),
             "score": make_chat(settings, settings.judge_model, self.http),
         }
+        self.buckets = _buckets(settings)
+        self.prices = PriceTable(settings.prices)
+        self.usage = Usage()
+        spent = store.spent()
+        self.usage.calls_before = spent["calls"]
+        self.usage.cost_before = sum(self.prices.cost(m, i, o) for m, i, o in spent["by_model"])
+        self.structured = settings.structured_output
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self.http.aclose()
 
+    async def _observe(self, response: object) -> None:
+        self.governor.on_status(response.status_code)
+
+    def stop(self, reason: str) -> None:
+        """Make no new call from now on, and tell the runner why (once)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stopping = True
+            self.on_stop(reason)
+
     async def ask(self, key: CallKey, text: str, image_url: str | None = None) -> Answer:
         """Return the answer recorded under ``key``, or ask the model and record it.
 
         Raises:
+            RunStopped: the run is stopping; no call was made.
             openai.APIError: the endpoint failed after the SDK's retries; the failure is
                 recorded too.
         """
         found = self.store.find_call(str(key))
         if found is not None:
             return Answer(found["id"], found["response"] or "", found["finish_reason"], True)
+        limit = self.settings.max_calls
+        if limit is not None and self.usage.calls_before + self.usage.calls >= limit:
+            self.stop(f"reached --max-calls {limit}")
         if self.stopping:
             raise RunStopped(str(key))
         role = "score" if key.node.startswith("score") else "evolve"
         chat = self.chats[role]
-        message = user_message(text, image_url, self.settings.image_detail)
+        estimate = (
+            estimate_prompt_tokens(text, 1 if image_url else 0, self.settings.image_detail)
+            + self.settings.max_tokens
+        )
+        requests, tokens = self.buckets[role]
+        if requests:
+            await requests.take(1)
+        if tokens:
+            await tokens.take(estimate)
+        await self.governor.acquire()
+        if self.stopping:  # the stop may have come while this call waited its turn
+            await self.governor.release()
+            raise RunStopped(str(key))
         row = {
             "key": str(key),
             "hash_id": key.hash_id,
@@ -131,23 +209,89 @@ class ModelClient:
             "model": chat.model_name,
         }
         started = time.perf_counter()
+        self.usage.calls += 1
         try:
-            reply = await chat.ainvoke([message])
+            reply = await self._invoke(
+                chat, user_message(text, image_url, self.settings.image_detail), role
+            )
         except openai.APIError as err:
-            row.update(latency_ms=_ms(started), error=f"{type(err).__name__}: {err}")
+            self.usage.errors += 1
+            row.update(latency_ms=_ms(started), error=f"{error_name(err)}: {err}")
             self.store.log_call(row)
+            tripped = self.governor.on_outcome(Outcome(False, row["error"]))
+            if tripped:
+                self.stop(f"the endpoint keeps failing: {tripped}")
             raise
+        finally:
+            await self.governor.release()
+        self.governor.on_outcome(Outcome(True))
         usage = reply.usage_metadata or {}
         finish = reply.response_metadata.get("finish_reason")
         content = reply.content if isinstance(reply.content, str) else str(reply.content)
+        tokens_in = usage.get("input_tokens") or 0
+        tokens_out = usage.get("output_tokens") or 0
+        self._count(chat.model_name, tokens_in, tokens_out)
         row.update(
             latency_ms=_ms(started),
-            input_tokens=usage.get("input_tokens"),
-            output_tokens=usage.get("output_tokens"),
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
             finish_reason=finish,
             response=content,
         )
         return Answer(self.store.log_call(row), content, finish, False)
+
+    async def _invoke(self, chat: ChatOpenAI, message: HumanMessage, role: str) -> object:
+        """Call the model, with the JSON schema when structured output is on and accepted."""
+        if not self.structured:
+            return await chat.ainvoke([message])
+        schema = ITEMS_SCHEMA if role == "evolve" else VERDICTS_SCHEMA
+        try:
+            return await chat.ainvoke([message], response_format=schema)
+        except openai.BadRequestError as err:
+            if not self.structured:
+                return await chat.ainvoke([message])
+            self.structured = False
+            self.on_notice(
+                "the endpoint rejected structured output (json_schema response format): "
+                f"{err}; falling back to parsing text answers for the rest of the run"
+            )
+            return await chat.ainvoke([message])
+
+    def _count(self, model: str, tokens_in: int, tokens_out: int) -> None:
+        self.usage.input_tokens += tokens_in
+        self.usage.output_tokens += tokens_out
+        if self.prices.get(model) is None and model not in self.usage.unpriced:
+            self.usage.unpriced.add(model)
+            self.on_notice(
+                f"no price known for model {model!r}: its cost counts as 0 (see --prices)"
+            )
+        self.usage.cost += self.prices.cost(model, tokens_in, tokens_out)
+        budget = self.settings.max_cost
+        if budget is not None and self.usage.total_cost >= budget:
+            self.stop(f"reached --max-cost ${budget:.2f} (spent ${self.usage.total_cost:.2f})")
+
+
+def _buckets(settings: Settings) -> dict[str, tuple[TokenBucket | None, TokenBucket | None]]:
+    """Return the (requests, tokens) buckets of each role; shared unless set per model."""
+    shared = (
+        TokenBucket(settings.rpm) if settings.rpm else None,
+        TokenBucket(settings.tpm) if settings.tpm else None,
+    )
+    if settings.scorer_rpm is None and settings.scorer_tpm is None:
+        return {"evolve": shared, "score": shared}
+    scorer = (
+        TokenBucket(settings.scorer_rpm) if settings.scorer_rpm else shared[0],
+        TokenBucket(settings.scorer_tpm) if settings.scorer_tpm else shared[1],
+    )
+    return {"evolve": shared, "score": scorer}
+
+
+def error_name(err: BaseException) -> str:
+    """Name an API error by its openai SDK class (langchain-openai subclasses them)."""
+    for cls in type(err).__mro__:
+        if cls.__module__.startswith("openai"):
+            return cls.__name__
+    return type(err).__name__
 
 
 def _limits(connections: int) -> object:

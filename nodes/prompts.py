@@ -176,3 +176,51 @@ FEEDBACK = """
 Your previous answer could not be used: {problem}
 Answer again, following the format exactly.
 </feedback>"""
+
+# JSON schemas for endpoints that enforce structured output (--structured-output). The
+# root must be an object, so the list sits under one key; the parser unwraps it.
+_STEP = {
+    "type": "object",
+    "properties": {"manipulation": {"type": "string"}, "description": {"type": "string"}},
+    "required": ["manipulation", "description"],
+    "additionalProperties": False,
+}
+_ITEM = {
+    "type": "object",
+    "properties": {
+        "image_position": {"type": "string"},
+        "objects": {"type": "array", "items": {"type": "string"}},
+        "skills": {"type": "array", "items": {"type": "string"}},
+        "format": {"type": "string"},
+        "question": {"type": "string"},
+        "steps": {"type": "array", "items": _STEP},
+        "answer": {"type": "string"},
+    },
+    "required": ["image_position", "objects", "skills", "format", "question", "steps", "answer"],
+    "additionalProperties": False,
+}
+_VERDICT = {
+    "type": "object",
+    "properties": {
+        "item": {"type": "integer"},
+        "improved": {"type": "string", "enum": ["yes", "no"]},
+        "score": {"type": "integer"},
+        "reason": {"type": "string"},
+    },
+    "required": ["item", "improved", "score", "reason"],
+    "additionalProperties": False,
+}
+
+
+def _response_format(name: str, key: str, item: dict) -> dict:
+    schema = {
+        "type": "object",
+        "properties": {key: {"type": "array", "items": item}},
+        "required": [key],
+        "additionalProperties": False,
+    }
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+ITEMS_SCHEMA = _response_format("evolved_items", "items", _ITEM)
+VERDICTS_SCHEMA = _response_format("verdicts", "verdicts", _VERDICT)

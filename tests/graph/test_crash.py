@@ -121,7 +121,7 @@ def test_ctrl_c_stops_cleanly_and_resumes_without_paying_twice(
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert "Stopping: no new sample or call starts" in stderr
+    assert "Stopping (interrupted by a signal): no new sample or call starts" in stderr
     assert "run the same command again to resume" in stderr
     store = Store(checkpoints / "stopped" / "results.db")
     statuses = set(store.statuses().values())

@@ -1,0 +1,100 @@
+"""The model client over real HTTP: budgets, pushback, the breaker, structured output."""
+
+from __future__ import annotations
+
+import json
+
+from graph import runner
+from graph.store import Store
+from sim.demo_seed import make_demo_seed
+
+
+def calls_of(settings):
+    store = Store(settings.results_db)
+    try:
+        return [dict(r) for r in store.db.query("select * from calls order by id")]
+    finally:
+        store.close()
+
+
+def test_max_calls_stops_cleanly_and_resume_finishes(sim, demo_seed, make_settings):
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images, limit=6, max_calls=10)
+    report = runner.run(settings, seed_path)
+    assert report.stopped and report.stop_reason == "reached --max-calls 10"
+    assert len(calls_of(settings)) == 10
+    assert report.interrupted > 0 and report.failed == 0
+    # The budget counts the whole run, so raise it to finish.
+    settings = make_settings(sim, images, limit=6)
+    again = runner.run(settings, seed_path)
+    assert not again.stopped and again.done + report.done == 6
+
+
+def test_max_cost_uses_the_price_table(sim, demo_seed, make_settings, tmp_path):
+    seed_path, images = demo_seed
+    prices = tmp_path / "prices.json"
+    # Priced so that a single call costs about a cent.
+    prices.write_text(json.dumps({"gpt-4o-mini": {"input": 5.0, "output": 5.0}}))
+    settings = make_settings(sim, images, limit=6, max_cost=0.05, prices=prices)
+    report = runner.run(settings, seed_path)
+    assert report.stopped and report.stop_reason.startswith("reached --max-cost $0.05")
+    spent = sum((c["input_tokens"] + c["output_tokens"]) * 5.0 / 1e6 for c in calls_of(settings))
+    assert 0.05 <= spent < 0.05 + 4 * 0.02  # at most the calls in flight past the budget
+
+
+def test_rate_limit_answers_back_off_and_shrink_concurrency(sim_factory, demo_seed, make_settings):
+    seed_path, images = demo_seed
+    server = sim_factory(seed=0, rate_limit_rate=0.3, retry_after=0.01)
+    settings = make_settings(server, images, limit=4, max_retries=8)
+    report = runner.run(settings, seed_path)
+    assert report.done == 4 and report.failed == 0
+    assert server.stats()["faults"]["rate_limit"] > 0
+    assert all(c["error"] is None for c in calls_of(settings))
+
+
+def test_sustained_failures_stop_the_run_instead_of_failing_every_sample(
+    sim_factory, make_settings, tmp_path
+):
+    seed_path, images = make_demo_seed(tmp_path / "seed", n=40, seed=1)
+    server = sim_factory(seed=0, error_rate=1.0)
+    settings = make_settings(server, images, max_retries=0, concurrency=2)
+    report = runner.run(settings, seed_path)
+    assert report.stopped
+    assert report.stop_reason.startswith("the endpoint keeps failing: 10 of the last 10")
+    assert "InternalServerError" in report.stop_reason
+    # The samples whose call failed are failed (--retry-failed runs them again); the rest
+    # of the seed never started and stays pending for the next run.
+    # Each failed sample made one call per chunk (sample 1 has three); at most the calls
+    # already on their way when the breaker tripped come after the tenth failure.
+    assert 10 <= server.stats()["requests"] <= 10 + 2 * 3
+    assert report.failed <= 12
+    store = Store(settings.results_db)
+    assert len(store.statuses()) == report.failed + report.interrupted
+    store.close()
+
+
+def test_structured_output_when_accepted(sim, demo_seed, make_settings):
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images, limit=2, structured_output=True)
+    notices = []
+    report = runner.run(
+        settings, seed_path, listener=lambda e, t: notices.append(t) if e == "notice" else None
+    )
+    assert report.done == 2 and notices == []
+    responses = [c["response"] for c in calls_of(settings)]
+    assert all(r.startswith("{") for r in responses)  # pure JSON, no fence
+    assert all(c["parse"] == "ok" for c in calls_of(settings) if c["node"] == "evolve")
+
+
+def test_structured_output_refused_falls_back_once(sim_factory, demo_seed, make_settings):
+    seed_path, images = demo_seed
+    server = sim_factory(seed=0, reject_structured=True)
+    settings = make_settings(server, images, limit=3, structured_output=True, concurrency=1)
+    notices = []
+    report = runner.run(
+        settings, seed_path, listener=lambda e, t: notices.append(t) if e == "notice" else None
+    )
+    assert report.done == 3
+    rejected = [n for n in notices if "rejected structured output" in n]
+    assert len(rejected) == 1
+    assert server.stats()["faults"]["bad_request"] == 1
