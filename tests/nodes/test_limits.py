@@ -69,7 +69,7 @@ def test_breaker_trips_on_sustained_failures_only():
     gov = Governor(ceiling=4, window=20, trip_share=0.5, trip_min=5)
     for _ in range(30):
         assert gov.on_outcome(Outcome(True)) is None
-    for n in range(4):
+    for _ in range(4):
         assert gov.on_outcome(Outcome(False, "InternalServerError")) is None
     reason = gov.on_outcome(Outcome(False, "InternalServerError: boom"))
     assert reason is None  # 5 of 20 is not half
