@@ -20,7 +20,7 @@ from graph.context import RunContext
 from graph.runner import compile_graph, thread_config
 from graph.state import OPERATORS, SampleState
 from graph.store import Store
-from graph.trace import branch_path, step_pairs
+from graph.trace import UnknownSample, branch_path, step_pairs
 from nodes.llm import ModelClient, preflight
 
 # Fields a user may not set: identity, the branch itself, and the append-only history.
@@ -79,7 +79,13 @@ async def replay(
     try:
         async with open_checkpointer(settings.graph_db) as saver:
             graph = compile_graph(saver)
-            path = await branch_path(graph, hash_id, source)
+            try:
+                path = await branch_path(graph, hash_id, source)
+            except UnknownSample as err:
+                raise ReplayProblem(
+                    f"{err}: a finished sample's checkpoints are compacted unless the run "
+                    "used --keep-history, which replay needs"
+                ) from err
             steps = step_pairs(path)
             if not 1 <= from_step <= len(steps):
                 raise ReplayProblem(f"--from must be a step number from 1 to {len(steps)}")

@@ -274,5 +274,9 @@ async def _run_sample(
         notify("failed", row.hash_id)
         return
     store.finish_sample(row.hash_id, len(final["rounds"]))
+    if not ctx.settings.keep_history:
+        # The results database keeps what `mmevol trace` shows round by round, so the
+        # step-by-step checkpoints of a finished sample can go: the file stays small.
+        await graph.checkpointer.adelete_thread(row.hash_id)
     report.done += 1
     notify("done", row.hash_id)

@@ -150,6 +150,64 @@ def _call(row: dict, raw: bool) -> dict:
     return call
 
 
+def trace_from_results(
+    store: Store, hash_id: str, branch: str = "main", raw: bool = False
+) -> list[dict]:
+    """Describe a compacted sample round by round from the results database."""
+    rounds = list(
+        store.db.query(
+            "select * from rounds where hash_id = ? and branch = ? order by round",
+            [hash_id, branch],
+        )
+    )
+    if not rounds:
+        raise UnknownSample(
+            f"no checkpoint and no finished round of sample {hash_id!r} in this run"
+        )
+    steps = []
+    for n, r in enumerate(rounds, 1):
+        where = [hash_id, branch, r["round"]]
+        kept = [
+            row["score"]
+            for row in store.db.query(
+                "select score from items where hash_id = ? and branch = ? and round = ?"
+                " order by position",
+                where,
+            )
+        ]
+        drops = [
+            _drop_row(d)
+            for d in store.db.query(
+                "select * from dropped where hash_id = ? and branch = ? and round = ? order by id",
+                where,
+            )
+        ]
+        calls = [
+            _call(c, raw)
+            for c in store.db.query(
+                "select * from calls where hash_id = ? and coalesce(branch, 'main') = ?"
+                " and round = ? order by id",
+                where,
+            )
+        ]
+        step = {
+            "step": n,
+            "node": "round",
+            "round": r["round"],
+            "attempt": r["attempts"],
+            "operator": r["operator"],
+            "items_out": len(kept),
+            "candidates": r["candidates"],
+            "kept_scores": kept,
+            "dropped": drops,
+            "calls": calls,
+        }
+        if r["reason"]:
+            step["error"] = r["reason"]
+        steps.append(step)
+    return steps
+
+
 async def trace_sample(
     graph_db: Path,
     results_db: Path,
@@ -162,7 +220,12 @@ async def trace_sample(
     store = Store(results_db)
     try:
         async with open_checkpointer(graph_db) as saver:
-            path = await branch_path(compile_graph(saver), hash_id, branch)
+            try:
+                path = await branch_path(compile_graph(saver), hash_id, branch)
+            except UnknownSample:
+                # A finished sample's checkpoints are compacted away unless the run kept
+                # its history; its rounds are still in the results database.
+                return trace_from_results(store, hash_id, branch, raw)
         return [
             describe_step(n, before, after, store, raw, chunk_size)
             for n, (before, after) in enumerate(step_pairs(path), 1)

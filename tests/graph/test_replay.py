@@ -26,7 +26,7 @@ def exported(tmp_path, run):
 
 def test_replay_changes_round_two_operator(sim, demo_seed, make_settings, tmp_path, monkeypatch):
     seed_path, images = demo_seed
-    settings = make_settings(sim, images, limit=1)
+    settings = make_settings(sim, images, limit=1, keep_history=True)
     runner.run(settings, seed_path)
     before = asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH))
     step = next(s for s in before if s["round"] == 2 and s["node"] == "select_operator")
@@ -92,7 +92,7 @@ def test_replay_changes_round_two_operator(sim, demo_seed, make_settings, tmp_pa
 
 def test_replay_refuses_bad_requests(sim, demo_seed, make_settings, monkeypatch):
     seed_path, images = demo_seed
-    settings = make_settings(sim, images, limit=1)
+    settings = make_settings(sim, images, limit=1, keep_history=True)
     runner.run(settings, seed_path)
     monkeypatch.setenv("OPENAI_API_KEY", "sim")
     base = ["replay", HASH, "--run", settings.run]
@@ -106,6 +106,16 @@ def test_replay_refuses_bad_requests(sim, demo_seed, make_settings, monkeypatch)
         result = CliRunner().invoke(app, [*base, *extra])
         assert result.exit_code == 1, result.output
         assert message in result.output
+
+
+def test_replay_of_a_compacted_sample_says_why(sim, demo_seed, make_settings, monkeypatch):
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images, limit=1)
+    runner.run(settings, seed_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sim")
+    result = CliRunner().invoke(app, ["replay", HASH, "--run", settings.run, "--from", "1"])
+    assert result.exit_code == 1
+    assert "compacted unless the run used --keep-history" in result.output
 
 
 def test_parse_sets():

@@ -25,9 +25,7 @@ def test_langgraph_json_points_at_a_compiled_graph():
     assert getattr(studio, name) is studio.graph
 
 
-def test_studio_graph_runs_with_context_from_the_environment(
-    sim, demo_seed, monkeypatch, tmp_path
-):
+def test_studio_graph_runs_with_context_from_the_environment(sim, demo_seed, monkeypatch, tmp_path):
     seed_path, images = demo_seed
     monkeypatch.setenv("OPENAI_API_KEY", "sim")
     monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)

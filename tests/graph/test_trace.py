@@ -22,10 +22,12 @@ INVENTED = {
 }
 
 
-def scripted_run(sim_factory, demo_seed, make_settings):
+def scripted_run(sim_factory, demo_seed, make_settings, keep_history=True):
     seed_path, images = demo_seed
     server = sim_factory(seed=0)
-    settings = make_settings(server, images, limit=1, rounds=2, concurrency=1)
+    settings = make_settings(
+        server, images, limit=1, rounds=2, concurrency=1, keep_history=keep_history
+    )
     server.enqueue("content", content="I'm sorry, I can't help with that.")
     server.enqueue("content", content="```json\n" + json.dumps([GOOD, INVENTED]) + "\n```")
     server.enqueue("content", content='[{"improved": "yes", "score": 7, "reason": "harder"}]')
@@ -80,4 +82,27 @@ def test_trace_cli_text_json_and_raw(sim_factory, demo_seed, make_settings):
 
     result = cli.invoke(app, ["trace", "nope", "--run", settings.run])
     assert result.exit_code == 1
-    assert "Error: no checkpoint of sample 'nope' in this run" in result.output
+    assert "Error: no checkpoint and no finished round of sample 'nope' in this run" in result.output
+
+
+def test_compacted_sample_is_traced_round_by_round(sim_factory, demo_seed, make_settings):
+    settings = scripted_run(sim_factory, demo_seed, make_settings, keep_history=False)
+    import sqlite3
+
+    with sqlite3.connect(settings.graph_db) as conn:
+        assert conn.execute("select count(*) from checkpoints").fetchone()[0] == 0
+    steps = asyncio.run(trace_sample(settings.graph_db, settings.results_db, "0_shapes_000000.jpg"))
+    assert [(s["node"], s["round"], s["attempt"]) for s in steps] == [
+        ("round", 1, 2),
+        ("round", 2, 3),
+    ]
+    first, second = steps
+    assert first["kept_scores"] == [7]
+    assert [d["stage"] for d in first["dropped"]] == ["check"]
+    assert [c["parse"] for c in first["calls"]] == [
+        "unusable: the answer was a refusal",
+        "ok",
+        "ok",
+    ]
+    assert second["error"].startswith("no usable evolution after 3 attempts")
+    assert len(second["calls"]) == 3
