@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 from nodes.parsing import QAItem
 
-_NUMBER = r"-?\d+(?:\.\d+)?"
+_NUMBER = r"-?(?:\d+(?:\.\d+)?|\.\d+)"
 _BOX = re.compile(rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]")
-# Rounding to 2 decimals moves a coordinate by at most 0.005.
-_TOLERANCE = 0.005 + 1e-9
+# The prompt shows boxes with 3 decimals (at most 0.0005 off the seed's value) and a model
+# may round those again to 2 decimals (0.005 more): a copied box is within 0.0055.
+_TOLERANCE = 0.0055 + 1e-9
 
 _LEAKS = re.compile(
     r"given\s+q\s*&\s*a|rewritten\s+q\s*&\s*a|q\s*&\s*a\s*&\s*s|#\s*created|"
@@ -23,7 +24,14 @@ _REFUSAL = re.compile(
     re.IGNORECASE,
 )
 _LOCALISE = re.compile(
-    r"\b(?:bounding[ _-]?box(?:es)?|bbox(?:es)?|coordinates?|bbx_?\d*)\b", re.IGNORECASE
+    r"\b(?:bounding[ _-]?box(?:es)?|bbox(?:es)?|bbx_?\d*)\b"
+    # "coordinates" of an image region, not of geometry: "coordinate plane", "polar
+    # coordinates", "the coordinates of point E" are about the figure, not localisation.
+    r"|(?<!polar )(?<!cartesian )(?<![xyz]-)\bcoordinates?\b"
+    r"(?!\s+(?:plane|system|axis|axes|grid|geometry|pairs?)\b)"
+    r"(?!\s+of\s+(?:the\s+)?(?:points?\b|vertex\b|vertices\b|(?-i:[A-Z])\b))"
+    r"(?!\s*\(\s*[\w.-]+\s*,\s*[\w.-]+\s*\))",
+    re.IGNORECASE,
 )
 
 
@@ -57,7 +65,13 @@ def _normal(text: str) -> str:
 def check_item(
     item: QAItem, given_boxes: Sequence[Sequence[float]], given_items: Sequence[QAItem]
 ) -> str | None:
-    """Return why an item breaks the method's constraints, or None when it is fine."""
+    """Return why an item breaks the method's constraints, or None when it is fine.
+
+    The given boxes are the sample's boxes and every box written in the given items: some
+    seeds (region captions such as Visual Genome's) carry their boxes only in the Q&A, and
+    an item that keeps such a box has not invented it.
+    """
+    given_boxes = [*given_boxes, *(b for g in given_items for b in boxes_in(g))]
     for text in (item.question, item.answer):
         if _LEAKS.search(text):
             return "mentions the prompt's own wording"

@@ -41,12 +41,21 @@ class Step(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_loose(cls, data: Any) -> Any:
-        # Models sometimes write a step as a bare sentence.
-        if isinstance(data, str):
-            return {"manipulation": "None", "description": data}
-        if isinstance(data, dict) and data.get("manipulation") is None:
-            return {**data, "manipulation": "None"}
+        # Models sometimes write a step as a bare sentence, or as [manipulation, description].
+        if isinstance(data, (list, tuple)):
+            if len(data) == 2 and all(isinstance(d, str) for d in data):
+                return {"manipulation": data[0], "description": data[1]}
+            return {"description": _flatten_text(list(data))}
+        if isinstance(data, (str, int, float)):
+            return {"manipulation": "None", "description": str(data)}
         return data
+
+    @field_validator("manipulation", "description", mode="before")
+    @classmethod
+    def _step_text(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or value == "":
+            return "None" if info.field_name == "manipulation" else ""
+        return str(_flatten_text(value))
 
 
 _KEY_ALIASES = {
@@ -62,6 +71,12 @@ _KEY_ALIASES = {
     "query": "question",
     "question_format": "format",
 }
+
+
+def _key_name(key: Any) -> str:
+    """Return the item field a key of a model's item stands for."""
+    name = str(key).strip().lower().replace(" ", "_").replace("-", "_")
+    return _KEY_ALIASES.get(name, name)
 
 
 class QAItem(BaseModel):
@@ -84,8 +99,7 @@ class QAItem(BaseModel):
             return data
         out: dict[str, Any] = {}
         for key, value in data.items():
-            name = str(key).strip().lower().replace(" ", "_")
-            name = _KEY_ALIASES.get(name, name)
+            name = _key_name(key)
             # A real key wins over an alias of it.
             if name not in out or str(key).strip().lower() == name:
                 out[name] = value
@@ -109,6 +123,8 @@ class QAItem(BaseModel):
             return []
         if isinstance(value, (str, dict)):
             return [value]
+        if isinstance(value, list):
+            return [v for v in value if v is not None and v != ""]
         return value
 
     @field_validator("image_position", "format", mode="before")
@@ -139,17 +155,37 @@ class ScoredItem(QAItem):
 
 def _flatten_text(value: Any) -> Any:
     """Join an answer given as a list or object into one string."""
+    if isinstance(value, bool):
+        # A yes/no question answered with a JSON boolean.
+        return "Yes" if value else "No"
     if isinstance(value, list):
         return "\n".join(str(_flatten_text(v)) for v in value)
     if isinstance(value, dict):
         return "\n".join(f"{k}: {_flatten_text(v)}" for k, v in value.items())
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)):
         return str(value)
     return value
 
 
 _YES = {"yes", "y", "true", "improved", "1"}
 _NO = {"no", "n", "false", "not improved", "0"}
+_ITEM_KEYS = ("item", "index", "id", "item_number", "number")
+_SCORE = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:(?:/|out\s+of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
+
+
+def _yes_no_value(value: Any) -> bool | None:
+    """Read a yes/no verdict ("Yes", "NO.", true, "yes, it adds detail"); None if unclear."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().strip(".!").lower()
+    if text in _YES:
+        return True
+    if text in _NO:
+        return False
+    first = re.match(r"(yes|no|true|false)\b", text)
+    if first:
+        return first.group(1) in ("yes", "true")
+    return None
 
 
 class Verdict(BaseModel):
@@ -168,24 +204,23 @@ class Verdict(BaseModel):
     def _rename_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = {str(k).strip().lower(): v for k, v in data.items()}
-            for alias in ("index", "id", "item_number", "number"):
+            for alias in _ITEM_KEYS[1:]:
                 if alias in data and "item" not in data:
                     data["item"] = data[alias]
             if "improve" in data and "improved" not in data:
                 data["improved"] = data["improve"]
+            # A "no" needs no score: the item is dropped whatever it would be.
+            if data.get("score") in (None, "") and _yes_no_value(data.get("improved")) is False:
+                data["score"] = 0
         return data
 
     @field_validator("improved", mode="before")
     @classmethod
     def _yes_no(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().strip(".").lower()
-        if text in _YES:
-            return True
-        if text in _NO:
-            return False
-        raise ValueError(f"expected yes or no, got {value!r}")
+        verdict = _yes_no_value(value)
+        if verdict is None:
+            raise ValueError(f"expected yes or no, got {value!r}")
+        return verdict
 
     @field_validator("score", mode="before")
     @classmethod
@@ -193,15 +228,21 @@ class Verdict(BaseModel):
         if isinstance(value, bool):
             raise ValueError("expected a number")
         if isinstance(value, str):
-            match = re.match(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*10)?", value)
+            # "7", "7/10", "Score: 7", "8 out of 10", "4/5" (scaled to 8).
+            match = _SCORE.search(value)
             if not match:
                 raise ValueError(f"expected a number, got {value!r}")
             value = float(match.group(1))
+            scale = float(match.group(2)) if match.group(2) else 10.0
+            if scale > 0 and scale != 10:
+                value = value * 10 / scale
         if isinstance(value, float):
-            if math.isnan(value):
+            if not math.isfinite(value):
                 raise ValueError("expected a number")
-            value = round(value)
-        return min(10, max(0, int(value)))
+            value = math.floor(value + 0.5)  # half up: 6.5 -> 7, as a reader expects
+        if not isinstance(value, int):
+            raise ValueError(f"expected a number, got {value!r}")
+        return min(10, max(0, value))
 
     @field_validator("item", mode="before")
     @classmethod
@@ -226,48 +267,132 @@ def render_errors(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-_FENCE = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE = re.compile(r"```([a-zA-Z0-9_-]*)[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_HTML = ("<!doctype html", "<html", "<head", "<body", "<?xml")
 _REFUSAL = re.compile(
     r"^\s*(i'?m sorry|i am sorry|sorry,|i can(?:no|')t|i cannot|i'm unable|i am unable|as an ai)",
     re.IGNORECASE,
 )
+_STRICT = json.JSONDecoder()
+_LENIENT = json.JSONDecoder(strict=False)  # also takes raw newlines and tabs inside strings
+_KEYED = re.compile(r"[\"\u201c\u201d']\s*:")
+# How broken JSON starts: a bracket, then a nested bracket, a quote or a // comment.
+_JSONISH = re.compile(r"[\[{]\s*[\[{\"\u201c'/]")
+_MAX_SPANS = 200
+
+
+def _closing(text: str, at: int) -> int | None:
+    """Return the index just past the bracket that closes ``text[at]``, or None if unclosed.
+
+    Brackets inside double-quoted strings do not count; the JSON may be invalid otherwise.
+    """
+    depth, in_string, escaped = 0, False, False
+    for i in range(at, len(text)):
+        c = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def _decode(text: str, at: int) -> tuple[Any, bool] | None:
+    """Decode the JSON value at ``text[at]``, ignoring what follows; (value, was lenient)."""
+    for decoder, lenient in ((_STRICT, False), (_LENIENT, True)):
+        try:
+            return decoder.raw_decode(text, at)[0], lenient
+        except json.JSONDecodeError:
+            continue
+    return None
+
+
+def _first_bracket(text: str, start: int, stop: int) -> int:
+    hits = [i for i in (text.find("[", start, stop), text.find("{", start, stop)) if i >= 0]
+    return min(hits, default=-1)
+
+
+def _holds_objects(value: Any) -> bool:
+    return isinstance(value, dict) or (
+        isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
+    )
 
 
 def extract_json(text: str | None) -> tuple[Any, bool]:
     """Find the JSON value in a model answer.
 
+    The bracketed spans of the answer are tried in order: the first that decodes to
+    objects wins, whatever prose or fences follow it. A span that does not decode but has
+    ``"key":`` pairs is taken as broken JSON and repaired; other spans (prose such as
+    "[2 items]" or "[see below") are skipped.
+
     Returns:
         The decoded value and whether it needed repairing (anything beyond removing a
-        fence or surrounding prose).
+        fence, a reasoning block or surrounding prose).
 
     Raises:
         UnusableAnswer: the answer is empty, a refusal, an HTML page or has no JSON.
     """
     if text is None or not text.strip():
         raise UnusableAnswer("the answer was empty")
-    stripped = text.strip()
-    if stripped.lower().startswith(("<!doctype html", "<html")):
+    # Reasoning models served by vLLM or SGLang may put their thinking before the answer.
+    stripped = _THINK.sub("", text).strip()
+    if not stripped:
+        raise UnusableAnswer("the answer was empty")
+    if stripped.lower().startswith(_HTML):
         raise UnusableAnswer("the answer was an HTML page, not JSON")
-    fenced = _FENCE.search(stripped)
-    body = fenced.group(1).strip() if fenced else stripped
-    start = min((i for i in (body.find("["), body.find("{")) if i >= 0), default=-1)
-    if start < 0:
-        if _REFUSAL.match(stripped):
+    # The JSON sits in the first fence labelled json, else in the first fence holding a
+    # bracket, else anywhere in the text.
+    fences = [m for m in _FENCE.finditer(stripped) if "[" in m.group(2) or "{" in m.group(2)]
+    fences.sort(key=lambda m: m.group(1).lower() != "json")
+    start, stop = fences[0].span(2) if fences else (0, len(stripped))
+    plain: tuple[Any, bool] | None = None
+    broken: tuple[int, int] | None = None
+    pos = start
+    for _ in range(_MAX_SPANS):
+        at = _first_bracket(stripped, pos, stop)
+        if at < 0:
+            break
+        # Decoding may run past the fence: a fence written inside a JSON string must not
+        # cut the value short.
+        decoded = _decode(stripped, at)
+        end = _closing(stripped, at)
+        if decoded is not None and _holds_objects(decoded[0]):
+            return decoded
+        if decoded is not None:
+            plain = plain or decoded
+        elif _JSONISH.match(stripped, at) and _KEYED.search(
+            stripped, at, end if end is not None else stop
+        ):
+            broken = (at, end if end is not None else stop)
+            break
+        # An unclosed bracket in prose ("[see below") must not hide the JSON after it.
+        pos = end if end is not None else at + 1
+    if broken is None:
+        if not fences and _REFUSAL.match(stripped):
             raise UnusableAnswer("the answer was a refusal")
-        raise UnusableAnswer("the answer held no JSON")
-    body = body[start:]
-    try:
-        return json.loads(body), False
-    except json.JSONDecodeError:
-        pass
+        if plain is not None:
+            return plain
+        first = _first_bracket(stripped, start, stop)
+        if first < 0:
+            raise UnusableAnswer("the answer held no JSON")
+        broken = (first, stop)
+    candidate = stripped[broken[0] : broken[1]]
     # Cut prose that follows the JSON before asking json_repair, which would
     # otherwise try to fold the trailing sentence into the value.
-    end = max(body.rfind("]"), body.rfind("}"))
-    candidate = body[: end + 1] if end > 0 else body
-    try:
-        return json.loads(candidate), False
-    except json.JSONDecodeError:
-        pass
+    last = max(candidate.rfind("]"), candidate.rfind("}"))
+    candidate = candidate[: last + 1] if last > 0 else candidate
     repaired = json_repair.loads(candidate)
     if repaired in ("", None, [], {}):
         if _REFUSAL.match(stripped):
@@ -276,19 +401,40 @@ def extract_json(text: str | None) -> tuple[Any, bool]:
     return repaired, True
 
 
-def _as_entries(value: Any, key_hint: str) -> list[Any]:
-    """Unwrap a list that the model put inside an object, or a lone object."""
+_ITEM_MARKERS = (frozenset({"question"}), frozenset({"answer"}))
+_VERDICT_MARKERS = (frozenset({"improved", "improve"}), frozenset({"score"}))
+
+
+def _as_entries(value: Any, markers: tuple[frozenset[str], frozenset[str]]) -> list[Any]:
+    """Unwrap a list that the model put inside an object, or a lone object.
+
+    ``markers`` are two sets of key names (after aliasing): an object with a key of the
+    first set is a lone entry; one with a key of the second set is a lone entry unless it
+    wraps the only list of objects (as ``{"response": [...]}`` does).
+    """
     if isinstance(value, list):
         # A list of one list happens when a model wraps its list twice.
         if len(value) == 1 and isinstance(value[0], list):
             return value[0]
         return value
     if isinstance(value, dict):
-        if key_hint in {str(k).lower() for k in value}:
+        names = {_key_name(k) for k in value}
+        if names & markers[0]:
             return [value]
         lists = [v for v in value.values() if isinstance(v, list)]
+        with_objects = [v for v in lists if any(isinstance(e, dict) for e in v)]
+        if len(with_objects) == 1:
+            return with_objects[0]
+        if names & markers[1]:
+            return [value]
         if len(lists) == 1:
             return lists[0]
+        if value and all(isinstance(v, dict) for v in value.values()):
+            # {"1": {...}, "2": {...}}: entries keyed by their number.
+            return [
+                v if any(str(k).strip().lower() in _ITEM_KEYS for k in v) else {**v, "item": key}
+                for key, v in value.items()
+            ]
         return [value]
     raise UnusableAnswer(f"expected a JSON list, got {type(value).__name__}")
 
@@ -305,7 +451,7 @@ class Parsed(BaseModel):
 def parse_items(text: str | None) -> Parsed:
     """Parse an evolution answer into items; invalid entries are kept as rejects."""
     value, repaired = extract_json(text)
-    entries = _as_entries(value, "question")
+    entries = _as_entries(value, _ITEM_MARKERS)
     items: list[QAItem] = []
     rejected: list[tuple[str, str]] = []
     for n, entry in enumerate(entries, 1):
@@ -325,7 +471,7 @@ def parse_items(text: str | None) -> Parsed:
 def parse_verdicts(text: str | None) -> list[Verdict | None]:
     """Parse a judge answer into verdicts; an unreadable entry becomes None."""
     value, _ = extract_json(text)
-    entries = _as_entries(value, "improved")
+    entries = _as_entries(value, _VERDICT_MARKERS)
     verdicts: list[Verdict | None] = []
     for entry in entries:
         try:
@@ -334,6 +480,10 @@ def parse_verdicts(text: str | None) -> list[Verdict | None]:
             verdicts.append(None)
     if not any(verdicts):
         raise UnusableAnswer("no entry was a valid verdict")
+    numbers = [v.item for v in verdicts if v is not None]
+    if 0 in numbers and None not in numbers and len(set(numbers)) == len(numbers):
+        # Numbered from 0: item 0 cannot be a 1-based number, so every number is 0-based.
+        verdicts = [v.model_copy(update={"item": v.item + 1}) if v else v for v in verdicts]
     return verdicts
 
 

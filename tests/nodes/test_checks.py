@@ -1,3 +1,5 @@
+import pytest
+
 from nodes.checks import boxes_in, check_item, screen
 from nodes.parsing import QAItem
 
@@ -63,3 +65,56 @@ def test_boxes_in_reads_every_text():
         steps=[("grounding_1(dog)->bbx_1", "found [0.5, 0.5, 0.9, 0.95]")],
     )
     assert boxes_in(it) == [(0.1, 0.2, 0.3, 0.4), (0.5, 0.5, 0.9, 0.95)]
+
+
+def test_boxes_written_in_the_given_items_are_given():
+    # Region-caption seeds (Visual Genome) carry their boxes in the Q&A, not in `det`.
+    region = QAItem(
+        question="Please provide a short description for this region: [0.65, 0.35, 0.82, 0.71].",
+        answer="A woman in a long coat.",
+    )
+    kept = item(
+        question="What is the person in [0.65, 0.35, 0.82, 0.71] wearing, and why?",
+        answer="A long black and white coat at [0.650, 0.350, 0.820, 0.710], for the cold.",
+    )
+    assert check_item(kept, [], [region]) is None
+    invented = item(question="What is in [0.1, 0.1, 0.2, 0.2]?", answer="A bench.")
+    assert "not among the given boxes" in check_item(invented, [], [region])
+    asks = item(question="Give the bounding box of the bench.", answer="It is at the bottom.")
+    assert check_item(asks, [], [region]) is None
+    assert "localisation" in check_item(asks, [], SEED)
+
+
+def test_a_box_rounded_twice_still_matches():
+    # det 0.2349 is shown as 0.235 in the prompt; the model rounds that to 0.24.
+    boxes = [[0.2349, 0.1, 0.5, 0.6]]
+    assert check_item(item(answer="At [0.24, 0.10, 0.50, 0.60]."), boxes, SEED) is None
+    assert check_item(item(answer="At [0.235, 0.100, 0.500, 0.600]."), boxes, SEED) is None
+    assert check_item(item(answer="At [0.25, 0.10, 0.50, 0.60]."), boxes, SEED) is not None
+
+
+def test_numbers_without_leading_zero_are_boxes_too():
+    assert boxes_in(item(answer="At [.1, .2, .3, .4].")) == [(0.1, 0.2, 0.3, 0.4)]
+    assert check_item(item(answer="At [.12, .2, .3, .4]."), BOXES, SEED) is not None
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "If we place this trapezoid in a coordinate plane, where would point D be?",
+        "Given the coordinates of points A and B, how long is AB?",
+        "What are the coordinates of E if D has coordinates (x1, y1)?",
+        "Is the plot drawn in polar coordinates?",
+        "What is the x-coordinate of the vertex?",
+    ],
+)
+def test_geometry_coordinates_are_not_localisation(question):
+    assert check_item(item(question=question, answer="See the figure."), [], SEED) is None
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["What are the coordinates of the red car?", "Give the bbox of the dog.", "Where is bbx_1?"],
+)
+def test_localisation_without_boxes_is_dropped(question):
+    assert "localisation" in check_item(item(question=question), [], SEED)

@@ -115,7 +115,8 @@ def test_verdict_forms(raw, improved, score):
 
 def test_verdict_item_numbers_and_bad_entries():
     verdicts = parse_verdicts(
-        '```json\n[{"item": 1, "improved": "yes", "score": 6}, {"improved": "maybe", "score": 2}]\n```'
+        '```json\n[{"item": 1, "improved": "yes", "score": 6},'
+        ' {"improved": "maybe", "score": 2}]\n```'
     )
     assert verdicts[0].item == 1
     assert verdicts[1] is None
@@ -124,3 +125,101 @@ def test_verdict_item_numbers_and_bad_entries():
 def test_qa_item_requires_question_and_answer():
     with pytest.raises(ValueError):
         QAItem.model_validate({"question": "Q?"})
+
+
+def test_every_item_survives_when_only_one_has_a_raw_newline():
+    broken = '{"question": "Which colour?\nA. red\nB. blue", "answer": "A"}'
+    parsed = parse_items(f"```json\n[{broken}, {ITEM}, {ITEM}]\n```")
+    assert len(parsed.items) == 3 and parsed.repaired is True
+    assert parsed.items[0].question == "Which colour?\nA. red\nB. blue"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"[{ITEM}, {ITEM}]\nNote: items [1] and [2] use different skills.",
+        f"Here are the items [2 in total]:\n[{ITEM}, {ITEM}]",
+        f"Answer {{as requested}}:\n[{ITEM}, {ITEM}]",
+        f"Two items (see [the note below:\n[{ITEM}, {ITEM}]",
+        f"<think>Maybe [a] or {{b}}?\n```json\n[1]\n```</think>\n```json\n[{ITEM}, {ITEM}]\n```",
+        f"```python\nprint([1])\n```\nAnd the items:\n```json\n[{ITEM}, {ITEM}]\n```",
+        f"```json\n[{ITEM}, {ITEM},]\n```\nThe list above [two items] is complete.",
+    ],
+)
+def test_brackets_in_prose_fences_and_reasoning_do_not_hide_the_list(text):
+    parsed = parse_items(text)
+    assert [i.answer for i in parsed.items] == ["It says HELLO."] * 2
+    assert parsed.rejected == []
+
+
+def test_a_fence_written_inside_a_json_string_does_not_cut_the_answer():
+    code = '{"question": "What does ```print(1)``` show?", "answer": "It prints 1."}'
+    parsed = parse_items(f"```json\n[{code}, {ITEM}]\n```")
+    assert [i.answer for i in parsed.items] == ["It prints 1.", "It says HELLO."]
+
+
+@pytest.mark.parametrize(
+    "text", ["I'm sorry, I can't help with that [content policy].", "I'm sorry [1]."]
+)
+def test_refusal_with_brackets_is_still_a_refusal(text):
+    with pytest.raises(UnusableAnswer, match="refusal"):
+        parse_items(text)
+
+
+def test_lone_item_whose_question_key_is_an_alias():
+    text = '{"instruction": "What is on the shelf?", "answer": "Books", "objects": ["book"]}'
+    assert [i.question for i in parse_items(text).items] == ["What is on the shelf?"]
+    wrapped = f'{{"response": [{ITEM}, {ITEM}]}}'
+    assert len(parse_items(wrapped).items) == 2
+
+
+def test_boolean_answer_and_steps_as_pairs():
+    text = (
+        '[{"question": "Is the door open?", "answer": true,'
+        ' "steps": [["grounding_1(door)->bbx_1", "Find the door."], 3, null]}]'
+    )
+    item = parse_items(text).items[0]
+    assert item.answer == "Yes"
+    assert [(s.manipulation, s.description) for s in item.steps] == [
+        ("grounding_1(door)->bbx_1", "Find the door."),
+        ("None", "3"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "improved", "score"),
+    [
+        ({"improved": "Yes, it adds detail", "score": "Score: 7"}, True, 7),
+        ({"improved": "no improvement", "score": "8 out of 10"}, False, 8),
+        ({"improved": "yes", "score": "4/5"}, True, 8),
+        ({"improved": "yes", "score": 6.5}, True, 7),
+        ({"improved": "No", "reason": "answerable without the image"}, False, 0),
+    ],
+)
+def test_looser_verdict_forms(raw, improved, score):
+    verdict = Verdict.model_validate(raw)
+    assert (verdict.improved, verdict.score) == (improved, score)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [{"improved": "yes"}, {"improved": "maybe", "score": 5}, {"improved": "yes", "score": "?"}],
+)
+def test_unreadable_verdicts_are_rejected(raw):
+    with pytest.raises(ValueError):
+        Verdict.model_validate(raw)
+
+
+def test_verdicts_keyed_by_number_and_numbered_from_zero():
+    keyed = parse_verdicts(
+        '{"item_2": {"improved": "no", "score": 3}, "item_1": {"improved": "yes", "score": 6}}'
+    )
+    assert [(v.item, v.improved) for v in keyed] == [(2, False), (1, True)]
+    zero = parse_verdicts(
+        '[{"item": 1, "improved": "no", "score": 3}, {"item": 0, "improved": "yes", "score": 6}]'
+    )
+    assert [(v.item, v.score) for v in zero] == [(2, 3), (1, 6)]
+    one = parse_verdicts(
+        '[{"item": 1, "improved": "no", "score": 3}, {"item": 2, "improved": "yes", "score": 6}]'
+    )
+    assert [v.item for v in one] == [1, 2]
