@@ -30,6 +30,8 @@ async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
             drops.append(Dropped(item=item.model_dump(), reason=reason, stage="judge"))
     if not state.candidates:
         reason = f"no usable evolution after {state.attempt - 1} attempts: {state.problem}"
+    elif not any(state.verdicts):
+        reason = f"no item could be scored: {unscored}"
     elif not kept:
         reason = "no item was judged improved"
     else:

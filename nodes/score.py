@@ -116,18 +116,22 @@ def match_verdicts(
         whether every item got exactly one verdict.
     """
     numbered = [v for v in verdicts if v is not None and v.item is not None]
-    if verdicts and len(numbered) == len(verdicts):
-        by_item: dict[int, list[Verdict]] = {}
-        for v in numbered:
-            by_item.setdefault(v.item, []).append(v)
-        # Item numbers are 1-based; a number given twice is ambiguous and matches nothing.
-        matched = [
-            by_item[n][0] if len(by_item.get(n, [])) == 1 else None for n in range(1, count + 1)
-        ]
-        return matched, all(m is not None for m in matched) and len(verdicts) == count
-    if len(verdicts) == count:
+    in_place = all(
+        v is None or v.item is None or v.item == n for n, v in enumerate(verdicts, 1)
+    )
+    if len(verdicts) == count and in_place:
+        # Every number the judge wrote agrees with the position: position is safe.
         return list(verdicts), all(v is not None for v in verdicts)
-    return [None] * count, False
+    # Otherwise only a number names an item with certainty; a number given twice is
+    # ambiguous and matches nothing, and an unnumbered verdict cannot be placed.
+    by_item: dict[int, list[Verdict]] = {}
+    for v in numbered:
+        by_item.setdefault(v.item, []).append(v)
+    matched = [
+        by_item[n][0] if len(by_item.get(n, [])) == 1 else None for n in range(1, count + 1)
+    ]
+    exact = len(verdicts) == count and len(numbered) == count
+    return matched, exact and all(m is not None for m in matched)
 
 
 def render_score_prompt(

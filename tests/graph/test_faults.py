@@ -460,11 +460,6 @@ def test_verdicts_out_of_order_are_matched_by_number(sim, make_settings, tmp_pat
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nodes/score.py match_verdicts matches by position whenever some verdicts lack an "
-    "item number, even when the numbered ones name other items, so verdicts are shifted",
-)
 def test_partly_numbered_verdicts_are_not_shifted(sim, make_settings, tmp_path):
     judge = json.dumps(
         [
@@ -473,11 +468,15 @@ def test_partly_numbered_verdicts_are_not_shifted(sim, make_settings, tmp_path):
             {"improved": "yes", "score": 6},
         ]
     )
-    _, res, _ = run(sim, make_settings, tmp_path, [fence(THREE), judge])
+    # The judge answers the same way when asked again.
+    _, res, _ = run(sim, make_settings, tmp_path, [fence(THREE), judge, judge])
     scores = {r["item"]["question"]: r["score"] for r in res.items}
-    # The verdict naming item 2 belongs to item 2, whatever its position in the list.
-    assert scores.get(THREE[0]["question"]) == 4
-    assert scores.get(THREE[1]["question"]) == 9
+    # The verdict naming item 2 belongs to item 2, whatever its position in the list; the
+    # unnumbered one could belong anywhere, so item 3 stays unscored.
+    assert scores == {THREE[0]["question"]: 4, THREE[1]["question"]: 9}
+    assert [
+        (json.loads(d["item"])["question"], d["reason"].split(":")[0]) for d in res.dropped
+    ] == [(THREE[2]["question"], "unscored")]
 
 
 # -- 6. HTTP errors -----------------------------------------------------------------------
@@ -512,3 +511,19 @@ def test_persistent_500_fails_that_sample_only(sim, make_settings, tmp_path):
         (fine, "evolve", ""),
         (fine, "score", ""),
     ]
+
+
+def test_judge_unusable_every_time_leaves_the_round_empty_with_that_reason(
+    sim, make_settings, tmp_path
+):
+    garbage = "<html><body>upstream timeout</body></html>"
+    _, res, (hash_id,) = run(
+        sim, make_settings, tmp_path, [fence(THREE), garbage, garbage, garbage]
+    )
+    record = res.rounds[hash_id]
+    assert record["kept"] == 0
+    assert record["reason"] == (
+        "no item could be scored: judge answer unusable: the answer was an HTML page, not JSON"
+    )
+    assert {d["reason"].split(":")[0] for d in res.dropped} == {"unscored"}
+    assert [c["node"] for c in res.calls] == ["evolve", "score", "score", "score"]
