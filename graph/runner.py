@@ -249,6 +249,8 @@ async def _run_sample(
     store = ctx.store
     config = thread_config(ctx.settings, row.hash_id)
     store.start_sample(row.hash_id, row.index, row.source_id, row.raw or {})
+    if row.skipped_items:
+        store.record_seed_drops(row.hash_id, row.skipped_items)
     notify("started", row.hash_id)
     try:
         snapshot = await graph.aget_state(config)

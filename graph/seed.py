@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ class SeedSample(BaseModel):
 
     id: str | int | None = None
     image: str
-    conversations_v0: list[QAItem]
+    conversations_v0: list[dict[str, Any]]
+    """The Q&A items as given; each is validated on its own in ``prepare``."""
     caption: str = ""
     det: list[Box] = []
     hash_id: str | None = None
@@ -47,7 +48,7 @@ class SeedSample(BaseModel):
 
     @field_validator("conversations_v0")
     @classmethod
-    def _some_items(cls, value: list[QAItem]) -> list[QAItem]:
+    def _some_items(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not value:
             raise ValueError("holds no Q&A item")
         return value
@@ -111,6 +112,8 @@ class SeedRow:
     raw: dict | None
     sample: InputState | None = None
     error: str | None = None
+    skipped_items: list[tuple[dict, str]] = field(default_factory=list)
+    """Seed items left out of the evolution (item, reason); the sample runs without them."""
 
 
 def hash_id_for(index: int, image: str) -> str:
@@ -135,14 +138,28 @@ def prepare(index: int, raw: Any) -> SeedRow:
             error=f"row {index} (id {source_id}): invalid sample: {render_errors(err)}",
         )
     hash_id = seed.hash_id or hash_id_for(index, seed.image)
+    # One bad item (the authors' seed has a few with an empty question) should not cost
+    # the sample its other items: it is left out of the evolution and recorded.
+    items: list[QAItem] = []
+    skipped: list[tuple[dict, str]] = []
+    for n, entry in enumerate(seed.conversations_v0):
+        try:
+            items.append(QAItem.model_validate(entry))
+        except ValidationError as err:
+            skipped.append((entry, f"seed item {n} left out: {render_errors(err)}"))
+    if not items:
+        return SeedRow(
+            index, hash_id, source_id, raw,
+            error=f"row {index} (id {source_id}): no usable Q&A item ({skipped[0][1]})",
+        )  # fmt: skip
     sample = InputState(
         hash_id=hash_id,
         image=seed.image,
         caption=seed.caption,
         boxes=seed.det,
-        seed_items=seed.conversations_v0,
+        seed_items=items,
     )
-    return SeedRow(index, hash_id, source_id, raw, sample=sample)
+    return SeedRow(index, hash_id, source_id, raw, sample=sample, skipped_items=skipped)
 
 
 def read_seed(path: Path) -> Iterator[SeedRow]:

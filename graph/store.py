@@ -178,6 +178,25 @@ class Store:
             },
         )
 
+    def record_seed_drops(self, hash_id: str, drops: list[tuple[dict, str]]) -> None:
+        """Record seed items left out of a sample's evolution (round 0, stage "seed")."""
+        with self.db.atomic():
+            self.db.execute(
+                "delete from dropped where hash_id = ? and round = 0 and stage = 'seed'", [hash_id]
+            )
+            self.db["dropped"].insert_all(
+                {
+                    "hash_id": hash_id,
+                    "branch": "main",
+                    "round": 0,
+                    "stage": "seed",
+                    "kind": "seed item left out",
+                    "reason": reason,
+                    "item": json.dumps(item, ensure_ascii=False),
+                }
+                for item, reason in drops
+            )
+
     def interrupt_sample(self, hash_id: str) -> None:
         """Mark a sample stopped mid-way; the next run resumes it from its checkpoint."""
         self.db["samples"].update(hash_id, {"status": "interrupted", "updated_at": time.time()})

@@ -92,3 +92,25 @@ def test_broken_json_list_says_where_it_stopped(tmp_path):
 def test_missing_seed(tmp_path):
     with pytest.raises(FileNotFoundError):
         list(read_seed(tmp_path / "nope.jsonl"))
+
+
+def test_a_bad_seed_item_is_left_out_not_the_sample(tmp_path):
+    items = [
+        {"question": "What is this?", "answer": "A cat."},
+        {"question": "", "answer": "A long description of the picture."},
+    ]
+    path = tmp_path / "seed.jsonl"
+    path.write_text(
+        json.dumps({**GOOD, "conversations_v0": items})
+        + "\n"
+        + json.dumps({**GOOD, "conversations_v0": items[1:]})
+        + "\n"
+    )
+    kept, broken = read_seed(path)
+    assert [i.question for i in kept.sample.seed_items] == ["What is this?"]
+    assert kept.skipped_items == [
+        (items[1], "seed item 1 left out: question: Value error, must not be empty")
+    ]
+    assert kept.raw["conversations_v0"] == items  # the export keeps the seed as it was
+    assert broken.sample is None
+    assert broken.error.startswith("row 1 (id 42): no usable Q&A item (seed item 0 left out")
