@@ -315,6 +315,70 @@ def replay(
         )
 
 
+@app.command("estimate")
+def estimate_cmd(
+    seed: Annotated[Path, typer.Argument(help="Seed: a JSON list, a JSONL file or a folder.")],
+    rounds: Annotated[int, typer.Option(help="Evolution rounds.")] = 3,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows of the seed.")] = None,
+    model: Annotated[str, typer.Option(help="Evolution model.")] = "gpt-4o-mini",
+    scorer_model: Annotated[
+        str | None, typer.Option(help="Judge model [default: --model].")
+    ] = None,
+    chunk_size: Annotated[int, typer.Option(help="Items per evolution or judge call.")] = 10,
+    image_detail: Annotated[str, typer.Option(help="Image detail: low, high or auto.")] = "low",
+    prices: Annotated[
+        Path | None, typer.Option(envvar="MMEVOL_PRICES", help="JSON price table override.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Estimate calls, tokens and cost per round of a seed, without calling any model."""
+    from graph.estimate import estimate
+
+    settings = guarded(
+        Settings,
+        rounds=rounds,
+        limit=limit,
+        model=model,
+        scorer_model=scorer_model,
+        chunk_size=chunk_size,
+        image_detail=image_detail,
+        prices=prices,
+    )
+    result = guarded(estimate, settings, seed)
+    rows = [
+        {
+            "round": r.round,
+            "items in": round(r.items_in),
+            "calls": round(r.calls),
+            "input tokens": round(r.input_tokens),
+            "output tokens": round(r.output_tokens),
+            "cost USD": round(r.cost, 2),
+        }
+        for r in result.rounds
+    ]
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "samples": result.samples,
+                    "skipped": result.skipped,
+                    "rounds": rows,
+                    "total_cost": round(result.total_cost, 2),
+                    "unpriced": result.unpriced,
+                }
+            )
+        )
+        return
+    out.print(
+        f"{result.samples} samples ({result.skipped} invalid rows left out); "
+        f"expected cost ${result.total_cost:.2f} with {settings.model} / {settings.judge_model}",
+        highlight=False,
+    )
+    out.print(_table("per round", rows))
+    for model_name in result.unpriced:
+        err.print(f"note: no price known for {model_name!r}; its cost counts as 0 (see --prices)")
+
+
 @app.command("graph")
 def show_graph() -> None:
     """Print the per-sample graph as a Mermaid diagram."""
