@@ -1,4 +1,4 @@
-"""Show a run's progress: a rich bar on a terminal, plain lines in logs and CI."""
+"""Show a run's progress: a live display on a terminal, plain lines in logs and CI."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import time
 from collections import Counter
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.live import Live
+from rich.text import Text
+
+from nodes.llm import Usage
 
 MESSAGES = {
     "stopping": "no new sample or call starts; answers on their way are recorded. "
@@ -17,72 +20,130 @@ MESSAGES = {
 
 
 class RunProgress:
-    """A runner listener that counts samples by outcome and shows them."""
+    """A runner listener: counts samples by outcome and shows them with the run's usage.
 
-    def __init__(self, console: Console | None = None, every: float = 10.0):
-        """Pick the display: live bar when stderr is a terminal, else a line every ``every`` s."""
+    On a terminal it redraws two lines a few times a second; elsewhere (logs, CI) it
+    prints one plain line every ``every`` seconds and a last one at the end.
+    """
+
+    def __init__(self, console: Console | None = None, every: float = 30.0):
+        """Pick the display from whether stderr is a terminal."""
         self.console = console or Console(stderr=True)
         self.counts: Counter[str] = Counter()
         self.every = every
-        self._last = 0.0
-        self._bar: Progress | None = None
-        self._task = None
+        self.total: int | None = None
+        self.usage: Usage | None = None
+        self.rounds: dict[str, int] = {}
+        self.started = time.monotonic()
+        self._last = time.monotonic()
+        self._live: Live | None = None
         self.live = self.console.is_terminal and sys.stderr.isatty()
+
+    def attach(self, usage: Usage, rounds: dict[str, int]) -> None:
+        """Read calls, tokens and money from the model client, rounds of samples in flight."""
+        self.usage = usage
+        self.rounds = rounds
 
     def __enter__(self) -> RunProgress:
         """Start the live display when there is one."""
+        self.started = time.monotonic()
         if self.live:
-            self._bar = Progress(
-                TextColumn("[bold]evolving"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"),
-                TimeElapsedColumn(),
-                console=self.console,
+            self._live = Live(
+                Text(""), console=self.console, refresh_per_second=4, get_renderable=self.render
             )
-            self._bar.start()
-            self._task = self._bar.add_task("run", total=None, detail="")
+            self._live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         """Stop the live display, or print the last line."""
-        if self._bar is not None:
-            self._bar.stop()
+        if self._live is not None:
+            self._live.stop()
         elif self.counts:
             self._line()
 
-    def __call__(self, event: str, hash_id: str) -> None:
+    def __call__(self, event: str, detail: str) -> None:
         """Take one runner event."""
         if event == "total":
-            if self._bar is not None and hash_id:
-                self._bar.update(self._task, total=int(hash_id))
+            self.total = int(detail) if detail else None
             return
         if event == "notice":
-            self.console.print(f"note: {hash_id}", highlight=False, markup=False)
+            self.console.print(f"note: {detail}", highlight=False, markup=False)
             return
         if event == "stopping":
             self.console.print(
-                f"Stopping ({hash_id}): {MESSAGES['stopping']}", highlight=False, markup=False
+                f"Stopping ({detail}): {MESSAGES['stopping']}", highlight=False, markup=False
             )
             return
         if event in MESSAGES:
             self.console.print(MESSAGES[event], highlight=False)
             return
         self.counts[event] += 1
-        if self._bar is not None:
-            finished = sum(self.counts[k] for k in ("done", "failed", "rejected", "skipped"))
-            self._bar.update(self._task, completed=finished, detail=self._detail())
-        elif time.monotonic() - self._last >= self.every:
+        if self._live is None and time.monotonic() - self._last >= self.every:
             self._line()
 
-    def _detail(self) -> str:
+    def summary(self) -> str:
+        """Return the progress as one line."""
         c = self.counts
+        finished = c["done"] + c["failed"] + c["rejected"] + c["skipped"]
         in_flight = c["started"] - c["done"] - c["failed"] - c["interrupted"]
-        return (
-            f"done {c['done']}  failed {c['failed'] + c['rejected']}  "
-            f"skipped {c['skipped']}  in flight {in_flight}"
-        )
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        parts = [
+            f"samples {finished}" + (f"/{self.total}" if self.total else ""),
+            f"done {c['done']}",
+            f"failed {c['failed'] + c['rejected']}",
+            f"in flight {in_flight}" + self._by_round(),
+        ]
+        if self.usage is not None:
+            u = self.usage
+            parts.append(f"calls {u.calls} ({u.calls / elapsed:.1f}/s)")
+            parts.append(f"tokens {u.input_tokens + u.output_tokens:,}")
+            money = f"${u.total_cost:.2f}"
+            projected = self._projected_cost()
+            if projected is not None:
+                money += f" (projected ${projected:.2f})"
+            parts.append(money)
+        eta = self._eta(elapsed)
+        if eta is not None:
+            parts.append(f"ETA {_duration(eta)}")
+        return "  ".join(parts)
+
+    def render(self) -> Text:
+        """Return the live display."""
+        return Text(self.summary())
+
+    def _by_round(self) -> str:
+        if not self.rounds:
+            return ""
+        per = Counter(self.rounds.values())
+        return " (" + ", ".join(f"r{r} {n}" for r, n in sorted(per.items())) + ")"
+
+    def _remaining(self) -> int | None:
+        if not self.total:
+            return None
+        c = self.counts
+        return max(self.total - (c["done"] + c["failed"] + c["rejected"] + c["skipped"]), 0)
+
+    def _eta(self, elapsed: float) -> float | None:
+        remaining, done = self._remaining(), self.counts["done"] + self.counts["failed"]
+        if remaining is None or done == 0:
+            return None
+        return remaining * elapsed / done
+
+    def _projected_cost(self) -> float | None:
+        remaining, done = self._remaining(), self.counts["done"]
+        if remaining is None or done == 0 or self.usage is None:
+            return None
+        return self.usage.total_cost + self.usage.cost / done * remaining
 
     def _line(self) -> None:
         self._last = time.monotonic()
-        self.console.print(self._detail(), highlight=False)
+        self.console.print(self.summary(), highlight=False, markup=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

@@ -151,6 +151,8 @@ async def run_async(
             settings, store, on_stop=stopper.stop, on_notice=lambda text: notify("notice", text)
         )
         stopper.client = client
+        if hasattr(listener, "attach"):
+            listener.attach(client.usage, client.usage.rounds)
         ctx = RunContext(settings, store, client)
         stopper.install()
         try:
@@ -264,17 +266,20 @@ async def _run_sample(
             start = None if snapshot.values else row.sample
             final = await graph.ainvoke(start, config, context=ctx, durability="sync")
     except RunStopped:
+        ctx.client.usage.rounds.pop(row.hash_id, None)
         store.interrupt_sample(row.hash_id)
         report.interrupted += 1
         notify("interrupted", row.hash_id)
         return
     except (openai.APIError, images.ImageProblem) as err:
         reason = f"row {row.index} ({row.hash_id}): {error_name(err)}: {err}"
+        ctx.client.usage.rounds.pop(row.hash_id, None)
         store.fail_sample(row.hash_id, reason)
         report.failed += 1
         report.failures.append((row.hash_id, reason))
         notify("failed", row.hash_id)
         return
+    ctx.client.usage.rounds.pop(row.hash_id, None)
     store.finish_sample(row.hash_id, len(final["rounds"]))
     if not ctx.settings.keep_history:
         # The results database keeps what `mmevol trace` shows round by round, so the

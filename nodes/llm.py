@@ -100,6 +100,8 @@ class Usage:
     """Dollars spent by earlier invocations of the same run."""
     calls_before: int = 0
     unpriced: set[str] = field(default_factory=set)
+    rounds: dict[str, int] = field(default_factory=dict)
+    """The round of each sample's latest call, for samples in flight."""
 
     @property
     def total_cost(self) -> float:
@@ -185,6 +187,7 @@ class ModelClient:
             raise RunStopped(str(key))
         role = "score" if key.node.startswith("score") else "evolve"
         chat = self.chats[role]
+        self.usage.rounds[key.hash_id] = key.round
         estimate = (
             estimate_prompt_tokens(text, 1 if image_url else 0, self.settings.image_detail)
             + self.settings.max_tokens
