@@ -184,18 +184,28 @@ def status(
 ) -> None:
     """Show samples per status, rounds, drops and model calls of a run."""
     from graph.store import Store
+    from nodes.prices import PriceTable
 
     store = Store(_existing_run(run, checkpoints))
     summary = store.summary()
+    prices_path = (store.get_meta("settings") or {}).get("prices")
     store.close()
+    prices = guarded(PriceTable, prices_path)
+    for row in summary["models"]:
+        row["cost_usd"] = round(
+            prices.cost(row["model"], row["input_tokens"], row["output_tokens"]), 4
+        )
+    summary["cost_usd"] = round(sum(r["cost_usd"] for r in summary["models"]), 4)
     if as_json:
         out.print_json(json.dumps(summary))
         return
     samples = ", ".join(f"{k} {v}" for k, v in sorted(summary["samples"].items())) or "none"
-    out.print(f"run {run!r}: samples {samples}", highlight=False)
+    out.print(f"run {run!r}: samples {samples}; cost ${summary['cost_usd']:.4f}", highlight=False)
     for title, rows in (
         ("rounds", summary["rounds"]),
         ("calls", summary["calls"]),
+        ("answers: how each model answer parsed", summary["answers"]),
+        ("models", summary["models"]),
         ("dropped items", summary["dropped"]),
         ("failures", summary["failures"]),
     ):

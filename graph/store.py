@@ -353,6 +353,22 @@ class Store:
                 " from calls group by node order by node"
             )
         ]
+        answers = [
+            dict(r)
+            for r in db.query(
+                "select node, case when error is not null then 'http error'"
+                " when parse is null then 'not parsed (run stopped)'"
+                " when parse like 'unusable%' then parse else parse end as outcome,"
+                " count(*) as calls from calls group by 1, 2 order by 1, 3 desc"
+            )
+        ]
+        models = [
+            dict(r)
+            for r in db.query(
+                "select model, count(*) as calls, coalesce(sum(input_tokens), 0) as input_tokens,"
+                " coalesce(sum(output_tokens), 0) as output_tokens from calls group by model"
+            )
+        ]
         drops = [
             dict(r)
             for r in db.query(
@@ -371,6 +387,8 @@ class Store:
             "samples": by_status,
             "rounds": rounds,
             "calls": calls,
+            "answers": answers,
+            "models": models,
             "dropped": drops,
             "failures": failures,
         }
