@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -38,8 +39,17 @@ def check(root: Path, relative: str) -> Path:
 
 
 def data_url(root: Path, relative: str, max_side: int = 512, quality: int = 85) -> str:
-    """Return the image downscaled to at most ``max_side`` pixels as a base64 JPEG data URL."""
+    """Return the image downscaled to at most ``max_side`` pixels as a base64 JPEG data URL.
+
+    A sample sends the same image in each of its rounds; the encoding is cached (keyed by
+    the file's modification time too, so a replaced image is read again).
+    """
     path = resolve(root, relative)
+    return _encode(str(path), path.stat().st_mtime_ns, relative, max_side, quality)
+
+
+@lru_cache(maxsize=256)
+def _encode(path: str, mtime_ns: int, relative: str, max_side: int, quality: int) -> str:
     try:
         with Image.open(path) as img:
             img.draft("RGB", (max_side, max_side))  # lets JPEG decode at reduced size
