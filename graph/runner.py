@@ -179,8 +179,6 @@ async def _run_rows(
     stopper: Stopper,
 ) -> None:
     settings, store = ctx.settings, ctx.store
-    statuses = store.statuses()
-    seen: set[str] = set()
     slots = asyncio.Semaphore(settings.concurrency)
     running = stopper.tasks
     bugs: list[BaseException] = []
@@ -206,7 +204,17 @@ async def _run_rows(
     for row in read_seed(seed):
         if stopper.stopping or (settings.limit is not None and row.index >= settings.limit):
             break
-        status = statuses.get(row.hash_id)
+        # One indexed lookup per row, rather than every status in memory: memory stays
+        # flat however large the seed.
+        known = store.sample(row.hash_id)
+        if known is not None and known["idx"] is not None and known["idx"] != row.index:
+            fail(
+                row,
+                f"row {row.index}: hash_id {row.hash_id!r} is also row {known['idx']}'s",
+                f"row-{row.index}",
+            )
+            continue
+        status = known["status"] if known else None
         if status == "done" or (status == "failed" and not retry_failed):
             report.skipped += 1
             notify("skipped", row.hash_id)
@@ -214,14 +222,6 @@ async def _run_rows(
         if row.error is not None:
             fail(row, row.error)
             continue
-        if row.hash_id in seen:
-            fail(
-                row,
-                f"row {row.index}: hash_id {row.hash_id!r} appears twice in the seed",
-                f"row-{row.index}",
-            )
-            continue
-        seen.add(row.hash_id)
         try:
             images.check(settings.images, row.sample.image)
         except images.ImageProblem as err:
@@ -232,6 +232,11 @@ async def _run_rows(
         if stopper.stopping:
             slots.release()
             break
+        # Recorded before the task starts, so that a later row with the same hash_id
+        # sees it.
+        store.start_sample(row.hash_id, row.index, row.source_id, row.raw or {})
+        if row.skipped_items:
+            store.record_seed_drops(row.hash_id, row.skipped_items)
         task = asyncio.create_task(_run_sample(graph, ctx, row, report, notify))
         running.add(task)
         task.add_done_callback(finished)
@@ -250,9 +255,6 @@ async def _run_sample(
     assert row.sample is not None
     store = ctx.store
     config = thread_config(ctx.settings, row.hash_id)
-    store.start_sample(row.hash_id, row.index, row.source_id, row.raw or {})
-    if row.skipped_items:
-        store.record_seed_drops(row.hash_id, row.skipped_items)
     notify("started", row.hash_id)
     try:
         snapshot = await graph.aget_state(config)

@@ -126,3 +126,19 @@ def test_unusable_answer_is_retried_with_feedback_then_round_ends_empty(
     first, second = list(server.recent)[-2:]
     assert "<feedback>" not in first
     assert "the answer was a refusal" in second
+
+
+def test_a_hash_id_given_twice_fails_the_second_row_only(sim, make_settings, tmp_path):
+    from sim.demo_seed import make_demo_seed
+
+    seed_path, images = make_demo_seed(tmp_path / "s", n=3, seed=1)
+    rows = [json.loads(line) for line in seed_path.read_text().splitlines()]
+    rows[0]["hash_id"] = rows[2]["hash_id"] = "same"
+    seed_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = make_settings(sim, images)
+    report = runner.run(settings, seed_path)
+    assert (report.done, report.failed) == (2, 1)
+    assert report.failures == [("row-2", "row 2: hash_id 'same' is also row 0's")]
+    # Running again changes nothing: the first row is done, the duplicate is reported again.
+    again = runner.run(settings, seed_path)
+    assert (again.done, again.skipped, again.failed) == (0, 2, 1)
