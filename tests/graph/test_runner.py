@@ -142,3 +142,13 @@ def test_a_hash_id_given_twice_fails_the_second_row_only(sim, make_settings, tmp
     # Running again changes nothing: the first row is done, the duplicate is reported again.
     again = runner.run(settings, seed_path)
     assert (again.done, again.skipped, again.failed) == (0, 2, 1)
+
+
+def test_calls_are_tagged_by_run_and_sample_for_tracing(make_settings, sim, tmp_path):
+    settings = make_settings(sim, tmp_path, run="trial")
+    config = runner.thread_config(settings, "7_a.jpg")
+    assert config["configurable"] == {"thread_id": "7_a.jpg"}
+    assert {"run:trial", "sample:7_a.jpg"} <= set(config["tags"])
+    assert config["metadata"] == {"mmevol_run": "trial", "hash_id": "7_a.jpg"}
+    # Enough steps for every attempt of every round.
+    assert config["recursion_limit"] > settings.rounds * (3 * settings.max_attempts + 2)
