@@ -152,3 +152,16 @@ def test_calls_are_tagged_by_run_and_sample_for_tracing(make_settings, sim, tmp_
     assert config["metadata"] == {"mmevol_run": "trial", "hash_id": "7_a.jpg"}
     # Enough steps for every attempt of every round.
     assert config["recursion_limit"] > settings.rounds * (3 * settings.max_attempts + 2)
+
+
+def test_the_api_key_is_written_nowhere(sim_factory, demo_seed, make_settings):
+    seed_path, images = demo_seed
+    key = "sk-test-0123456789-secret"
+    server = sim_factory(seed=0, api_key=key)
+    settings = make_settings(server, images, api_key=key, limit=2, keep_history=True)
+    report = runner.run(settings, seed_path)
+    assert report.done == 2  # the key reached the endpoint
+    written = [p for p in settings.run_dir.iterdir() if p.is_file()]
+    assert {p.name for p in written} >= {"graph.sqlite", "results.db"}
+    for path in written:
+        assert key.encode() not in path.read_bytes(), path.name
