@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from graph.build import build_graph
@@ -110,7 +110,7 @@ def thread_config(settings: Settings, hash_id: str) -> dict:
     }
 
 
-def compile_graph(saver: AsyncSqliteSaver) -> CompiledStateGraph:
+def compile_graph(saver: BaseCheckpointSaver) -> CompiledStateGraph:
     """Compile the sample graph with a checkpointer."""
     return build_graph().compile(checkpointer=saver)
 
