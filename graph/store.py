@@ -152,31 +152,27 @@ class Store:
 
     def start_sample(self, hash_id: str, idx: int, source_id: str | None, seed: dict) -> None:
         """Record that a sample entered the graph (keeping its seed record for export)."""
-        self.db["samples"].upsert(
-            {
-                "hash_id": hash_id,
-                "idx": idx,
-                "source_id": source_id,
-                "status": "running",
-                "reason": None,
-                "branch": "main",
-                "seed": json.dumps(seed, ensure_ascii=False),
-                "updated_at": time.time(),
-            },
-            pk="hash_id",
-        )
+        row = {
+            "hash_id": hash_id,
+            "idx": idx,
+            "source_id": source_id,
+            "status": "running",
+            "reason": None,
+            "branch": "main",
+            "seed": json.dumps(seed, ensure_ascii=False),
+            "updated_at": time.time(),
+        }
+        with self.db.conn:
+            self._upsert("samples", row, ("hash_id",))
 
     def finish_sample(self, hash_id: str, rounds_done: int) -> None:
         """Mark a sample done."""
-        self.db["samples"].update(
-            hash_id,
-            {
-                "status": "done",
-                "reason": None,
-                "rounds_done": rounds_done,
-                "updated_at": time.time(),
-            },
-        )
+        with self.db.conn:
+            self.db.conn.execute(
+                "update samples set status = 'done', reason = null, rounds_done = ?,"
+                " updated_at = ? where hash_id = ?",
+                [rounds_done, time.time(), hash_id],
+            )
 
     def record_seed_drops(self, hash_id: str, drops: list[tuple[dict, str]]) -> None:
         """Record seed items left out of a sample's evolution (round 0, stage "seed")."""
@@ -218,8 +214,9 @@ class Store:
 
     def sample(self, hash_id: str) -> dict | None:
         """Return a sample's row, or None."""
-        rows = list(self.db.query("select * from samples where hash_id = ?", [hash_id]))
-        return rows[0] if rows else None
+        cursor = self.db.conn.execute("select * from samples where hash_id = ?", [hash_id])
+        row = cursor.fetchone()
+        return dict(zip([d[0] for d in cursor.description], row, strict=True)) if row else None
 
     # -- rounds -------------------------------------------------------------------------
 
@@ -233,36 +230,45 @@ class Store:
     ) -> None:
         """Write one finished round atomically; writing the same round again replaces it."""
         rnd = record["round"]
+        key = [hash_id, branch, rnd]
         where = "hash_id = ? and branch = ? and round = ?"
-        with self.db.atomic():
-            self.db["rounds"].upsert(
-                {"hash_id": hash_id, "branch": branch, **record}, pk=("hash_id", "branch", "round")
+        with self.db.conn:
+            self._upsert(
+                "rounds",
+                {"hash_id": hash_id, "branch": branch, **record},
+                ("hash_id", "branch", "round"),
             )
-            self.db.execute(f"delete from items where {where}", [hash_id, branch, rnd])
-            self.db.execute(f"delete from dropped where {where}", [hash_id, branch, rnd])
-            self.db["items"].insert_all(
-                {
-                    "hash_id": hash_id,
-                    "branch": branch,
-                    "round": rnd,
-                    "position": n,
-                    "score": item["score"],
-                    "item": json.dumps(item, ensure_ascii=False),
-                }
-                for n, item in enumerate(kept)
+            self.db.conn.execute(f"delete from items where {where}", key)
+            self.db.conn.execute(f"delete from dropped where {where}", key)
+            self.db.conn.executemany(
+                "insert into items (hash_id, branch, round, position, score, item)"
+                " values (?, ?, ?, ?, ?, ?)",
+                [
+                    [*key, n, item["score"], json.dumps(item, ensure_ascii=False)]
+                    for n, item in enumerate(kept)
+                ],
             )
-            self.db["dropped"].insert_all(
-                {
-                    "hash_id": hash_id,
-                    "branch": branch,
-                    "round": rnd,
-                    "stage": d["stage"],
-                    "kind": reason_kind(d["reason"]),
-                    "reason": d["reason"],
-                    "item": json.dumps(d["item"], ensure_ascii=False),
-                }
-                for d in dropped
-            )
+            self.db.conn.executemany(
+                "insert into dropped (hash_id, branch, round, stage, kind, reason, item)"
+                " values (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [*key, d["stage"], reason_kind(d["reason"]), d["reason"],
+                     json.dumps(d["item"], ensure_ascii=False)]
+                    for d in dropped
+                ],
+            )  # fmt: skip
+
+    def _upsert(self, table: str, row: dict, pk: tuple[str, ...]) -> None:
+        # Plain SQL: this runs a few times per sample, and sqlite-utils' upsert inspects
+        # the table on every call.
+        names = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in row if c not in pk)
+        self.db.conn.execute(
+            f"insert into {table} ({names}) values ({marks})"
+            f" on conflict ({', '.join(pk)}) do update set {updates}",
+            list(row.values()),
+        )
 
     def copy_rounds(self, hash_id: str, source: str, target: str, before_round: int) -> None:
         """Copy a sample's round results before ``before_round`` from one branch to another."""
