@@ -116,9 +116,7 @@ def match_verdicts(
         whether every item got exactly one verdict.
     """
     numbered = [v for v in verdicts if v is not None and v.item is not None]
-    in_place = all(
-        v is None or v.item is None or v.item == n for n, v in enumerate(verdicts, 1)
-    )
+    in_place = all(v is None or v.item is None or v.item == n for n, v in enumerate(verdicts, 1))
     if len(verdicts) == count and in_place:
         # Every number the judge wrote agrees with the position: position is safe.
         return list(verdicts), all(v is not None for v in verdicts)
@@ -127,9 +125,7 @@ def match_verdicts(
     by_item: dict[int, list[Verdict]] = {}
     for v in numbered:
         by_item.setdefault(v.item, []).append(v)
-    matched = [
-        by_item[n][0] if len(by_item.get(n, [])) == 1 else None for n in range(1, count + 1)
-    ]
+    matched = [by_item[n][0] if len(by_item.get(n, [])) == 1 else None for n in range(1, count + 1)]
     exact = len(verdicts) == count and len(numbered) == count
     return matched, exact and all(m is not None for m in matched)
 

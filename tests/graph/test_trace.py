@@ -82,7 +82,9 @@ def test_trace_cli_text_json_and_raw(sim_factory, demo_seed, make_settings):
 
     result = cli.invoke(app, ["trace", "nope", "--run", settings.run])
     assert result.exit_code == 1
-    assert "Error: no checkpoint and no finished round of sample 'nope' in this run" in result.output
+    assert (
+        "Error: no checkpoint and no finished round of sample 'nope' in this run" in result.output
+    )
 
 
 def test_compacted_sample_is_traced_round_by_round(sim_factory, demo_seed, make_settings):
