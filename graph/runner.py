@@ -110,6 +110,20 @@ def thread_config(settings: Settings, hash_id: str) -> dict:
     }
 
 
+def durability(settings: Settings) -> str:
+    """Return when LangGraph writes a sample's checkpoints.
+
+    Every model answer is already in results.db before its node returns, so a sample
+    restarted from any earlier checkpoint, or from its input, replays its recorded
+    answers instead of paying for them again, and reaches the same state. Writing a
+    checkpoint after every step is then needed only to keep the step-by-step history
+    (``--keep-history``, for replay); otherwise the state is written when the sample
+    stops (finished, failed or interrupted), which halves the orchestrator's CPU cost
+    of checkpointing.
+    """
+    return "sync" if settings.keep_history else "exit"
+
+
 def compile_graph(saver: BaseCheckpointSaver) -> CompiledStateGraph:
     """Compile the sample graph with a checkpointer."""
     return build_graph().compile(checkpointer=saver)
@@ -266,7 +280,9 @@ async def _run_sample(
         else:
             # With a checkpoint, None continues the thread where it stopped.
             start = None if snapshot.values else row.sample
-            final = await graph.ainvoke(start, config, context=ctx, durability="sync")
+            final = await graph.ainvoke(
+                start, config, context=ctx, durability=durability(ctx.settings)
+            )
     except RunStopped:
         ctx.client.usage.rounds.pop(row.hash_id, None)
         store.interrupt_sample(row.hash_id)
