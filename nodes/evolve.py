@@ -28,8 +28,14 @@ async def evolve(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     # answers are all recorded costs neither a call nor an image decode.
     image_url = None
     if any(ctx.store.find_call(str(k)) is None for k in keys):
-        image_url = images.data_url(
-            settings.images, state.image, settings.image_max_side, settings.jpeg_quality
+        # Pillow releases the GIL while it decodes, resizes and encodes: in a thread the
+        # work uses the second core and the event loop keeps serving other samples.
+        image_url = await asyncio.to_thread(
+            images.data_url,
+            settings.images,
+            state.image,
+            settings.image_max_side,
+            settings.jpeg_quality,
         )
     answers = await asyncio.gather(
         *(

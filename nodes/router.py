@@ -1,4 +1,8 @@
-"""Routing after each decision point: score, retry, give the round up, next round or finish."""
+"""Routing after each decision point: score, retry, give the round up, next round or finish.
+
+The routers are async only so that LangGraph calls them on the event loop instead of
+handing each decision to a worker thread.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from graph.context import RunContext, context_of
 from graph.state import SampleState
 
 
-def route_after_validate(
+async def route_after_validate(
     state: SampleState, runtime: Runtime[RunContext]
 ) -> Literal["score", "select_operator", "eliminate"]:
     """Score usable candidates, retry an unusable answer, or end the round empty."""
@@ -22,7 +26,7 @@ def route_after_validate(
     return "eliminate"
 
 
-def route_after_eliminate(
+async def route_after_eliminate(
     state: SampleState, runtime: Runtime[RunContext]
 ) -> Literal["select_operator", "__end__"]:
     """Start the next round, or finish after the last one."""
