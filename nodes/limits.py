@@ -86,6 +86,7 @@ class Governor:
         self.ceiling = max(1, ceiling)
         self.limit = float(self.ceiling)
         self.in_flight = 0
+        self.waiting = 0
         self.cooldown = cooldown
         self._last_cut = 0.0
         self._changed = asyncio.Condition()
@@ -99,7 +100,11 @@ class Governor:
     async def acquire(self) -> None:
         """Wait for a free place under the current limit."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
+            self.waiting += 1
+            try:
+                await self._changed.wait_for(lambda: self.in_flight < max(1, int(self.limit)))
+            finally:
+                self.waiting -= 1
             self.in_flight += 1
 
     async def release(self) -> None:
@@ -118,8 +123,11 @@ class Governor:
                 self._last_cut = now
                 self.limit = max(1.0, self.limit / 2)
         elif status < 400:
+            before = int(self.limit)
             self.limit = min(float(self.ceiling), self.limit + 1.0 / max(self.limit, 1.0))
-            self._wake()
+            # Only a new whole place can let a waiter in, and only if someone waits.
+            if self.waiting and int(self.limit) > before:
+                self._wake()
 
     def _wake(self) -> None:
         # Waiters re-check the limit when a place is released; growth alone does not

@@ -91,3 +91,20 @@ def test_governor_limits_calls_in_flight():
         assert gov.in_flight == 2
 
     asyncio.run(scenario())
+
+
+def test_a_waiter_gets_in_when_the_limit_grows_back():
+    async def scenario():
+        gov = Governor(ceiling=4, cooldown=0.0)
+        for _ in range(3):
+            gov.on_status(429)  # 4 -> 2 -> 1 -> 1
+        assert gov.limit == 1
+        await gov.acquire()
+        waiter = asyncio.create_task(gov.acquire())
+        await asyncio.sleep(0.01)
+        assert not waiter.done() and gov.waiting == 1
+        gov.on_status(200)  # 1 -> 2: a whole new place, no release needed
+        await asyncio.wait_for(waiter, 1)
+        assert gov.in_flight == 2 and gov.waiting == 0
+
+    asyncio.run(scenario())
