@@ -292,7 +292,7 @@ def replay(
     """Fork a sample from a past step, run the rest with real calls, and show what changed."""
     import asyncio
 
-    from graph.replay import ReplayProblem, parse_sets, replay_settings
+    from graph.replay import parse_sets, replay_settings
     from graph.replay import replay as replay_sample
     from graph.trace import UnknownSample
 
@@ -305,9 +305,7 @@ def replay(
                 settings, hash_id, from_step, parse_sets(set_ or []), operator, branch, adopt
             )
         )
-    except (ReplayProblem, UnknownSample) as problem:
-        fail(str(problem))
-    except _expected_errors() as problem:
+    except (UnknownSample, *_expected_errors()) as problem:  # ReplayProblem is a ValueError
         fail(str(problem))
     out.print(
         f"forked {hash_id} from step {result.from_step} of {result.source} as {result.branch}",

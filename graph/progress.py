@@ -33,16 +33,14 @@ class RunProgress:
         self.every = every
         self.total: int | None = None
         self.usage: Usage | None = None
-        self.rounds: dict[str, int] = {}
         self.started = time.monotonic()
         self._last = time.monotonic()
         self._live: Live | None = None
         self.live = self.console.is_terminal and sys.stderr.isatty()
 
-    def attach(self, usage: Usage, rounds: dict[str, int]) -> None:
-        """Read calls, tokens and money from the model client, rounds of samples in flight."""
+    def attach(self, usage: Usage) -> None:
+        """Read calls, tokens, money and the rounds of samples in flight from the client."""
         self.usage = usage
-        self.rounds = rounds
 
     def __enter__(self) -> RunProgress:
         """Start the live display when there is one."""
@@ -112,9 +110,9 @@ class RunProgress:
         return Text(self.summary())
 
     def _by_round(self) -> str:
-        if not self.rounds:
+        if self.usage is None or not self.usage.rounds:
             return ""
-        per = Counter(self.rounds.values())
+        per = Counter(self.usage.rounds.values())
         return " (" + ", ".join(f"r{r} {n}" for r, n in sorted(per.items())) + ")"
 
     def _remaining(self) -> int | None:

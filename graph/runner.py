@@ -166,7 +166,7 @@ async def run_async(
         )
         stopper.client = client
         if hasattr(listener, "attach"):
-            listener.attach(client.usage, client.usage.rounds)
+            listener.attach(client.usage)
         ctx = RunContext(settings, store, client)
         stopper.install()
         try:
@@ -207,9 +207,7 @@ async def _run_rows(
 
     def fail(row: SeedRow, reason: str, key: str | None = None) -> None:
         store.fail_sample(key or row.hash_id, reason, idx=row.index, source_id=row.source_id)
-        report.failed += 1
-        report.failures.append((key or row.hash_id, reason))
-        notify("rejected", key or row.hash_id)
+        _count_failure(report, notify, "rejected", key or row.hash_id, reason)
 
     total = count_rows(seed)
     if settings.limit is not None:
@@ -284,20 +282,18 @@ async def _run_sample(
                 start, config, context=ctx, durability=durability(ctx.settings)
             )
     except RunStopped:
-        ctx.client.usage.rounds.pop(row.hash_id, None)
         store.interrupt_sample(row.hash_id)
         report.interrupted += 1
         notify("interrupted", row.hash_id)
         return
     except (openai.APIError, images.ImageProblem) as err:
         reason = f"row {row.index} ({row.hash_id}): {error_name(err)}: {err}"
-        ctx.client.usage.rounds.pop(row.hash_id, None)
         store.fail_sample(row.hash_id, reason)
-        report.failed += 1
-        report.failures.append((row.hash_id, reason))
-        notify("failed", row.hash_id)
+        _count_failure(report, notify, "failed", row.hash_id, reason)
         return
-    ctx.client.usage.rounds.pop(row.hash_id, None)
+    finally:
+        # The sample is no longer in flight, whichever way it left.
+        ctx.client.usage.rounds.pop(row.hash_id, None)
     store.finish_sample(row.hash_id, len(final["rounds"]))
     if not ctx.settings.keep_history:
         # The results database keeps what `mmevol trace` shows round by round, so the
@@ -305,3 +301,9 @@ async def _run_sample(
         await graph.checkpointer.adelete_thread(row.hash_id)
     report.done += 1
     notify("done", row.hash_id)
+
+
+def _count_failure(report: RunReport, notify: Listener, event: str, key: str, reason: str) -> None:
+    report.failed += 1
+    report.failures.append((key, reason))
+    notify(event, key)

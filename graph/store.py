@@ -214,7 +214,11 @@ class Store:
 
     def sample(self, hash_id: str) -> dict | None:
         """Return a sample's row, or None."""
-        cursor = self.db.conn.execute("select * from samples where hash_id = ?", [hash_id])
+        return self._one("select * from samples where hash_id = ?", [hash_id])
+
+    def _one(self, sql: str, params: list) -> dict | None:
+        # Plain cursor: a hot path, where sqlite-utils' query generator costs more.
+        cursor = self.db.conn.execute(sql, params)
         row = cursor.fetchone()
         return dict(zip([d[0] for d in cursor.description], row, strict=True)) if row else None
 
@@ -300,12 +304,10 @@ class Store:
 
     def get_call(self, call_id: int) -> dict:
         """Return one call row by id."""
-        cursor = self.db.conn.execute("select * from calls where id = ?", [call_id])
-        names = [d[0] for d in cursor.description]
-        row = cursor.fetchone()
+        row = self._one("select * from calls where id = ?", [call_id])
         if row is None:
             raise KeyError(f"no call {call_id}")
-        return dict(zip(names, row, strict=True))
+        return row
 
     def log_call(self, row: dict) -> int:
         """Record one model call and return its id."""
@@ -379,7 +381,7 @@ class Store:
             for r in db.query(
                 "select node, case when error is not null then 'http error'"
                 " when parse is null then 'not parsed (run stopped)'"
-                " when parse like 'unusable%' then parse else parse end as outcome,"
+                " else parse end as outcome,"
                 " count(*) as calls from calls group by 1, 2 order by 1, 3 desc"
             )
         ]
