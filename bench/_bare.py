@@ -120,7 +120,7 @@ class BareClient:
     ):
         """Build the SDK client (same pool size, timeout and retries as mmevol's)."""
         connections = max(100, concurrency * 4)
-        self.http = openai.DefaultAsyncHttpxClient(
+        self.http = openai.DefaultAioHttpClient(
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             timeout=timeout,
         )

@@ -7,7 +7,6 @@ step, and each prints one line per result.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -246,12 +245,18 @@ class Result:
 
 
 def timed(label: str, samples_fn, sim: SimProcess | None, coro_fn) -> Result:
-    """Run ``coro_fn()`` in a fresh event loop and time it (wall, own CPU, server CPU)."""
+    """Run ``coro_fn()`` in a fresh event loop and time it (wall, own CPU, server CPU).
+
+    The loop and garbage-collector settings are mmevol's own (``graph.eventloop``), for
+    mmevol and for the bare loop alike, so that a ratio measures orchestration alone.
+    """
+    from graph import eventloop
+
     if sim is not None:
         sim.reset()
         sim_before = sim.cpu_seconds()
     wall, cpu = time.perf_counter(), time.process_time()
-    outcome = asyncio.run(coro_fn())
+    outcome = eventloop.run(coro_fn())
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     result = samples_fn(outcome)
     result.label, result.seconds, result.cpu = label, wall, cpu

@@ -19,6 +19,7 @@ import openai
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
+from graph import eventloop
 from graph.build import build_graph
 from graph.checkpoints import open_checkpointer
 from graph.config import Settings
@@ -132,8 +133,8 @@ def compile_graph(saver: BaseCheckpointSaver) -> CompiledStateGraph:
 def run(
     settings: Settings, seed: Path, *, retry_failed: bool = False, listener: Listener | None = None
 ) -> RunReport:
-    """Run (or resume) a seed; see ``run_async``."""
-    return asyncio.run(run_async(settings, seed, retry_failed=retry_failed, listener=listener))
+    """Run (or resume) a seed on mmevol's event loop; see ``run_async``."""
+    return eventloop.run(run_async(settings, seed, retry_failed=retry_failed, listener=listener))
 
 
 async def run_async(
