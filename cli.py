@@ -82,6 +82,9 @@ def run(
     checkpoints: CheckpointsOpt = None,
     rounds: Annotated[int, typer.Option(help="Evolution rounds.")] = 3,
     concurrency: Annotated[int, typer.Option(help="Samples in flight.")] = 16,
+    workers: Annotated[
+        int, typer.Option(help="Processes sharing the samples in flight (one core each).")
+    ] = 1,
     limit: Annotated[int | None, typer.Option(help="Only the first N rows of the seed.")] = None,
     model: Annotated[str, typer.Option(help="Evolution model.")] = "gpt-4o-mini",
     scorer_model: Annotated[
@@ -133,6 +136,7 @@ def run(
         images=images,
         rounds=rounds,
         concurrency=concurrency,
+        workers=workers,
         limit=limit,
         model=model,
         scorer_model=scorer_model,
@@ -173,7 +177,7 @@ def run(
     if len(report.failures) > 10:
         err.print(f"  ... and {len(report.failures) - 10} more (mmevol status --run {run})")
     if report.stopped:
-        raise typer.Exit(code=130 if report.stop_reason == "interrupted by a signal" else 3)
+        raise typer.Exit(code=130 if report.stop_reason == runner.SIGNAL_REASON else 3)
 
 
 @app.command()

@@ -244,22 +244,30 @@ class Result:
         return self.sim_cpu / self.seconds if self.seconds else 0.0
 
 
-def timed(label: str, samples_fn, sim: SimProcess | None, coro_fn) -> Result:
-    """Run ``coro_fn()`` in a fresh event loop and time it (wall, own CPU, server CPU).
+def timed(label: str, samples_fn, sim: SimProcess | None, fn) -> Result:
+    """Call ``fn()`` and time it (wall, own CPU, server CPU).
 
-    The loop and garbage-collector settings are mmevol's own (``graph.eventloop``), for
-    mmevol and for the bare loop alike, so that a ratio measures orchestration alone.
+    When ``fn()`` returns a coroutine it is run on a fresh loop with mmevol's loop and
+    garbage-collector settings (``graph.eventloop``), so that the bare loop and mmevol
+    run on the same loop and a ratio measures orchestration alone. The CPU of mmevol's
+    worker processes, when it has any, is what their reports say (``worker_cpu`` in
+    the result's ``extra``), added to this process's own.
     """
+    import inspect
+
     from graph import eventloop
 
     if sim is not None:
         sim.reset()
         sim_before = sim.cpu_seconds()
     wall, cpu = time.perf_counter(), time.process_time()
-    outcome = eventloop.run(coro_fn())
+    outcome = fn()
+    if inspect.iscoroutine(outcome):
+        outcome = eventloop.run(outcome)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     result = samples_fn(outcome)
-    result.label, result.seconds, result.cpu = label, wall, cpu
+    result.label, result.seconds = label, wall
+    result.cpu = cpu + result.extra.get("worker_cpu", 0.0)
     if sim is not None:
         result.sim_cpu = sim.cpu_seconds() - sim_before
         if not result.calls:
@@ -279,9 +287,12 @@ def run_mmevol(
     keep: bool = False,
     **settings: Any,
 ) -> Result:
-    """Run the real runner over a seed (fresh run folder) and time it."""
+    """Run the real runner over a seed (fresh run folder) and time it.
+
+    ``workers=N`` in ``settings`` runs N worker processes, as ``mmevol run --workers N``.
+    """
+    from graph import runner
     from graph.config import Settings
-    from graph.runner import run_async
 
     checkpoints = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
     config = Settings(
@@ -303,11 +314,11 @@ def run_mmevol(
             0,
             count_calls(config.results_db),
             report.failed,
-            extra={"run_dir": config.run_dir},
+            extra={"run_dir": config.run_dir, "worker_cpu": report.worker_cpu},
         )
 
     try:
-        return timed(label, summarise, sim, lambda: run_async(config, seed))
+        return timed(label, summarise, sim, lambda: runner.run(config, seed))
     finally:
         if not keep:
             shutil.rmtree(checkpoints, ignore_errors=True)

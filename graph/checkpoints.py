@@ -89,7 +89,8 @@ class LoopSqliteSaver(SqliteSaver):
 async def open_checkpointer(path: Path) -> AsyncIterator[LoopSqliteSaver]:
     """Yield a checkpointer on ``path`` whose serializer knows the state types."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(str(path), check_same_thread=False)) as conn:
+    # A long busy timeout: worker processes of one run take turns writing this file.
+    with closing(sqlite3.connect(str(path), check_same_thread=False, timeout=60)) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL never corrupts the database on a crash; a power cut may lose the last
         # checkpoints, which a resume redoes from the answers recorded in results.db.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -55,6 +55,10 @@ class Settings:
         default=10, metadata={"description": "Items per evolution or judge call."}
     )
     concurrency: int = field(default=16, metadata={"description": "Samples in flight."})
+    workers: int = field(
+        default=1,
+        metadata={"description": "Worker processes sharing the samples in flight (one core each)."},
+    )
     seed: int = field(default=0, metadata={"description": "Seed of the operator choice."})
     image_max_side: int = 512
     image_detail: str = "low"
@@ -96,7 +100,14 @@ class Settings:
             self.base_url = os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
         if self.api_key is None:
             self.api_key = os.environ.get("OPENAI_API_KEY") or None
-        for name in ("rounds", "max_attempts", "chunk_size", "concurrency", "max_tokens"):
+        for name in (
+            "rounds",
+            "max_attempts",
+            "chunk_size",
+            "concurrency",
+            "max_tokens",
+            "workers",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
         for name in ("rpm", "tpm", "scorer_rpm", "scorer_tpm", "max_calls"):
@@ -107,6 +118,19 @@ class Settings:
             raise ValueError("max-cost must not be negative")
         if self.image_detail not in ("low", "high", "auto"):
             raise ValueError("image-detail must be low, high or auto")
+
+    def for_worker(self, index: int, count: int) -> Settings:
+        """Return the settings of worker ``index`` of ``count``: its share of the limits.
+
+        Samples in flight and the request and token rates are split as evenly as they go;
+        the budgets are not split but counted across workers (see ``nodes.limits.Tally``).
+        """
+        share = self.concurrency // count + (1 if index < self.concurrency % count else 0)
+        rates = {
+            name: getattr(self, name) / count if getattr(self, name) else getattr(self, name)
+            for name in ("rpm", "tpm", "scorer_rpm", "scorer_tpm")
+        }
+        return replace(self, concurrency=max(1, share), workers=1, **rates)
 
     @property
     def judge_model(self) -> str:

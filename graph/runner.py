@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import openai
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -28,6 +29,12 @@ from graph.seed import SeedRow, count_rows, read_seed
 from graph.store import Store
 from nodes import images
 from nodes.llm import ModelClient, RunStopped, error_name, preflight
+
+if TYPE_CHECKING:
+    from graph.workers import WorkerLink
+
+SIGNAL_REASON = "interrupted by a signal"
+"""The stop reason of Ctrl-C and SIGTERM (the CLI exits 130 for it, 3 for other stops)."""
 
 Listener = Callable[[str, str], None]
 """Called with (event, hash_id). Events: total (the row count, or "" when unknown, in place of a
@@ -47,6 +54,8 @@ class RunReport:
     """Whether the run stopped before the seed was through (a signal, a budget, the breaker)."""
     stop_reason: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    worker_cpu: float = 0.0
+    """CPU seconds used by worker processes (``--workers``), all threads; 0 without them."""
 
 
 class Stopper:
@@ -58,10 +67,11 @@ class Stopper:
     recorded and checkpointed so far is kept, so the run still resumes.
     """
 
-    def __init__(self, notify: Listener):
-        """Remember whom to tell."""
+    def __init__(self, notify: Listener, worker: WorkerLink | None = None):
+        """Remember whom to tell (and, in a worker process, the flag that stops them all)."""
         self.client: ModelClient | None = None
         self.notify = notify
+        self.worker = worker
         self.stopping = False
         self.reason: str | None = None
         self.tasks: set[asyncio.Task] = set()
@@ -83,7 +93,7 @@ class Stopper:
             loop.remove_signal_handler(sig)
         self._installed.clear()
 
-    def stop(self, reason: str = "interrupted by a signal") -> None:
+    def stop(self, reason: str = SIGNAL_REASON) -> None:
         """Stop cleanly the first time, at once the second time (a second signal)."""
         if not self.stopping:
             self.stopping = True
@@ -91,8 +101,10 @@ class Stopper:
             if self.client is not None:
                 self.client.stopping = True
             self.notify("stopping", reason)
+            if self.worker is not None:
+                self.worker.stop_all()  # after the reason is on its way to the parent
             return
-        if reason != "interrupted by a signal":
+        if reason != SIGNAL_REASON:
             return  # a budget or the breaker never forces an immediate exit
         self.notify("aborting", "")
         for task in list(self.tasks):
@@ -133,7 +145,16 @@ def compile_graph(saver: BaseCheckpointSaver) -> CompiledStateGraph:
 def run(
     settings: Settings, seed: Path, *, retry_failed: bool = False, listener: Listener | None = None
 ) -> RunReport:
-    """Run (or resume) a seed on mmevol's event loop; see ``run_async``."""
+    """Run (or resume) a seed on mmevol's event loop; see ``run_async``.
+
+    With ``settings.workers`` above 1 the samples are shared by that many worker
+    processes (``graph.workers``); the result is the same, only faster when one core
+    is what limits the run.
+    """
+    if min(settings.workers, settings.concurrency) > 1:
+        from graph.workers import run_workers
+
+        return run_workers(settings, seed, retry_failed=retry_failed, listener=listener)
     return eventloop.run(run_async(settings, seed, retry_failed=retry_failed, listener=listener))
 
 
@@ -143,8 +164,13 @@ async def run_async(
     *,
     retry_failed: bool = False,
     listener: Listener | None = None,
+    worker: WorkerLink | None = None,
 ) -> RunReport:
     """Run every sample of a seed through the graph, ``settings.concurrency`` at a time.
+
+    In a worker process ``worker`` says which share of the seed is this process's and
+    carries what the workers share: the budget tally and the flag that stops them all.
+    The parent has then checked the endpoint and counted the seed already.
 
     Raises:
         EndpointProblem: the key is missing or the endpoint unreachable (before any sample).
@@ -153,7 +179,8 @@ async def run_async(
     seed = Path(seed)
     if not seed.exists():
         raise FileNotFoundError(f"seed {str(seed)!r} does not exist")
-    await preflight(settings)
+    if worker is None:
+        await preflight(settings)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.results_db)
     report = RunReport()
@@ -161,20 +188,32 @@ async def run_async(
     try:
         store.set_meta("settings", settings.public())
         store.set_meta("seed", str(seed.resolve()))
-        stopper = Stopper(notify)
+        stopper = Stopper(notify, worker)
         client = ModelClient(
-            settings, store, on_stop=stopper.stop, on_notice=lambda text: notify("notice", text)
+            settings,
+            store,
+            on_stop=stopper.stop,
+            on_notice=lambda text: notify("notice", text),
+            tally=worker.tally if worker is not None else None,
         )
         stopper.client = client
         if hasattr(listener, "attach"):
             listener.attach(client.usage)
         ctx = RunContext(settings, store, client)
         stopper.install()
+        watch = asyncio.create_task(worker.watch(stopper)) if worker is not None else None
         try:
             async with open_checkpointer(settings.graph_db) as saver:
                 graph = compile_graph(saver)
-                await _run_rows(graph, ctx, seed, retry_failed, report, notify, stopper)
+                if worker is None:
+                    notify("total", count_total(seed, settings.limit))
+                    rows = _rows_of(seed)
+                else:  # the parent counted the seed and deals out its rows
+                    rows = worker.rows()
+                await _run_rows(graph, ctx, rows, retry_failed, report, notify, stopper)
         finally:
+            if watch is not None:
+                watch.cancel()
             stopper.uninstall()
             await ctx.client.aclose()
         report.stopped = stopper.stopping
@@ -187,7 +226,7 @@ async def run_async(
 async def _run_rows(
     graph: CompiledStateGraph,
     ctx: RunContext,
-    seed: Path,
+    rows: AsyncIterator[SeedRow],
     retry_failed: bool,
     report: RunReport,
     notify: Listener,
@@ -210,11 +249,7 @@ async def _run_rows(
         store.fail_sample(key or row.hash_id, reason, idx=row.index, source_id=row.source_id)
         _count_failure(report, notify, "rejected", key or row.hash_id, reason)
 
-    total = count_rows(seed)
-    if settings.limit is not None:
-        total = settings.limit if total is None else min(total, settings.limit)
-    notify("total", str(total) if total is not None else "")
-    for row in read_seed(seed):
+    async for row in rows:
         if stopper.stopping or (settings.limit is not None and row.index >= settings.limit):
             break
         # One indexed lookup per row, rather than every status in memory: memory stays
@@ -260,6 +295,19 @@ async def _run_rows(
     if bugs:
         # A programming error is a bug, not a property of one sample: stop and show it.
         raise bugs[0]
+
+
+async def _rows_of(seed: Path) -> AsyncIterator[SeedRow]:
+    for row in read_seed(seed):
+        yield row
+
+
+def count_total(seed: Path, limit: int | None) -> str:
+    """Return the rows a run will go through, as the "total" event says it ("" if unknown)."""
+    total = count_rows(seed)
+    if limit is not None:
+        total = limit if total is None else min(total, limit)
+    return str(total) if total is not None else ""
 
 
 async def _run_sample(

@@ -162,13 +162,31 @@ def prepare(index: int, raw: Any) -> SeedRow:
     return SeedRow(index, hash_id, source_id, raw, sample=sample, skipped_items=skipped)
 
 
+def row_key(index: int, raw: Any) -> str:
+    """Return the key a row will be known by, from the parsed row alone (no validation).
+
+    It is the row's ``hash_id`` when it gives one, else the method's computed one, else
+    ``row-<index>`` for a row without a usable image: the same key ``prepare`` settles on.
+    """
+    if isinstance(raw, dict):
+        if isinstance(raw.get("hash_id"), str) and raw["hash_id"]:
+            return raw["hash_id"]
+        if isinstance(raw.get("image"), str) and raw["image"].strip():
+            return hash_id_for(index, raw["image"])
+    return f"row-{index}"
+
+
 def read_seed(path: Path) -> Iterator[SeedRow]:
     """Yield every row of a seed, streamed so that a 449 MB seed never sits in memory."""
-    for index, raw, error in _raw_rows(Path(path)):
-        if error is not None:
-            yield SeedRow(index, f"row-{index}", None, None, error=f"row {index}: {error}")
-        else:
-            yield prepare(index, raw)
+    for index, raw, error in raw_rows(Path(path)):
+        yield seed_row(index, raw, error)
+
+
+def seed_row(index: int, raw: Any, error: str | None) -> SeedRow:
+    """Turn one row as read (or the reason it could not be read) into a ``SeedRow``."""
+    if error is not None:
+        return SeedRow(index, f"row-{index}", None, None, error=f"row {index}: {error}")
+    return prepare(index, raw)
 
 
 def count_rows(path: Path) -> int | None:
@@ -191,7 +209,8 @@ def _first_char(path: Path) -> str:
     return ""
 
 
-def _raw_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+def raw_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield (index, parsed row, None), or (index, None, why it cannot be read), streamed."""
     if not path.exists():
         raise FileNotFoundError(f"seed {str(path)!r} does not exist")
     if path.is_dir():

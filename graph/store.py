@@ -114,6 +114,9 @@ def open_db(path: Path | str | None) -> Database:
         db = Database(path)
         # WAL lets `mmevol status` read while a run writes; NORMAL sync keeps commits cheap
         # and still never corrupts the file on a crash.
+        # Worker processes of one run write to the same file: wait for a turn rather than
+        # fail (a write holds the lock for a few milliseconds).
+        db.execute("PRAGMA busy_timeout=60000")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
     migrations.apply(db)

@@ -11,6 +11,7 @@ endpoint keeps failing stops instead of failing thousands of samples.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -156,3 +157,63 @@ class Governor:
             )
             return self.tripped
         return None
+
+
+class Tally:
+    """Model calls started and dollars spent by a run, for ``--max-calls`` and ``--max-cost``.
+
+    ``calls_before`` and ``cost_before`` are what earlier invocations of the run recorded;
+    the counts are this invocation's. One process keeps plain numbers. With worker
+    processes the parent builds the tally on a multiprocessing context and hands it to
+    every worker, so that the budgets count the calls of all of them.
+    """
+
+    def __init__(
+        self, context: object | None = None, calls_before: int = 0, cost_before: float = 0.0
+    ):
+        """Keep the counts in this process, or in shared memory of ``context``."""
+        self.calls_before = calls_before
+        self.cost_before = cost_before
+        self._shared = context is not None
+        if context is None:
+            self._calls: object = _Cell(0)
+            self._cost: object = _Cell(0.0)
+        else:
+            self._calls = context.Value("q", 0)
+            self._cost = context.Value("d", 0.0)
+
+    def reserve_call(self, limit: int | None) -> bool:
+        """Count one more call, unless the run's calls have reached ``limit``."""
+        with self._lock(self._calls):
+            if limit is not None and self.calls_before + self._calls.value >= limit:
+                return False
+            self._calls.value += 1
+            return True
+
+    def add_cost(self, dollars: float) -> float:
+        """Add a call's cost and return the dollars of the whole run so far."""
+        with self._lock(self._cost):
+            self._cost.value += dollars
+            return self.cost_before + self._cost.value
+
+    @property
+    def calls(self) -> int:
+        """Return the calls counted so far."""
+        return self._calls.value
+
+    @property
+    def cost(self) -> float:
+        """Return the dollars counted so far."""
+        return self._cost.value
+
+    def _lock(self, cell: object) -> object:
+        return cell.get_lock() if self._shared else contextlib.nullcontext()
+
+
+class _Cell:
+    """A plain value with the ``.value`` attribute of ``multiprocessing.Value``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float):
+        self.value = value

@@ -20,7 +20,7 @@ from langchain_openai import ChatOpenAI
 
 from graph.config import Settings
 from graph.store import Store
-from nodes.limits import Governor, Outcome, TokenBucket, estimate_prompt_tokens
+from nodes.limits import Governor, Outcome, Tally, TokenBucket, estimate_prompt_tokens
 from nodes.prices import PriceTable
 from nodes.prompts import ITEMS_SCHEMA, VERDICTS_SCHEMA
 
@@ -142,6 +142,7 @@ class ModelClient:
         store: Store,
         on_stop: Callable[[str], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
+        tally: Tally | None = None,
     ):
         """Build one ChatOpenAI per model role, sharing one connection pool of this run.
 
@@ -149,7 +150,8 @@ class ModelClient:
         bound to the event loop of the first run and breaks the next ``asyncio.run``.
         The pool is the openai SDK's aiohttp transport (its ``aiohttp`` extra): httpx's
         own pool checks every idle connection's socket before each request, which with
-        a hundred connections open took about a tenth of a run's CPU.
+        a hundred connections open took about a tenth of a run's CPU. ``tally`` counts
+        calls and money for the budgets; worker processes pass one they all share.
         """
         self.settings = settings
         self.store = store
@@ -170,10 +172,8 @@ class ModelClient:
         }
         self.buckets = _buckets(settings)
         self.prices = PriceTable(settings.prices)
-        self.usage = Usage()
-        spent = store.spent()
-        self.usage.calls_before = spent["calls"]
-        self.usage.cost_before = sum(self.prices.cost(m, i, o) for m, i, o in spent["by_model"])
+        self.tally = tally or spent_so_far(store, self.prices)
+        self.usage = Usage(calls_before=self.tally.calls_before, cost_before=self.tally.cost_before)
         self.structured = settings.structured_output
 
     async def aclose(self) -> None:
@@ -201,10 +201,11 @@ class ModelClient:
         found = self.store.find_call(str(key))
         if found is not None:
             return Answer(found["id"], found["response"] or "", found["finish_reason"], True)
-        limit = self.settings.max_calls
-        if limit is not None and self.usage.calls_before + self.usage.calls >= limit:
-            self.stop(f"reached --max-calls {limit}")
         if self.stopping:
+            raise RunStopped(str(key))
+        limit = self.settings.max_calls
+        if not self.tally.reserve_call(limit):
+            self.stop(f"reached --max-calls {limit}")
             raise RunStopped(str(key))
         role = "score" if key.node.startswith("score") else "evolve"
         chat = self.chats[role]
@@ -289,10 +290,22 @@ class ModelClient:
             self.on_notice(
                 f"no price known for model {model!r}: its cost counts as 0 (see --prices)"
             )
-        self.usage.cost += self.prices.cost(model, tokens_in, tokens_out)
+        cost = self.prices.cost(model, tokens_in, tokens_out)
+        self.usage.cost += cost
+        spent = self.tally.add_cost(cost)
         budget = self.settings.max_cost
-        if budget is not None and self.usage.total_cost >= budget:
-            self.stop(f"reached --max-cost ${budget:.2f} (spent ${self.usage.total_cost:.2f})")
+        if budget is not None and spent >= budget:
+            self.stop(f"reached --max-cost ${budget:.2f} (spent ${spent:.2f})")
+
+
+def spent_so_far(store: Store, prices: PriceTable, context: object | None = None) -> Tally:
+    """Return a tally that starts from the calls and money a run's database records."""
+    spent = store.spent()
+    return Tally(
+        context,
+        calls_before=spent["calls"],
+        cost_before=sum(prices.cost(m, i, o) for m, i, o in spent["by_model"]),
+    )
 
 
 def _buckets(settings: Settings) -> dict[str, tuple[TokenBucket | None, TokenBucket | None]]:

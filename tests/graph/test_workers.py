@@ -1,0 +1,214 @@
+"""Runs shared by worker processes (--workers), over real HTTP to the simulated endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from graph import runner
+from graph.config import Settings
+from graph.export import export_json
+from graph.seed import row_key
+from graph.store import Store
+from sim.demo_seed import make_demo_seed
+
+
+@pytest.fixture(scope="module")
+def seed12(tmp_path_factory):
+    """Twelve good rows and the four bad ones (missing image, escaping path...)."""
+    return make_demo_seed(tmp_path_factory.mktemp("seed12"), n=12, seed=7, bad=True)
+
+
+def export_of(settings: Settings, tmp_path, name: str) -> list[dict]:
+    out = tmp_path / f"{name}.json"
+    export_json(settings.results_db, out)
+    return json.loads(out.read_text())
+
+
+def failures_of(settings: Settings) -> dict[str, str]:
+    store = Store(settings.results_db)
+    try:
+        return {
+            r["hash_id"]: r["reason"]
+            for r in store.db.query("select hash_id, reason from samples where status = 'failed'")
+        }
+    finally:
+        store.close()
+
+
+def call_keys(settings: Settings) -> list[str]:
+    store = Store(settings.results_db)
+    try:
+        return [r["key"] for r in store.db.query("select key from calls where error is null")]
+    finally:
+        store.close()
+
+
+def test_two_workers_give_the_same_result_as_one_process(sim, seed12, make_settings, tmp_path):
+    seed_path, images = seed12
+    one = make_settings(sim, images, run="one", concurrency=4)
+    single = runner.run(one, seed_path)
+    events: list[tuple[str, str]] = []
+    two = make_settings(sim, images, run="two", concurrency=4, workers=2)
+    shared = runner.run(
+        two, seed_path, listener=lambda event, detail: events.append((event, detail))
+    )
+
+    assert (shared.done, shared.failed) == (single.done, single.failed) == (12, 4)
+    assert export_of(two, tmp_path, "two") == export_of(one, tmp_path, "one")
+    assert failures_of(two) == failures_of(one)
+    # Every call was made once, by one worker, and the calls are the same ones.
+    keys = call_keys(two)
+    assert len(keys) == len(set(keys))
+    assert sorted(keys) == sorted(call_keys(one))
+    # The parent counted the seed once; the workers' events reached the listener.
+    assert [d for e, d in events if e == "total"] == ["16"]
+    assert sum(e == "done" for e, _ in events) == 12
+    assert sum(e in ("failed", "rejected") for e, _ in events) == 4
+    assert shared.worker_cpu > 0
+
+
+def test_resume_with_workers_skips_finished_rows_in_the_parent(sim, seed12, make_settings):
+    seed_path, images = seed12
+    settings = make_settings(sim, images, concurrency=4, workers=2, limit=6)
+    first = runner.run(settings, seed_path)
+    assert first.done + first.failed == 6
+    before = sim.stats()["requests"]
+    again = runner.run(settings, seed_path)
+    assert (again.done, again.failed, again.skipped) == (0, 0, 6)
+    assert sim.stats()["requests"] == before  # nothing asked again
+
+
+def test_max_calls_counts_the_calls_of_all_workers(sim, seed12, make_settings, tmp_path):
+    seed_path, images = seed12
+    settings = make_settings(sim, images, concurrency=4, workers=2, max_calls=10)
+    report = runner.run(settings, seed_path)
+    assert report.stopped and report.stop_reason == "reached --max-calls 10"
+    assert sim.stats()["requests"] <= 10
+    assert len(call_keys(settings)) <= 10
+    # Without the budget the run finishes, and pays for no call twice.
+    settings.max_calls = None
+    finished = runner.run(settings, seed_path)
+    assert not finished.stopped
+    keys = call_keys(settings)
+    assert len(keys) == len(set(keys))
+    reference = make_settings(sim, images, run="reference", concurrency=4)
+    runner.run(reference, seed_path)
+    assert export_of(settings, tmp_path, "resumed") == export_of(reference, tmp_path, "reference")
+
+
+def test_for_worker_splits_slots_and_rates_but_not_budgets():
+    settings = Settings(concurrency=5, workers=2, rpm=600, tpm=None, max_calls=100, api_key="x")
+    shares = [settings.for_worker(k, 2) for k in range(2)]
+    assert [s.concurrency for s in shares] == [3, 2]
+    assert [s.rpm for s in shares] == [300, 300]
+    assert all(s.tpm is None and s.max_calls == 100 and s.workers == 1 for s in shares)
+
+
+def test_rows_with_the_same_key_go_to_one_worker():
+    # The parent deals a row to the worker that has its key in flight; the key is the
+    # one the worker will record, computed from the raw row.
+    assert row_key(3, {"image": "coco/a.jpg"}) == "3_coco_a.jpg"
+    assert row_key(3, {"image": "coco/a.jpg", "hash_id": "x"}) == "x"
+    assert row_key(5, None) == "row-5"
+
+
+# -- the command line, signals and a killed parent ------------------------------------------
+
+
+def start_cli(seed_path, images, server, checkpoints, run, *extra):
+    env = {**os.environ, "OPENAI_API_KEY": "sim", "MMEVOL_CHECKPOINTS": str(checkpoints)}
+    cmd = [
+        sys.executable, "-m", "cli", "run", str(seed_path), "--images", str(images),
+        "--run", run, "--base-url", server.base_url, "--concurrency", "4", "--workers", "2",
+        *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_requests(server, proc, at_least, timeout=60):
+    deadline = time.monotonic() + timeout
+    while server.stats()["requests"] < at_least:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run made too few requests"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def seed16(tmp_path_factory):
+    return make_demo_seed(tmp_path_factory.mktemp("seed16w"), n=16, seed=5)
+
+
+@pytest.fixture(scope="module")
+def reference16(seed16, tmp_path_factory):
+    from sim.server import SimOptions, SimServer
+
+    seed_path, images = seed16
+    tmp = tmp_path_factory.mktemp("ref16")
+    with SimServer(SimOptions(seed=0)) as server:
+        settings = Settings(
+            run="ref", checkpoints=tmp, images=images, base_url=server.base_url,
+            api_key="sim", concurrency=4,
+        )  # fmt: skip
+        assert runner.run(settings, seed_path).done == 16
+    out = tmp / "ref.json"
+    export_json(settings.results_db, out)
+    return json.loads(out.read_text())
+
+
+def test_sigterm_to_the_parent_stops_every_worker_cleanly(
+    seed16, reference16, sim_factory, tmp_path
+):
+    seed_path, images = seed16
+    server = sim_factory(seed=0, latency_ms=60)
+    checkpoints = tmp_path / "ck"
+    proc = start_cli(seed_path, images, server, checkpoints, "stopped")
+    wait_for_requests(server, proc, 12)
+    proc.send_signal(signal.SIGTERM)  # the parent alone, as a job scheduler would
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.count("Stopping (interrupted by a signal)") == 1
+    store = Store(checkpoints / "stopped" / "results.db")
+    statuses = set(store.statuses().values())
+    store.close()
+    assert "interrupted" in statuses and "failed" not in statuses
+
+    proc = start_cli(seed_path, images, server, checkpoints, "stopped")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    out = tmp_path / "stopped.json"
+    export_json(checkpoints / "stopped" / "results.db", out)
+    assert json.loads(out.read_text()) == reference16
+    # Every answer on its way at the stop was recorded: nothing was paid twice.
+    assert all(n == 1 for n in server.stats()["bodies"].values())
+
+
+def test_workers_die_with_a_killed_parent_and_the_run_resumes(
+    seed16, reference16, sim_factory, tmp_path
+):
+    seed_path, images = seed16
+    server = sim_factory(seed=0, latency_ms=60)
+    checkpoints = tmp_path / "ck"
+    proc = start_cli(seed_path, images, server, checkpoints, "killed")
+    wait_for_requests(server, proc, 15)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Orphaned workers notice within a fraction of a second and exit: the endpoint
+    # stops getting requests.
+    time.sleep(1.0)
+    settled = server.stats()["requests"]
+    time.sleep(1.0)
+    assert server.stats()["requests"] == settled
+
+    proc = start_cli(seed_path, images, server, checkpoints, "killed")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    out = tmp_path / "killed.json"
+    export_json(checkpoints / "killed" / "results.db", out)
+    assert json.loads(out.read_text()) == reference16
