@@ -364,7 +364,7 @@ class _Parent:
             ):
                 continue
             if code != 0 and not self.aborting:
-                self._stop(f"worker {k} exited unexpectedly (exit code {code})")
+                self._stop(f"worker {k} died unexpectedly ({_exit_text(code)})")
                 self.reports[k] = RunReport(stopped=True)
 
     def _report(self) -> RunReport:
@@ -408,6 +408,15 @@ class _Parent:
         for proc in self.procs:
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 @contextlib.contextmanager

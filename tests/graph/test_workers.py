@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -211,4 +212,45 @@ def test_workers_die_with_a_killed_parent_and_the_run_resumes(
     assert proc.returncode == 0, stderr
     out = tmp_path / "killed.json"
     export_json(checkpoints / "killed" / "results.db", out)
+    assert json.loads(out.read_text()) == reference16
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            found += [int(p) for p in fh.read().split()]
+    return found
+
+
+def worker_pids(cli_pid: int) -> list[int]:
+    """The workers: children of the fork server, itself a child of the mmevol process."""
+    for pid in children(cli_pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"forkserver" in fh.read():
+                return children(pid)
+    return []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_a_worker_killed_outright_stops_the_run_and_it_resumes(
+    seed16, reference16, sim_factory, tmp_path
+):
+    seed_path, images = seed16
+    server = sim_factory(seed=0, latency_ms=60)
+    checkpoints = tmp_path / "ck"
+    proc = start_cli(seed_path, images, server, checkpoints, "oom")
+    wait_for_requests(server, proc, 10)
+    pids = worker_pids(proc.pid)
+    assert len(pids) == 2
+    os.kill(pids[0], signal.SIGKILL)  # as the kernel's OOM killer would
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3, stderr
+    assert re.search(r"worker [01] died unexpectedly \(killed by SIGKILL\)", stderr), stderr
+
+    proc = start_cli(seed_path, images, server, checkpoints, "oom")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    out = tmp_path / "oom.json"
+    export_json(checkpoints / "oom" / "results.db", out)
     assert json.loads(out.read_text()) == reference16
