@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +72,63 @@ def make_settings(tmp_path):
         return Settings(**values)
 
     return build
+
+
+# -- whole `mmevol run` processes (crash, signal and worker tests) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def seed16(tmp_path_factory) -> tuple[Path, Path]:
+    """Sixteen good rows (read-only for tests)."""
+    return make_demo_seed(tmp_path_factory.mktemp("seed16"), n=16, seed=5)
+
+
+@pytest.fixture(scope="session")
+def reference16(seed16, tmp_path_factory) -> tuple[list[dict], int]:
+    """The export and the request count of a run of ``seed16`` never interrupted."""
+    from graph import runner
+    from graph.export import export_json
+
+    seed_path, images = seed16
+    tmp = tmp_path_factory.mktemp("ref16")
+    with SimServer(SimOptions(seed=0)) as server:
+        settings = Settings(
+            run="ref", checkpoints=tmp, images=images, base_url=server.base_url,
+            api_key="sim", concurrency=4,
+        )  # fmt: skip
+        assert runner.run(settings, seed_path).done == 16
+        calls = server.stats()["requests"]
+    out = tmp / "ref.json"
+    export_json(settings.results_db, out)
+    return json.loads(out.read_text()), calls
+
+
+@pytest.fixture
+def cli_run():
+    """Start `mmevol run` in a subprocess (4 samples in flight, plus any extra options)."""
+
+    def start(seed_path, images, server, checkpoints, run, *extra) -> subprocess.Popen:
+        env = {**os.environ, "OPENAI_API_KEY": "sim", "MMEVOL_CHECKPOINTS": str(checkpoints)}
+        cmd = [
+            sys.executable, "-m", "cli", "run", str(seed_path), "--images", str(images),
+            "--run", run, "--base-url", server.base_url, "--concurrency", "4", *extra,
+        ]  # fmt: skip
+        return subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    return start
+
+
+@pytest.fixture
+def wait_for_requests():
+    """Wait until the endpoint has served ``at_least`` requests while ``proc`` runs."""
+
+    def wait(server, proc, at_least, timeout=60) -> None:
+        deadline = time.monotonic() + timeout
+        while server.stats()["requests"] < at_least:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run made too few requests"
+            time.sleep(0.005)
+
+    return wait

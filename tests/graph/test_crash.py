@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
-import time
-
-import pytest
 
 from graph import runner
 from graph.export import export_json
@@ -19,28 +13,6 @@ from graph.store import Store
 from sim.demo_seed import make_demo_seed
 
 CONCURRENCY = 4
-
-
-@pytest.fixture(scope="module")
-def seed16(tmp_path_factory):
-    return make_demo_seed(tmp_path_factory.mktemp("seed16"), n=16, seed=5)
-
-
-def start_run(seed_path, images, server, checkpoints, run):
-    env = {**os.environ, "OPENAI_API_KEY": "sim", "MMEVOL_CHECKPOINTS": str(checkpoints)}
-    cmd = [
-        sys.executable, "-m", "cli", "run", str(seed_path), "--images", str(images),
-        "--run", run, "--base-url", server.base_url, "--concurrency", str(CONCURRENCY),
-    ]  # fmt: skip
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_requests(server, proc, at_least, timeout=60):
-    deadline = time.monotonic() + timeout
-    while server.stats()["requests"] < at_least:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the run made too few requests"
-        time.sleep(0.005)
 
 
 def exported(settings_dir, tmp_path, name):
@@ -53,37 +25,17 @@ def repeated_calls(server):
     return sum(n - 1 for n in server.stats()["bodies"].values())
 
 
-@pytest.fixture(scope="module")
-def reference(seed16, tmp_path_factory):
-    """Export and call count of a run never interrupted."""
-    from sim.server import SimOptions, SimServer
-
-    seed_path, images = seed16
-    tmp = tmp_path_factory.mktemp("ref")
-    with SimServer(SimOptions(seed=0)) as server:
-        from graph.config import Settings
-
-        settings = Settings(
-            run="ref", checkpoints=tmp, images=images, base_url=server.base_url,
-            api_key="sim", concurrency=CONCURRENCY,
-        )  # fmt: skip
-        report = runner.run(settings, seed_path)
-        calls = server.stats()["requests"]
-    assert report.done == 16
-    return exported(settings.run_dir, tmp, "ref"), calls
-
-
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
-    seed16, reference, sim_factory, tmp_path
+    seed16, reference16, sim_factory, tmp_path, cli_run, wait_for_requests
 ):
     seed_path, images = seed16
-    expected, reference_calls = reference
+    expected, reference_calls = reference16
     server = sim_factory(seed=0, latency_ms=40)
     checkpoints = tmp_path / "ck"
     rng = random.Random(1)
     kills = 0
     for _ in range(4):
-        proc = start_run(seed_path, images, server, checkpoints, "killed")
+        proc = cli_run(seed_path, images, server, checkpoints, "killed")
         target = server.stats()["requests"] + rng.randint(3, 25)
         try:
             wait_for_requests(server, proc, target)
@@ -95,7 +47,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
         proc.wait()
         kills += 1
     assert kills >= 2
-    proc = start_run(seed_path, images, server, checkpoints, "killed")
+    proc = cli_run(seed_path, images, server, checkpoints, "killed")
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert exported(checkpoints / "killed", tmp_path, "killed") == expected
@@ -110,13 +62,13 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
 
 
 def test_ctrl_c_stops_cleanly_and_resumes_without_paying_twice(
-    seed16, reference, sim_factory, tmp_path
+    seed16, reference16, sim_factory, tmp_path, cli_run, wait_for_requests
 ):
     seed_path, images = seed16
-    expected, reference_calls = reference
+    expected, reference_calls = reference16
     server = sim_factory(seed=0, latency_ms=60)
     checkpoints = tmp_path / "ck"
-    proc = start_run(seed_path, images, server, checkpoints, "stopped")
+    proc = cli_run(seed_path, images, server, checkpoints, "stopped")
     wait_for_requests(server, proc, 12)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
@@ -128,7 +80,7 @@ def test_ctrl_c_stops_cleanly_and_resumes_without_paying_twice(
     store.close()
     assert "interrupted" in statuses and "failed" not in statuses
 
-    proc = start_run(seed_path, images, server, checkpoints, "stopped")
+    proc = cli_run(seed_path, images, server, checkpoints, "stopped")
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert exported(checkpoints / "stopped", tmp_path, "stopped") == expected

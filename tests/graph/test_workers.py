@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -123,81 +122,59 @@ def test_rows_with_the_same_key_go_to_one_worker():
 # -- the command line, signals and a killed parent ------------------------------------------
 
 
-def start_cli(seed_path, images, server, checkpoints, run, *extra):
-    env = {**os.environ, "OPENAI_API_KEY": "sim", "MMEVOL_CHECKPOINTS": str(checkpoints)}
-    cmd = [
-        sys.executable, "-m", "cli", "run", str(seed_path), "--images", str(images),
-        "--run", run, "--base-url", server.base_url, "--concurrency", "4", "--workers", "2",
-        *extra,
-    ]  # fmt: skip
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class WorkersRun:
+    """`mmevol run --workers 2` on ``seed16`` against an endpoint answering in 60 ms."""
+
+    def __init__(self, seed16, server, checkpoints, tmp_path, cli_run, wait_for_requests):
+        self.seed_path, self.images = seed16
+        self.server, self.checkpoints, self.tmp_path = server, checkpoints, tmp_path
+        self.cli_run, self.wait = cli_run, wait_for_requests
+
+    def start(self, run: str, requests: int) -> subprocess.Popen:
+        """Start a run and return once the endpoint has served ``requests`` requests."""
+        proc = self.cli_run(
+            self.seed_path, self.images, self.server, self.checkpoints, run, "--workers", "2"
+        )
+        self.wait(self.server, proc, requests)
+        return proc
+
+    def resume(self, run: str) -> list[dict]:
+        """Run the same command again to the end and return the run's export."""
+        proc = self.cli_run(
+            self.seed_path, self.images, self.server, self.checkpoints, run, "--workers", "2"
+        )
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        out = self.tmp_path / f"{run}.json"
+        export_json(self.checkpoints / run / "results.db", out)
+        return json.loads(out.read_text())
 
 
-def wait_for_requests(server, proc, at_least, timeout=60):
-    deadline = time.monotonic() + timeout
-    while server.stats()["requests"] < at_least:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the run made too few requests"
-        time.sleep(0.01)
-
-
-@pytest.fixture(scope="module")
-def seed16(tmp_path_factory):
-    return make_demo_seed(tmp_path_factory.mktemp("seed16w"), n=16, seed=5)
-
-
-@pytest.fixture(scope="module")
-def reference16(seed16, tmp_path_factory):
-    from sim.server import SimOptions, SimServer
-
-    seed_path, images = seed16
-    tmp = tmp_path_factory.mktemp("ref16")
-    with SimServer(SimOptions(seed=0)) as server:
-        settings = Settings(
-            run="ref", checkpoints=tmp, images=images, base_url=server.base_url,
-            api_key="sim", concurrency=4,
-        )  # fmt: skip
-        assert runner.run(settings, seed_path).done == 16
-    out = tmp / "ref.json"
-    export_json(settings.results_db, out)
-    return json.loads(out.read_text())
-
-
-def test_sigterm_to_the_parent_stops_every_worker_cleanly(
-    seed16, reference16, sim_factory, tmp_path
-):
-    seed_path, images = seed16
+@pytest.fixture
+def workers_run(seed16, sim_factory, tmp_path, cli_run, wait_for_requests):
     server = sim_factory(seed=0, latency_ms=60)
-    checkpoints = tmp_path / "ck"
-    proc = start_cli(seed_path, images, server, checkpoints, "stopped")
-    wait_for_requests(server, proc, 12)
+    return WorkersRun(seed16, server, tmp_path / "ck", tmp_path, cli_run, wait_for_requests)
+
+
+def test_sigterm_to_the_parent_stops_every_worker_cleanly(workers_run, reference16):
+    proc = workers_run.start("stopped", 12)
     proc.send_signal(signal.SIGTERM)  # the parent alone, as a job scheduler would
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert stderr.count("Stopping (interrupted by a signal)") == 1
-    store = Store(checkpoints / "stopped" / "results.db")
+    store = Store(workers_run.checkpoints / "stopped" / "results.db")
     statuses = set(store.statuses().values())
     store.close()
     assert "interrupted" in statuses and "failed" not in statuses
 
-    proc = start_cli(seed_path, images, server, checkpoints, "stopped")
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    out = tmp_path / "stopped.json"
-    export_json(checkpoints / "stopped" / "results.db", out)
-    assert json.loads(out.read_text()) == reference16
+    assert workers_run.resume("stopped") == reference16[0]
     # Every answer on its way at the stop was recorded: nothing was paid twice.
-    assert all(n == 1 for n in server.stats()["bodies"].values())
+    assert all(n == 1 for n in workers_run.server.stats()["bodies"].values())
 
 
-def test_workers_die_with_a_killed_parent_and_the_run_resumes(
-    seed16, reference16, sim_factory, tmp_path
-):
-    seed_path, images = seed16
-    server = sim_factory(seed=0, latency_ms=60)
-    checkpoints = tmp_path / "ck"
-    proc = start_cli(seed_path, images, server, checkpoints, "killed")
-    wait_for_requests(server, proc, 15)
+def test_workers_die_with_a_killed_parent_and_the_run_resumes(workers_run, reference16):
+    proc = workers_run.start("killed", 15)
+    server = workers_run.server
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Orphaned workers notice within a fraction of a second and exit: the endpoint
@@ -207,12 +184,7 @@ def test_workers_die_with_a_killed_parent_and_the_run_resumes(
     time.sleep(1.0)
     assert server.stats()["requests"] == settled
 
-    proc = start_cli(seed_path, images, server, checkpoints, "killed")
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    out = tmp_path / "killed.json"
-    export_json(checkpoints / "killed" / "results.db", out)
-    assert json.loads(out.read_text()) == reference16
+    assert workers_run.resume("killed") == reference16[0]
 
 
 def children(pid: int) -> list[int]:
@@ -233,14 +205,8 @@ def worker_pids(cli_pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
-def test_a_worker_killed_outright_stops_the_run_and_it_resumes(
-    seed16, reference16, sim_factory, tmp_path
-):
-    seed_path, images = seed16
-    server = sim_factory(seed=0, latency_ms=60)
-    checkpoints = tmp_path / "ck"
-    proc = start_cli(seed_path, images, server, checkpoints, "oom")
-    wait_for_requests(server, proc, 10)
+def test_a_worker_killed_outright_stops_the_run_and_it_resumes(workers_run, reference16):
+    proc = workers_run.start("oom", 10)
     pids = worker_pids(proc.pid)
     assert len(pids) == 2
     os.kill(pids[0], signal.SIGKILL)  # as the kernel's OOM killer would
@@ -248,9 +214,4 @@ def test_a_worker_killed_outright_stops_the_run_and_it_resumes(
     assert proc.returncode == 3, stderr
     assert re.search(r"worker [01] died unexpectedly \(killed by SIGKILL\)", stderr), stderr
 
-    proc = start_cli(seed_path, images, server, checkpoints, "oom")
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
-    out = tmp_path / "oom.json"
-    export_json(checkpoints / "oom" / "results.db", out)
-    assert json.loads(out.read_text()) == reference16
+    assert workers_run.resume("oom") == reference16[0]
