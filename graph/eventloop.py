@@ -40,11 +40,6 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def loop_name() -> str:
-    """Name the loop ``run`` would use, for benchmark and status lines."""
-    return "uvloop" if loop_factory() is not None else "asyncio"
-
-
 @contextlib.contextmanager
 def tuned_gc() -> Iterator[None]:
     """Freeze what exists now and collect young objects less often; restore on the way out."""

@@ -78,7 +78,6 @@ class WorkerLink:
     """What one worker process gets from its parent besides its settings."""
 
     index: int
-    count: int
     tally: Tally
     stop_flag: Any
     """A shared integer: 1 once every worker should stop cleanly."""
@@ -193,7 +192,7 @@ class _Parent:
                     seed,
                     retry_failed,
                     WorkerLink(
-                        k, count, tally, self.stop_flag, self.events, alive_r, self.inboxes[k]
+                        k, tally, self.stop_flag, self.events, alive_r, self.inboxes[k]
                     ),
                 ),
                 name=f"mmevol-worker-{k}",
@@ -214,7 +213,8 @@ class _Parent:
         self._alive_r = alive_r
         self.reports: dict[int, RunReport] = {}
         self.usages: dict[int, dict] = {}
-        self.bugs: list[str] = []
+        self.bugs: dict[int, str] = {}
+        """The traceback of each worker that hit a programming error."""
         self.stopping = False
         self.reason: str | None = None
         self.aborting = False
@@ -237,7 +237,8 @@ class _Parent:
             self.events.close()
             self.store.close()
         if self.bugs:
-            raise WorkerFailed(self.bugs[0])
+            index, text = next(iter(self.bugs.items()))
+            raise WorkerFailed(f"worker {index} failed:\n{text}")
         return self._report()
 
     # -- dealing rows -------------------------------------------------------------------
@@ -314,7 +315,7 @@ class _Parent:
         elif kind == "report":
             self.reports[index] = rest[0]
         elif kind == "bug":
-            self.bugs.append(f"worker {index} failed:\n{rest[0]}")
+            self.bugs[index] = rest[0]
             self._stop(f"worker {index} failed")
 
     def _event(self, event: str, detail: str) -> None:
@@ -357,11 +358,7 @@ class _Parent:
     def _check_exits(self) -> None:
         for k, proc in enumerate(self.procs):
             code = proc.exitcode
-            if (
-                code is None
-                or k in self.reports
-                or any(b.startswith(f"worker {k} ") for b in self.bugs)
-            ):
+            if code is None or k in self.reports or k in self.bugs:
                 continue
             if code != 0 and not self.aborting:
                 self._stop(f"worker {k} died unexpectedly ({_exit_text(code)})")
@@ -453,8 +450,7 @@ class _Forward:
         self._thread: threading.Thread | None = None
 
     def __call__(self, event: str, detail: str) -> None:
-        if event != "total":  # the parent counted the whole seed
-            self.link.events.put(("event", self.link.index, event, detail))
+        self.link.events.put(("event", self.link.index, event, detail))
 
     def attach(self, usage: Usage) -> None:
         self.usage = usage
@@ -498,11 +494,12 @@ def _worker_main(settings: Settings, seed: Path, retry_failed: bool, link: Worke
             run_async(settings, seed, retry_failed=retry_failed, listener=forward, worker=link)
         )
     except BaseException:  # noqa: BLE001 - a bug: the parent stops the rest and shows it
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        forward.close()
-        link.events.put(("bug", link.index, traceback.format_exc()))
-        raise SystemExit(1) from None
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+        message, code = ("bug", link.index, traceback.format_exc()), 1
+    else:
+        report.worker_cpu = time.process_time() - started
+        message, code = ("report", link.index, report), 0
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's handlers are gone by now
     forward.close()
-    report.worker_cpu = time.process_time() - started
-    link.events.put(("report", link.index, report))
+    link.events.put(message)
+    if code:
+        raise SystemExit(code)

@@ -196,16 +196,6 @@ class Tally:
             self._cost.value += dollars
             return self.cost_before + self._cost.value
 
-    @property
-    def calls(self) -> int:
-        """Return the calls counted so far."""
-        return self._calls.value
-
-    @property
-    def cost(self) -> float:
-        """Return the dollars counted so far."""
-        return self._cost.value
-
     def _lock(self, cell: object) -> object:
         return cell.get_lock() if self._shared else contextlib.nullcontext()
 
