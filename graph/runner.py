@@ -168,9 +168,10 @@ async def run_async(
 ) -> RunReport:
     """Run every sample of a seed through the graph, ``settings.concurrency`` at a time.
 
-    In a worker process ``worker`` says which share of the seed is this process's and
-    carries what the workers share: the budget tally and the flag that stops them all.
-    The parent has then checked the endpoint and counted the seed already.
+    In a worker process ``worker`` brings the rows the parent deals to this process and
+    what the workers share: the budget tally and the flag that stops them all. The
+    parent has then checked the endpoint, recorded the run's settings and counted the
+    seed already.
 
     Raises:
         EndpointProblem: the key is missing or the endpoint unreachable (before any sample).
@@ -186,8 +187,8 @@ async def run_async(
     report = RunReport()
     notify = listener or (lambda event, hash_id: None)
     try:
-        store.set_meta("settings", settings.public())
-        store.set_meta("seed", str(seed.resolve()))
+        if worker is None:
+            record_run(store, settings, seed)
         stopper = Stopper(notify, worker)
         client = ModelClient(
             settings,
@@ -295,6 +296,12 @@ async def _run_rows(
     if bugs:
         # A programming error is a bug, not a property of one sample: stop and show it.
         raise bugs[0]
+
+
+def record_run(store: Store, settings: Settings, seed: Path) -> None:
+    """Record the run's settings (without the key) and its seed in the results database."""
+    store.set_meta("settings", settings.public())
+    store.set_meta("seed", str(seed.resolve()))
 
 
 async def _rows_of(seed: Path) -> AsyncIterator[SeedRow]:

@@ -49,7 +49,14 @@ from typing import Any
 from graph import eventloop
 from graph.checkpoints import open_checkpointer
 from graph.config import Settings
-from graph.runner import SIGNAL_REASON, Listener, RunReport, count_total, run_async
+from graph.runner import (
+    SIGNAL_REASON,
+    Listener,
+    RunReport,
+    count_total,
+    record_run,
+    run_async,
+)
 from graph.seed import SeedRow, raw_rows, row_key, seed_row
 from graph.store import Store
 from nodes.limits import Tally
@@ -136,8 +143,7 @@ def run_workers(
     context = _context()
     store = Store(settings.results_db)  # created and migrated here, before any worker opens it
     try:
-        store.set_meta("settings", settings.public())
-        store.set_meta("seed", str(seed.resolve()))
+        record_run(store, settings, seed)
         tally = spent_so_far(store, PriceTable(settings.prices), context)
     finally:
         store.close()
@@ -191,9 +197,7 @@ class _Parent:
                     shares[k],
                     seed,
                     retry_failed,
-                    WorkerLink(
-                        k, tally, self.stop_flag, self.events, alive_r, self.inboxes[k]
-                    ),
+                    WorkerLink(k, tally, self.stop_flag, self.events, alive_r, self.inboxes[k]),
                 ),
                 name=f"mmevol-worker-{k}",
             )

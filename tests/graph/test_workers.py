@@ -72,6 +72,11 @@ def test_two_workers_give_the_same_result_as_one_process(sim, seed12, make_setti
     assert sum(e == "done" for e, _ in events) == 12
     assert sum(e in ("failed", "rejected") for e, _ in events) == 4
     assert shared.worker_cpu > 0
+    # The run's recorded settings are the run's, not one worker's share of them.
+    store = Store(two.results_db)
+    recorded = store.get_meta("settings")
+    store.close()
+    assert (recorded["workers"], recorded["concurrency"]) == (2, 4)
 
 
 def test_resume_with_workers_skips_finished_rows_in_the_parent(sim, seed12, make_settings):
