@@ -263,8 +263,7 @@ async def _run_rows(
                 f"row-{row.index}",
             )
             continue
-        status = known["status"] if known else None
-        if status == "done" or (status == "failed" and not retry_failed):
+        if finished_earlier(known, retry_failed):
             report.skipped += 1
             notify("skipped", row.hash_id)
             continue
@@ -302,6 +301,12 @@ def record_run(store: Store, settings: Settings, seed: Path) -> None:
     """Record the run's settings (without the key) and its seed in the results database."""
     store.set_meta("settings", settings.public())
     store.set_meta("seed", str(seed.resolve()))
+
+
+def finished_earlier(known: dict | None, retry_failed: bool) -> bool:
+    """Whether a sample's row needs no run now: done, or failed and not to be retried."""
+    status = known["status"] if known else None
+    return status == "done" or (status == "failed" and not retry_failed)
 
 
 async def _rows_of(seed: Path) -> AsyncIterator[SeedRow]:

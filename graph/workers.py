@@ -54,6 +54,7 @@ from graph.runner import (
     Listener,
     RunReport,
     count_total,
+    finished_earlier,
     record_run,
     run_async,
 )
@@ -275,9 +276,11 @@ class _Parent:
         # The worker would skip it too; deciding here spares a resumed run of 163k rows
         # the round trip of every finished one.
         known = self.store.sample(key)
-        if known is None or known["idx"] != index:
-            return False
-        return known["status"] == "done" or (known["status"] == "failed" and not self.retry_failed)
+        return (
+            known is not None
+            and known["idx"] == index
+            and finished_earlier(known, self.retry_failed)
+        )
 
     def _end_rows(self) -> None:
         self.seed_rows = None
