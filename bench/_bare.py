@@ -17,6 +17,7 @@ Either way at most ``concurrency`` samples are in flight.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -54,6 +55,8 @@ class BareOutcome:
     failed: int = 0
     empty_rounds: int = 0
     errors: list[str] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)
+    """When each sample finished its last round (``time.time()``), barrier-free runs only."""
 
 
 def load(seed: Path, limit: int | None = None) -> list[BareSample]:
@@ -189,6 +192,7 @@ class BareClient:
         for rnd in range(1, rounds + 1):
             await self.round(s, rnd)
         s.image_url = None  # let the bytes go once the sample is finished
+        self.outcome.finished.append(time.time())
 
     async def _guarded(self, coro) -> None:
         try:

@@ -222,11 +222,29 @@ class Result:
     failed: int = 0
     sim_cpu: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    finished: list[float] = field(default_factory=list)
+    """When each sample finished (``time.time()``), where the client records it."""
 
     @property
     def rate(self) -> float:
         """Samples per second."""
         return self.samples / self.seconds if self.seconds else 0.0
+
+    def steady_rate(self, concurrency: int) -> float | None:
+        """Samples per second while every one of ``concurrency`` slots was busy.
+
+        A client that starts a new sample as soon as one finishes starts the last one when
+        sample ``n - c`` finishes; before sample ``c`` finishes the first wave is still
+        under way. Between those two finishes ``c`` samples are always in flight, which
+        is the situation ``c / (calls per sample x latency)`` describes and what all but
+        the first and last minutes of a long run look like. None when the run is too
+        short to have such a stretch (fewer than ``2c + 2`` finishes recorded).
+        """
+        times = sorted(self.finished)
+        n, c = len(times), concurrency
+        if n < 2 * c + 2 or times[n - c - 1] <= times[c - 1]:
+            return None
+        return (n - 2 * c) / (times[n - c - 1] - times[c - 1])
 
     @property
     def calls_per_sample(self) -> float:
@@ -315,6 +333,7 @@ def run_mmevol(
             count_calls(config.results_db),
             report.failed,
             extra={"run_dir": config.run_dir, "worker_cpu": report.worker_cpu},
+            finished=finish_times(config.results_db),
         )
 
     try:
@@ -328,6 +347,13 @@ def count_calls(results_db: Path) -> int:
     """Return the number of model calls a run recorded."""
     with contextlib.closing(sqlite3.connect(results_db)) as conn:
         return conn.execute("select count(*) from calls").fetchone()[0]
+
+
+def finish_times(results_db: Path) -> list[float]:
+    """Return when each finished sample of a run finished (``time.time()``)."""
+    with contextlib.closing(sqlite3.connect(results_db)) as conn:
+        rows = conn.execute("select updated_at from samples where status = 'done'")
+        return [row[0] for row in rows]
 
 
 def peak_rss_mb() -> float:

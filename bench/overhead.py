@@ -42,6 +42,7 @@ def bare_result(label: str):
             outcome.calls,
             outcome.failed,
             extra={"empty_rounds": outcome.empty_rounds, "errors": outcome.errors[:3]},
+            finished=outcome.finished,
         )
 
     return summarise

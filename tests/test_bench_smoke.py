@@ -32,3 +32,25 @@ def test_benchmark_smoke_run(name):
     lines = proc.stdout.strip().splitlines()
     assert [line.split(" ", 1)[0] for line in lines] == EXPECTED[name], proc.stdout
     assert all(("PASS" in line or "FAIL" in line) for line in lines if "goal" in line)
+
+
+def _result_with(finished: list[float]):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from _common import Result
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return Result("r", len(finished), 0.0, 0.0, 6 * len(finished), finished=finished)
+
+
+def test_steady_rate_is_the_ideal_for_a_perfect_client():
+    # 10 waves of 4 samples, each wave finishing 3 s after the previous one; the last
+    # finishes slowly, as a tail does: only the stretch with every slot busy counts.
+    finished = [3.0 * wave for wave in range(1, 10) for _ in range(4)] + [28, 29, 31, 40]
+    assert _result_with(finished).steady_rate(4) == pytest.approx(4 / 3)
+
+
+def test_steady_rate_needs_a_stretch_with_every_slot_busy():
+    assert _result_with([1.0, 2.0, 3.0, 4.0, 5.0]).steady_rate(2) is None
+    assert _result_with([1.0] * 10).steady_rate(4) is None
+    assert _result_with([float(t) for t in range(1, 7)]).steady_rate(2) == pytest.approx(1.0)
