@@ -1,4 +1,4 @@
-"""The run context every node receives: settings, the results store and the model client.
+"""The run context every node receives: settings, store, model client and image encoder.
 
 It is LangGraph's runtime context, passed to each invocation and never checkpointed, so
 the API key inside the settings cannot reach the checkpoint database.
@@ -7,11 +7,12 @@ the API key inside the settings cannot reach the checkpoint database.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graph.config import Settings
 from graph.store import Store
+from nodes.encoder import ImageEncoder
 from nodes.llm import ModelClient
 
 
@@ -22,6 +23,8 @@ class RunContext:
     settings: Settings
     store: Store
     client: ModelClient
+    images: ImageEncoder = field(default_factory=lambda: ImageEncoder(helper=False))
+    """Encodes sample images; the batch runner's uses a helper process and closes it."""
 
 
 _from_env: RunContext | None = None

@@ -28,6 +28,7 @@ from graph.context import RunContext
 from graph.seed import SeedRow, count_rows, read_seed
 from graph.store import Store
 from nodes import images
+from nodes.encoder import ImageEncoder
 from nodes.llm import ModelClient, RunStopped, error_name, preflight
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ class RunReport:
     stop_reason: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
     worker_cpu: float = 0.0
-    """CPU seconds used by worker processes (``--workers``), all threads; 0 without them."""
+    """CPU seconds used by worker processes (``--workers``), all threads and their image
+    helpers; 0 without them."""
 
 
 class Stopper:
@@ -200,7 +202,8 @@ async def run_async(
         stopper.client = client
         if hasattr(listener, "attach"):
             listener.attach(client.usage)
-        ctx = RunContext(settings, store, client)
+        encoder = ImageEncoder(on_notice=lambda text: notify("notice", text))
+        ctx = RunContext(settings, store, client, encoder)
         stopper.install()
         watch = asyncio.create_task(worker.watch(stopper)) if worker is not None else None
         try:
@@ -217,6 +220,7 @@ async def run_async(
                 watch.cancel()
             stopper.uninstall()
             await ctx.client.aclose()
+            await encoder.aclose()
         report.stopped = stopper.stopping
         report.stop_reason = stopper.reason
     finally:

@@ -36,6 +36,7 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import resource
 import signal
 import sys
 import threading
@@ -489,13 +490,19 @@ class _Forward:
         self.link.events.put(("usage", self.link.index, snapshot))
 
 
+def _cpu_with_children() -> float:
+    """Return this process's CPU seconds plus those of its ended children (the image helper)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def _worker_main(settings: Settings, seed: Path, retry_failed: bool, link: WorkerLink) -> None:
     """Run one worker's share of the seed and send its report to the parent."""
     # Until the run installs its own handlers, a Ctrl-C is the parent's to act on (it
     # raises the stop flag); afterwards the run's handlers take it as usual.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     forward = _Forward(link)
-    started = time.process_time()
+    started = _cpu_with_children()
     try:
         report = eventloop.run(
             run_async(settings, seed, retry_failed=retry_failed, listener=forward, worker=link)
@@ -503,7 +510,7 @@ def _worker_main(settings: Settings, seed: Path, retry_failed: bool, link: Worke
     except BaseException:  # noqa: BLE001 - a bug: the parent stops the rest and shows it
         message, code = ("bug", link.index, traceback.format_exc()), 1
     else:
-        report.worker_cpu = time.process_time() - started
+        report.worker_cpu = _cpu_with_children() - started
         message, code = ("report", link.index, report), 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's handlers are gone by now
     forward.close()

@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 
 from graph.context import RunContext, context_of
 from graph.state import Box, SampleState
-from nodes import images, prompts
+from nodes import prompts
 from nodes.llm import CallKey
 from nodes.parsing import QAItem
 
@@ -28,14 +28,8 @@ async def evolve(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     # answers are all recorded costs neither a call nor an image decode.
     image_url = None
     if any(ctx.store.find_call(str(k)) is None for k in keys):
-        # Pillow releases the GIL while it decodes, resizes and encodes: in a thread the
-        # work uses the second core and the event loop keeps serving other samples.
-        image_url = await asyncio.to_thread(
-            images.data_url,
-            settings.images,
-            state.image,
-            settings.image_max_side,
-            settings.jpeg_quality,
+        image_url = await ctx.images.data_url(
+            settings.images, state.image, settings.image_max_side, settings.jpeg_quality
         )
     answers = await asyncio.gather(
         *(

@@ -50,6 +50,17 @@ def data_url(root: Path, relative: str, max_side: int = 512, quality: int = 85) 
 
 @lru_cache(maxsize=256)
 def _encode(path: str, mtime_ns: int, relative: str, max_side: int, quality: int) -> str:
+    return encode(path, relative, max_side, quality)
+
+
+def encode(path: str | Path, relative: str, max_side: int = 512, quality: int = 85) -> str:
+    """Read an image file and return it downscaled as a base64 JPEG data URL (no cache).
+
+    ``relative`` is the seed's path for the image, used in the error message.
+
+    Raises:
+        ImageProblem: Pillow cannot read the image, or it is too large to decode safely.
+    """
     try:
         with Image.open(path) as img:
             img.draft("RGB", (max_side, max_side))  # lets JPEG decode at reduced size
@@ -57,6 +68,8 @@ def _encode(path: str, mtime_ns: int, relative: str, max_side: int, quality: int
             img.thumbnail((max_side, max_side))
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=quality)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageProblem(f"image {relative!r} is not a readable image ({err})") from err
+    except Image.DecompressionBombError as err:
+        raise ImageProblem(f"image {relative!r} is too large to decode ({err})") from err
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
