@@ -205,9 +205,11 @@ class _Parent:
             )
             for k in range(count)
         ]
-        # Rows dealt but not finished, per worker, may exceed its slots by a little so
-        # that it never waits for the parent.
-        self.room = [w.concurrency + max(2, w.concurrency // 4) for w in shares]
+        # A row is dealt only into a free slot. A row queued at a busy worker could wait
+        # there for a whole sample's time while another worker has slots free, which
+        # stretched the end of a run by seconds; a free slot waits only for the deal's
+        # round trip, a millisecond or so.
+        self.room = [w.concurrency for w in shares]
         self.outstanding = [0] * count
         self.owner: dict[str, int] = {}
         """Which worker has the row of each key in flight."""
