@@ -16,8 +16,9 @@ Protocol, one JSON object per line:
 
 The helper runs in its own session and ignores Ctrl-C (a first Ctrl-C lets in-flight
 samples finish, and they still need their images); it exits when its stdin closes, so it
-never outlives the process that started it, even one that is killed. If it cannot start or dies, the encoder says so once and encodes in a
-thread for the rest of the run; nothing fails because of it.
+never outlives the process that started it, even one that is killed. If it cannot start
+or dies, the encoder says so once and encodes in a thread for the rest of the run;
+nothing fails because of it.
 
 Encoded images are cached by file, modification time and settings (a sample sends the
 same image in each round); two samples asking for the same image at once share one
@@ -96,7 +97,10 @@ class ImageEncoder:
             ImageProblem: The image is missing, escapes the root or cannot be read.
         """
         path = images.resolve(root, relative)  # cheap, and names the sample's problem
-        key = (str(path), path.stat().st_mtime_ns, max_side, quality)
+        try:
+            key = (str(path), path.stat().st_mtime_ns, max_side, quality)
+        except OSError as err:  # removed or made unreadable a moment ago
+            raise images.ImageProblem(f"image {relative!r} cannot be read ({err})") from err
         future = self._cache.get(key)
         if future is None:
             future = asyncio.ensure_future(self._encode(key, relative))
