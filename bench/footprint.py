@@ -28,12 +28,35 @@ from _common import SimProcess, make_seed, peak_rss_mb, rss_mb, scratch, verdict
 GOAL = 1.25
 
 
+def watch_image_helper() -> list[float]:
+    """Record the image helper's peak RSS (MB) as each run closes it.
+
+    Read from /proc before it exits: the kernel's ``RUSAGE_CHILDREN`` figure would count
+    the pages the helper shared with this process between fork and exec.
+    """
+    from nodes.encoder import ImageEncoder
+
+    peaks: list[float] = []
+    close = ImageEncoder.aclose
+
+    async def aclose(self: ImageEncoder) -> None:
+        if self._proc is not None:
+            for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        await close(self)
+
+    ImageEncoder.aclose = aclose
+    return peaks
+
+
 def child(args: argparse.Namespace) -> int:
     """Run one seed in this process and print what it cost as one JSON line."""
     from _common import run_mmevol  # imports graph/ and nodes/ before the baseline
 
     import graph.runner  # noqa: F401
 
+    helper_peaks = watch_image_helper()
     before = rss_mb()
     result = run_mmevol(
         None,
@@ -56,6 +79,7 @@ def child(args: argparse.Namespace) -> int:
                 "rss_before_mb": before,
                 "rss_end_mb": rss_mb(),
                 "peak_rss_mb": peak_rss_mb(),
+                "helper_peak_rss_mb": max(helper_peaks, default=0.0),
                 "run_dir": str(result.extra["run_dir"]),
             }
         ),
@@ -141,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         n = r["done"]
         print(
             f"footprint: {n} samples, peak RSS {r['peak_rss_mb']:.0f} MB (before run "
-            f"{r['rss_before_mb']:.0f} MB, at end {r['rss_end_mb']:.0f} MB), graph.sqlite "
+            f"{r['rss_before_mb']:.0f} MB, at end {r['rss_end_mb']:.0f} MB; image helper "
+            f"{r['helper_peak_rss_mb']:.0f} MB), graph.sqlite "
             f"{r['graph_bytes'] / n / 1024:.1f} KiB/sample ({r['graph_bytes'] / 2**20:.1f} MB), "
             f"results.db {r['results_bytes'] / n / 1024:.1f} KiB/sample "
             f"({r['results_bytes'] / 2**20:.1f} MB) [{r['seconds']:.0f} s, "
