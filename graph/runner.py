@@ -203,6 +203,7 @@ async def run_async(
         if hasattr(listener, "attach"):
             listener.attach(client.usage)
         encoder = ImageEncoder(on_notice=lambda text: notify("notice", text))
+        encoder.start()
         ctx = RunContext(settings, store, client, encoder)
         stopper.install()
         watch = asyncio.create_task(worker.watch(stopper)) if worker is not None else None

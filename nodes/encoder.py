@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -82,6 +83,7 @@ class ImageEncoder:
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
+        self._warming: asyncio.Future[None] | None = None
         self._pending: dict[int, asyncio.Future[str]] = {}
         self._next_id = 0
 
@@ -89,6 +91,19 @@ class ImageEncoder:
     def uses_helper(self) -> bool:
         """Return True while images go to the helper process."""
         return self._broken is None
+
+    def start(self) -> None:
+        """Start the helper now, in the background, rather than on the first image.
+
+        Its interpreter takes a few hundred milliseconds to start; a run starts it while
+        it opens its databases and reads the first rows.
+        """
+        if self._broken is None and self._warming is None:
+            self._warming = asyncio.ensure_future(self._warm())
+
+    async def _warm(self) -> None:
+        with contextlib.suppress(HelperGone):  # noticed in _give_up; images use the thread
+            await self._started()
 
     async def data_url(self, root: Path, relative: str, max_side: int, quality: int) -> str:
         """Return the image as a base64 JPEG data URL (see ``nodes.images.encode``).
@@ -196,6 +211,8 @@ class ImageEncoder:
 
     async def aclose(self) -> None:
         """Stop the helper (it exits when its stdin closes) and wait for it."""
+        if self._warming is not None:
+            await self._warming
         proc, self._proc = self._proc, None
         if self._broken is None:
             self._broken = "closed"

@@ -232,3 +232,40 @@ def test_the_helper_does_not_outlive_a_killed_run(pictures):
     finally:
         run.kill()
         run.wait()
+
+
+def test_start_brings_the_helper_up_before_the_first_image(pictures):
+    async def go():
+        encoder = ImageEncoder()
+        encoder.start()
+        await asyncio.sleep(0)
+        for _ in range(200):  # its interpreter is starting; no image has been asked for
+            if encoder._proc is not None:
+                break
+            await asyncio.sleep(0.01)
+        started = encoder._proc
+        url = await encoder.data_url(pictures, "a.jpg", 512, 85)
+        same = encoder._proc is started
+        await encoder.aclose()
+        return started, same, url
+
+    started, same, url = run(go())
+    assert started is not None and same and url == encode(pictures / "a.jpg", "a.jpg")
+
+
+def test_start_of_a_helper_that_cannot_run_only_notices(pictures, monkeypatch):
+    notices = []
+
+    async def cannot_start():
+        raise OSError("no such interpreter")
+
+    monkeypatch.setattr("nodes.encoder._spawn", cannot_start)
+
+    async def go():
+        encoder = ImageEncoder(on_notice=notices.append)
+        encoder.start()
+        await encoder.aclose()
+        return encoder._proc
+
+    assert run(go()) is None
+    assert len(notices) == 1 and "could not start" in notices[0]
