@@ -262,17 +262,8 @@ class Result:
         return self.sim_cpu / self.seconds if self.seconds else 0.0
 
 
-def own_and_children_cpu() -> float:
-    """Return this process's CPU seconds plus those of its children that have ended.
-
-    mmevol's image helper process ends with its run, so a run's CPU includes it.
-    """
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
 def timed(label: str, samples_fn, sim: SimProcess | None, fn) -> Result:
-    """Call ``fn()`` and time it (wall, own CPU, server CPU).
+    """Call ``fn()`` and time it (wall, own and ended children's CPU, server CPU).
 
     When ``fn()`` returns a coroutine it is run on a fresh loop with mmevol's loop and
     garbage-collector settings (``graph.eventloop``), so that the bare loop and mmevol
@@ -283,15 +274,16 @@ def timed(label: str, samples_fn, sim: SimProcess | None, fn) -> Result:
     import inspect
 
     from graph import eventloop
+    from graph.workers import cpu_with_children
 
     if sim is not None:
         sim.reset()
         sim_before = sim.cpu_seconds()
-    wall, cpu = time.perf_counter(), own_and_children_cpu()
+    wall, cpu = time.perf_counter(), cpu_with_children()
     outcome = fn()
     if inspect.iscoroutine(outcome):
         outcome = eventloop.run(outcome)
-    wall, cpu = time.perf_counter() - wall, own_and_children_cpu() - cpu
+    wall, cpu = time.perf_counter() - wall, cpu_with_children() - cpu
     result = samples_fn(outcome)
     result.label, result.seconds = label, wall
     result.cpu = cpu + result.extra.get("worker_cpu", 0.0)

@@ -492,8 +492,11 @@ class _Forward:
         self.link.events.put(("usage", self.link.index, snapshot))
 
 
-def _cpu_with_children() -> float:
-    """Return this process's CPU seconds plus those of its ended children (the image helper)."""
+def cpu_with_children() -> float:
+    """Return this process's CPU seconds plus those of its children that have ended.
+
+    All threads count; a run's image helper is a child that ends with the run.
+    """
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
 
@@ -504,7 +507,7 @@ def _worker_main(settings: Settings, seed: Path, retry_failed: bool, link: Worke
     # raises the stop flag); afterwards the run's handlers take it as usual.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     forward = _Forward(link)
-    started = _cpu_with_children()
+    started = cpu_with_children()
     try:
         report = eventloop.run(
             run_async(settings, seed, retry_failed=retry_failed, listener=forward, worker=link)
@@ -512,7 +515,7 @@ def _worker_main(settings: Settings, seed: Path, retry_failed: bool, link: Worke
     except BaseException:  # noqa: BLE001 - a bug: the parent stops the rest and shows it
         message, code = ("bug", link.index, traceback.format_exc()), 1
     else:
-        report.worker_cpu = _cpu_with_children() - started
+        report.worker_cpu = cpu_with_children() - started
         message, code = ("report", link.index, report), 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's handlers are gone by now
     forward.close()
