@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -39,18 +38,11 @@ def check(root: Path, relative: str) -> Path:
 
 
 def data_url(root: Path, relative: str, max_side: int = 512, quality: int = 85) -> str:
-    """Return the image downscaled to at most ``max_side`` pixels as a base64 JPEG data URL.
+    """Resolve an image under the root and return it as a data URL (see ``encode``).
 
-    A sample sends the same image in each of its rounds; the encoding is cached (keyed by
-    the file's modification time too, so a replaced image is read again).
+    Uncached: a run encodes through ``nodes.encoder.ImageEncoder``, which caches.
     """
-    path = resolve(root, relative)
-    return _encode(str(path), path.stat().st_mtime_ns, relative, max_side, quality)
-
-
-@lru_cache(maxsize=256)
-def _encode(path: str, mtime_ns: int, relative: str, max_side: int, quality: int) -> str:
-    return encode(path, relative, max_side, quality)
+    return encode(resolve(root, relative), relative, max_side, quality)
 
 
 def encode(path: str | Path, relative: str, max_side: int = 512, quality: int = 85) -> str:

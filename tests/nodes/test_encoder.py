@@ -22,6 +22,14 @@ def pictures(tmp_path):
     return tmp_path
 
 
+@pytest.fixture
+def helper_cannot_start(monkeypatch):
+    async def cannot_start():
+        raise OSError("no such interpreter")
+
+    monkeypatch.setattr("nodes.encoder._spawn", cannot_start)
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -56,6 +64,23 @@ def test_each_image_is_encoded_once_even_when_asked_at_once(pictures):
 
     urls, requests = run(go())
     assert len(set(urls)) == 1 and requests == 2
+
+
+def test_a_replaced_image_is_encoded_again(pictures):
+    async def go():
+        encoder = ImageEncoder()
+        try:
+            first = await encoder.data_url(pictures, "a.jpg", 512, 85)
+            path = pictures / "a.jpg"
+            Image.new("RGB", (32, 32), "green").save(path)
+            stat = path.stat()
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+            return first, await encoder.data_url(pictures, "a.jpg", 512, 85)
+        finally:
+            await encoder.aclose()
+
+    first, second = run(go())
+    assert second != first and second == encode(pictures / "a.jpg", "a.jpg")
 
 
 def test_a_bad_image_fails_alone_and_the_helper_goes_on(pictures):
@@ -124,13 +149,8 @@ def test_requests_waiting_on_a_dying_helper_are_still_answered(pictures):
     assert len(notices) <= 1  # the helper may have answered all four before it died
 
 
-def test_a_helper_that_cannot_start_is_replaced_by_the_thread(pictures, monkeypatch):
+def test_a_helper_that_cannot_start_is_replaced_by_the_thread(pictures, helper_cannot_start):
     notices = []
-
-    async def cannot_start():
-        raise OSError("no such interpreter")
-
-    monkeypatch.setattr("nodes.encoder._spawn", cannot_start)
 
     async def go():
         encoder = ImageEncoder(on_notice=notices.append)
@@ -253,13 +273,8 @@ def test_start_brings_the_helper_up_before_the_first_image(pictures):
     assert started is not None and same and url == encode(pictures / "a.jpg", "a.jpg")
 
 
-def test_start_of_a_helper_that_cannot_run_only_notices(pictures, monkeypatch):
+def test_start_of_a_helper_that_cannot_run_only_notices(pictures, helper_cannot_start):
     notices = []
-
-    async def cannot_start():
-        raise OSError("no such interpreter")
-
-    monkeypatch.setattr("nodes.encoder._spawn", cannot_start)
 
     async def go():
         encoder = ImageEncoder(on_notice=notices.append)
