@@ -203,11 +203,11 @@ async def run_async(
         if hasattr(listener, "attach"):
             listener.attach(client.usage)
         encoder = ImageEncoder(on_notice=lambda text: notify("notice", text))
-        encoder.start()
         ctx = RunContext(settings, store, client, encoder)
         stopper.install()
         watch = asyncio.create_task(worker.watch(stopper)) if worker is not None else None
         try:
+            encoder.start()
             async with open_checkpointer(settings.graph_db) as saver:
                 graph = compile_graph(saver)
                 if worker is None:

@@ -68,7 +68,7 @@ class ImageEncoder:
         cache_size: int = 256,
         on_notice: Callable[[str], None] | None = None,
     ) -> None:
-        """Prepare the encoder; the helper starts on the first image that needs encoding.
+        """Prepare the encoder; the helper starts with ``start`` or on the first image.
 
         Args:
             helper: Encode in a helper process; False encodes in a thread (one sample at a
