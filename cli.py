@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from mmevol.graph.config import Settings, default_checkpoints_dir
 from rich.console import Console
 from rich.table import Table
-
-from graph.config import Settings, default_checkpoints_dir
 
 app = typer.Typer(
     help="Evolve image-grounded Q&A data with the MMEvol method.",
@@ -49,7 +48,7 @@ def fail(message: str) -> NoReturn:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from nodes.llm import EndpointProblem
+    from mmevol.graph.runtime.llm import EndpointProblem
 
     return (EndpointProblem, FileNotFoundError, ValueError)
 
@@ -126,8 +125,8 @@ def run(
     Exit status: 0 when the seed is through, 130 when stopped by Ctrl-C or SIGTERM,
     3 when stopped by --max-cost, --max-calls or a failing endpoint.
     """
-    from graph import runner
-    from graph.progress import RunProgress
+    from mmevol.graph import runner
+    from mmevol.graph.progress import RunProgress
 
     settings = guarded(
         Settings,
@@ -187,8 +186,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show samples per status, rounds, drops and model calls of a run."""
-    from graph.store import Store
-    from nodes.prices import PriceTable
+    from mmevol.graph.runtime.prices import PriceTable
+    from mmevol.graph.store import Store
 
     store = Store(_existing_run(run, checkpoints))
     summary = store.summary()
@@ -233,7 +232,7 @@ def export(
     checkpoints: CheckpointsOpt = None,
 ) -> None:
     """Write finished samples in the authors' format: seed fields plus conversations_v1..vN."""
-    from graph.export import export_json
+    from mmevol.graph.export import export_json
 
     path = _existing_run(run, checkpoints)
     count = guarded(export_json, path, output)
@@ -252,8 +251,8 @@ def trace(
     """Show one sample's path through the graph, step by step, from its checkpoints."""
     import asyncio
 
-    from graph.store import Store
-    from graph.trace import UnknownSample, format_steps, trace_sample
+    from mmevol.graph.store import Store
+    from mmevol.graph.trace import UnknownSample, format_steps, trace_sample
 
     results = _existing_run(run, checkpoints)
     store = Store(results)
@@ -296,9 +295,9 @@ def replay(
     """Fork a sample from a past step, run the rest with real calls, and show what changed."""
     import asyncio
 
-    from graph.replay import parse_sets, replay_settings
-    from graph.replay import replay as replay_sample
-    from graph.trace import UnknownSample
+    from mmevol.graph.replay import parse_sets, replay_settings
+    from mmevol.graph.replay import replay as replay_sample
+    from mmevol.graph.trace import UnknownSample
 
     checkpoints = checkpoints or default_checkpoints_dir()
     results = _existing_run(run, checkpoints)
@@ -344,7 +343,7 @@ def estimate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Estimate calls, tokens and cost per round of a seed, without calling any model."""
-    from graph.estimate import estimate
+    from mmevol.graph.estimate import estimate
 
     settings = guarded(
         Settings,
@@ -394,7 +393,7 @@ def estimate_cmd(
 @app.command("graph")
 def show_graph() -> None:
     """Print the per-sample graph as a Mermaid diagram."""
-    from graph.build import build_graph
+    from mmevol.graph.build import build_graph
 
     out.print(build_graph().compile().get_graph().draw_mermaid(), highlight=False, markup=False)
 
@@ -416,7 +415,7 @@ def serve_sim(
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
 ) -> None:
     """Serve the simulated OpenAI-compatible endpoint on loopback (Ctrl-C stops it)."""
-    from sim.server import SimOptions, serve_forever
+    from mmevol.sim.server import SimOptions, serve_forever
 
     options = SimOptions(
         seed=seed,
@@ -437,7 +436,7 @@ def demo(
     checkpoints: CheckpointsOpt = None,
 ) -> None:
     """Draw a synthetic seed, serve the simulated endpoint, and evolve the seed end to end."""
-    from sim.demo import run_demo
+    from mmevol.sim.demo import run_demo
 
     result = guarded(run_demo, checkpoints or default_checkpoints_dir(), samples)
     out.print(result.summary, highlight=False)

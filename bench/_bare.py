@@ -24,13 +24,12 @@ from types import SimpleNamespace
 
 import openai
 from langchain_openai._compat import httpx  # the httpx flavour this openai SDK uses
-
-from graph.seed import read_seed
-from nodes import images
-from nodes.evolve import render_evolve_prompt
-from nodes.parsing import UnusableAnswer, extract_json
-from nodes.score import render_score_prompt
-from nodes.select_operator import pick_operator
+from mmevol.graph.runtime import images
+from mmevol.graph.seed import read_seed
+from mmevol.nodes.evolve import render_evolve_prompt
+from mmevol.nodes.parsing import UnusableAnswer, extract_json
+from mmevol.nodes.score import render_score_prompt
+from mmevol.nodes.select_operator import pick_operator
 
 
 @dataclass

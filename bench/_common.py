@@ -73,7 +73,7 @@ def make_seed(out_dir: Path, n: int, *, pool: int = POOL, seed: int = 0) -> tupl
     makes the method's 6 calls (3 rounds x evolve + score) when nothing is retried.
     Each row gets a unique hash_id and its own image path.
     """
-    from sim.demo_seed import MANY_ITEMS_INDEX, make_demo_seed
+    from mmevol.sim.demo_seed import MANY_ITEMS_INDEX, make_demo_seed
 
     out_dir = Path(out_dir)
     pool_seed, pool_images = make_demo_seed(out_dir / "pool", n=pool + 1, seed=seed)
@@ -110,7 +110,7 @@ def scratch(prefix: str) -> Iterator[Path]:
 
 _SIM_MAIN = """
 import sys
-from sim.server import SimOptions, SimServer
+from mmevol.sim.server import SimOptions, SimServer
 import time
 opts = SimOptions(seed={seed}, latency_ms={latency_ms}, latency_dist={dist!r})
 srv = SimServer(opts, host="127.0.0.1", port=0).start()
@@ -273,8 +273,8 @@ def timed(label: str, samples_fn, sim: SimProcess | None, fn) -> Result:
     """
     import inspect
 
-    from graph import eventloop
-    from graph.workers import cpu_with_children
+    from mmevol.graph import eventloop
+    from mmevol.graph.workers import cpu_with_children
 
     if sim is not None:
         sim.reset()
@@ -310,8 +310,8 @@ def run_mmevol(
 
     ``workers=N`` in ``settings`` runs N worker processes, as ``mmevol run --workers N``.
     """
-    from graph import runner
-    from graph.config import Settings
+    from mmevol.graph import runner
+    from mmevol.graph.config import Settings
 
     checkpoints = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
     config = Settings(

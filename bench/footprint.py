@@ -34,7 +34,7 @@ def watch_image_helper() -> list[float]:
     Read from /proc before it exits: the kernel's ``RUSAGE_CHILDREN`` figure would count
     the pages the helper shared with this process between fork and exec.
     """
-    from nodes.encoder import ImageEncoder
+    from mmevol.graph.runtime.encoder import ImageEncoder
 
     peaks: list[float] = []
     close = ImageEncoder.aclose
@@ -52,9 +52,8 @@ def watch_image_helper() -> list[float]:
 
 def child(args: argparse.Namespace) -> int:
     """Run one seed in this process and print what it cost as one JSON line."""
+    import mmevol.graph.runner  # noqa: F401
     from _common import run_mmevol  # imports graph/ and nodes/ before the baseline
-
-    import graph.runner  # noqa: F401
 
     helper_peaks = watch_image_helper()
     before = rss_mb()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from langgraph.graph import START, StateGraph
-
-from graph.context import RunContext
-from graph.state import InputState, SampleState
-from nodes.eliminate import eliminate
-from nodes.evolve import evolve
-from nodes.router import route_after_eliminate, route_after_validate
-from nodes.score import score
-from nodes.select_operator import select_operator
-from nodes.validate import validate
+from mmevol.graph.context import RunContext
+from mmevol.graph.state import InputState, SampleState
+from mmevol.nodes.eliminate import eliminate
+from mmevol.nodes.evolve import evolve
+from mmevol.nodes.router import route_after_eliminate, route_after_validate
+from mmevol.nodes.score import score
+from mmevol.nodes.select_operator import select_operator
+from mmevol.nodes.validate import validate
 
 
 def build_graph() -> StateGraph:

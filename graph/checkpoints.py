@@ -10,12 +10,14 @@ sqlite's own ``SqliteSaver`` directly on the loop's thread behind the async inte
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
+import ormsgpack
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     ChannelVersions,
@@ -25,20 +27,76 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
+from mmevol.graph.items import QAItem, ScoredItem, Step, Verdict
+from mmevol.graph.state import Box, Dropped, InputState, RoundRecord, SampleState
 
 # Every type the graph state holds. Anything else found in a checkpoint is refused rather
 # than imported, which is what LANGGRAPH_STRICT_MSGPACK asks for, made explicit here.
 STATE_TYPES = [
-    ("graph.state", "Box"),
-    ("graph.state", "Dropped"),
-    ("graph.state", "RoundRecord"),
-    ("graph.state", "InputState"),
-    ("graph.state", "SampleState"),
-    ("nodes.parsing", "Step"),
-    ("nodes.parsing", "QAItem"),
-    ("nodes.parsing", "ScoredItem"),
-    ("nodes.parsing", "Verdict"),
+    (cls.__module__, cls.__name__)
+    for cls in (
+        Box,
+        Dropped,
+        RoundRecord,
+        InputState,
+        SampleState,
+        Step,
+        QAItem,
+        ScoredItem,
+        Verdict,
+    )
 ]
+
+# Where mmevol 0.1.0 (installed as the top-level modules graph, nodes, sim and cli) kept
+# the state types. Its checkpoints name them so; they are read as today's types, and the
+# old names are never imported (a folder called graph or nodes may be anyone's).
+LEGACY_TYPES = {
+    ("graph.state", "Box"): "mmevol.graph.state",
+    ("graph.state", "Dropped"): "mmevol.graph.state",
+    ("graph.state", "RoundRecord"): "mmevol.graph.state",
+    ("graph.state", "InputState"): "mmevol.graph.state",
+    ("graph.state", "SampleState"): "mmevol.graph.state",
+    ("nodes.parsing", "Step"): "mmevol.graph.items",
+    ("nodes.parsing", "QAItem"): "mmevol.graph.items",
+    ("nodes.parsing", "ScoredItem"): "mmevol.graph.items",
+    ("nodes.parsing", "Verdict"): "mmevol.graph.items",
+}
+
+_OLD_NAMES = re.compile(rb"(?<!mmevol\.)(?:graph\.state|nodes\.parsing)")
+
+# The msgpack extension codes whose payload is (module, name, ...): LangGraph's
+# constructor and pydantic codes (see langgraph.checkpoint.serde.jsonplus).
+_NAMED_EXT_CODES = frozenset({0, 1, 2, 4, 5})
+
+
+def _renamed(code: int, data: bytes) -> bytes:
+    """Return an extension payload with 0.1.0 module names replaced, at every depth."""
+    if code not in _NAMED_EXT_CODES:
+        return data
+    payload = ormsgpack.unpackb(
+        data,
+        ext_hook=lambda inner, raw: ormsgpack.Ext(inner, _renamed(inner, raw)),
+        option=ormsgpack.OPT_NON_STR_KEYS,
+    )
+    if isinstance(payload, list) and len(payload) >= 2:
+        module = LEGACY_TYPES.get((payload[0], payload[1]))
+        if module is not None:
+            payload[0] = module
+    return ormsgpack.packb(payload, option=ormsgpack.OPT_NON_STR_KEYS)
+
+
+def make_serde() -> JsonPlusSerializer:
+    """Return the serializer of a run's checkpoints: state types only, old names mapped."""
+    strict = JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES)
+    hook = strict._unpack_ext_hook
+
+    def unpack_ext(code: int, data: bytes) -> object:
+        # Only a payload that names an old module is rewritten: today's pass untouched.
+        if code in _NAMED_EXT_CODES and _OLD_NAMES.search(data):
+            data = _renamed(code, data)
+        return hook(code, data)
+
+    return JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES, __unpack_ext_hook__=unpack_ext)
 
 
 class LoopSqliteSaver(SqliteSaver):
@@ -95,4 +153,4 @@ async def open_checkpointer(path: Path) -> AsyncIterator[LoopSqliteSaver]:
         # NORMAL never corrupts the database on a crash; a power cut may lose the last
         # checkpoints, which a resume redoes from the answers recorded in results.db.
         conn.execute("PRAGMA synchronous=NORMAL")
-        yield LoopSqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES))
+        yield LoopSqliteSaver(conn, serde=make_serde())

@@ -123,7 +123,8 @@ class Settings:
         """Return the settings of worker ``index`` of ``count``: its share of the limits.
 
         Samples in flight and the request and token rates are split as evenly as they go;
-        the budgets are not split but counted across workers (see ``nodes.limits.Tally``).
+        the budgets are not split but counted across workers (see
+        ``mmevol.graph.runtime.limits.Tally``).
         """
         share = self.concurrency // count + (1 if index < self.concurrency % count else 0)
         rates = {

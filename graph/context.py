@@ -10,10 +10,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from graph.config import Settings
-from graph.store import Store
-from nodes.encoder import ImageEncoder
-from nodes.llm import ModelClient
+from mmevol.graph.config import Settings
+from mmevol.graph.runtime.encoder import ImageEncoder
+from mmevol.graph.runtime.llm import ModelClient
+from mmevol.graph.store import Store
 
 
 @dataclass

@@ -14,13 +14,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graph.config import Settings
-from graph.seed import read_seed
-from graph.state import OPERATORS, SampleState
-from nodes.evolve import chunked, render_evolve_prompt
-from nodes.limits import estimate_prompt_tokens
-from nodes.prices import PriceTable
-from nodes.score import render_score_prompt
+from mmevol.graph.config import Settings
+from mmevol.graph.runtime.limits import estimate_prompt_tokens
+from mmevol.graph.runtime.prices import PriceTable
+from mmevol.graph.seed import read_seed
+from mmevol.graph.state import OPERATORS, SampleState
+from mmevol.nodes.evolve import chunked, render_evolve_prompt
+from mmevol.nodes.score import render_score_prompt
 
 KEPT_SHARE = {1: 0.68, 2: 0.85, 3: 0.91}
 """Share of rewritten items judged improved in each round (authors' GPT-4o-mini runs)."""

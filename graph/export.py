@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from graph.store import Store
+from mmevol.graph.store import Store
 
 
 def export_json(results_db: Path, output: Path) -> int:

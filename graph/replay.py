@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graph.checkpoints import open_checkpointer
-from graph.config import Settings
-from graph.context import RunContext
-from graph.runner import compile_graph, thread_config
-from graph.state import OPERATORS, SampleState
-from graph.store import Store
-from graph.trace import UnknownSample, branch_path, step_pairs
-from nodes.llm import ModelClient, preflight
+from mmevol.graph.checkpoints import open_checkpointer
+from mmevol.graph.config import Settings
+from mmevol.graph.context import RunContext
+from mmevol.graph.runner import compile_graph, thread_config
+from mmevol.graph.runtime.llm import ModelClient, preflight
+from mmevol.graph.state import OPERATORS, SampleState
+from mmevol.graph.store import Store
+from mmevol.graph.trace import UnknownSample, branch_path, step_pairs
 
 # Fields a user may not set: identity, the branch itself, and the append-only history.
 FIXED_FIELDS = {"hash_id", "branch", "rounds"}

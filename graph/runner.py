@@ -19,20 +19,19 @@ from typing import TYPE_CHECKING
 import openai
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
-
-from graph import eventloop
-from graph.build import build_graph
-from graph.checkpoints import open_checkpointer
-from graph.config import Settings
-from graph.context import RunContext
-from graph.seed import SeedRow, count_rows, read_seed
-from graph.store import Store
-from nodes import images
-from nodes.encoder import ImageEncoder
-from nodes.llm import ModelClient, RunStopped, error_name, preflight
+from mmevol.graph import eventloop
+from mmevol.graph.build import build_graph
+from mmevol.graph.checkpoints import open_checkpointer
+from mmevol.graph.config import Settings
+from mmevol.graph.context import RunContext
+from mmevol.graph.runtime import images
+from mmevol.graph.runtime.encoder import ImageEncoder
+from mmevol.graph.runtime.llm import ModelClient, RunStopped, error_name, preflight
+from mmevol.graph.seed import SeedRow, count_rows, read_seed
+from mmevol.graph.store import Store
 
 if TYPE_CHECKING:
-    from graph.workers import WorkerLink
+    from mmevol.graph.workers import WorkerLink
 
 SIGNAL_REASON = "interrupted by a signal"
 """The stop reason of Ctrl-C and SIGTERM (the CLI exits 130 for it, 3 for other stops)."""
@@ -154,7 +153,7 @@ def run(
     is what limits the run.
     """
     if min(settings.workers, settings.concurrency) > 1:
-        from graph.workers import run_workers
+        from mmevol.graph.workers import run_workers
 
         return run_workers(settings, seed, retry_failed=retry_failed, listener=listener)
     return eventloop.run(run_async(settings, seed, retry_failed=retry_failed, listener=listener))

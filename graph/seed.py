@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import ijson
+from mmevol.graph.items import QAItem, render_errors
+from mmevol.graph.state import Box, InputState
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
-
-from graph.state import Box, InputState
-from nodes.parsing import QAItem, render_errors
 
 
 class SeedSample(BaseModel):

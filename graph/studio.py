@@ -4,6 +4,6 @@ Studio brings its own checkpointer and cannot pass the run context, so the nodes
 one from the environment (see ``graph.context.context_of``).
 """
 
-from graph.build import build_graph
+from mmevol.graph.build import build_graph
 
 graph = build_graph().compile()

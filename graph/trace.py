@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.types import StateSnapshot
-
-from graph.checkpoints import open_checkpointer
-from graph.runner import compile_graph
-from graph.state import SampleState
-from graph.store import Store
-from nodes.evolve import chunked, render_evolve_prompt
-from nodes.score import judge_groups, render_score_prompt
+from mmevol.graph.checkpoints import open_checkpointer
+from mmevol.graph.runner import compile_graph
+from mmevol.graph.state import SampleState
+from mmevol.graph.store import Store
+from mmevol.nodes.evolve import chunked, render_evolve_prompt
+from mmevol.nodes.score import judge_groups, render_score_prompt
 
 
 class UnknownSample(LookupError):

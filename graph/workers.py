@@ -47,10 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graph import eventloop
-from graph.checkpoints import open_checkpointer
-from graph.config import Settings
-from graph.runner import (
+from mmevol.graph import eventloop
+from mmevol.graph.checkpoints import open_checkpointer
+from mmevol.graph.config import Settings
+from mmevol.graph.runner import (
     SIGNAL_REASON,
     Listener,
     RunReport,
@@ -59,11 +59,11 @@ from graph.runner import (
     record_run,
     run_async,
 )
-from graph.seed import SeedRow, raw_rows, row_key, seed_row
-from graph.store import Store
-from nodes.limits import Tally
-from nodes.llm import Usage, preflight, spent_so_far
-from nodes.prices import PriceTable
+from mmevol.graph.runtime.limits import Tally
+from mmevol.graph.runtime.llm import Usage, preflight, spent_so_far
+from mmevol.graph.runtime.prices import PriceTable
+from mmevol.graph.seed import SeedRow, raw_rows, row_key, seed_row
+from mmevol.graph.store import Store
 
 SIBLING_REASON = "stopped with the other workers"
 """Why a worker stops when another one (or the parent) raised the shared stop flag."""
@@ -165,7 +165,7 @@ def _context() -> Any:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")  # Windows
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["graph.workers"])
+    context.set_forkserver_preload(["mmevol.graph.workers"])
     return context
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from nodes.parsing import QAItem
+from mmevol.graph.items import QAItem
 
 _NUMBER = r"-?(?:\d+(?:\.\d+)?|\.\d+)"
 _BOX = re.compile(rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
-
-from graph.context import RunContext, context_of
-from graph.state import Dropped, RoundRecord, SampleState
-from nodes.parsing import ScoredItem
+from mmevol.graph.context import RunContext, context_of
+from mmevol.graph.items import ScoredItem
+from mmevol.graph.state import Dropped, RoundRecord, SampleState
 
 
 async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:

@@ -7,12 +7,11 @@ import json
 from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
-
-from graph.context import RunContext, context_of
-from graph.state import Box, SampleState
-from nodes import prompts
-from nodes.llm import CallKey
-from nodes.parsing import QAItem
+from mmevol.graph.context import RunContext, context_of
+from mmevol.graph.items import QAItem
+from mmevol.graph.runtime.llm import CallKey
+from mmevol.graph.state import Box, SampleState
+from mmevol.nodes import prompts
 
 
 async def evolve(state: SampleState, runtime: Runtime[RunContext]) -> dict:
@@ -33,7 +32,7 @@ async def evolve(state: SampleState, runtime: Runtime[RunContext]) -> dict:
         )
     answers = await asyncio.gather(
         *(
-            ctx.client.ask(key, render_evolve_prompt(state, chunk), image_url)
+            ctx.client.ask(key, render_evolve_prompt(state, chunk), image_url, prompts.ITEMS_SCHEMA)
             for key, chunk in zip(keys, chunks, strict=True)
         )
     )

@@ -10,9 +10,8 @@ from typing import Literal
 
 from langgraph.graph import END
 from langgraph.runtime import Runtime
-
-from graph.context import RunContext, context_of
-from graph.state import SampleState
+from mmevol.graph.context import RunContext, context_of
+from mmevol.graph.state import SampleState
 
 
 async def route_after_validate(

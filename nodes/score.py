@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
-
-from graph.context import RunContext, context_of
-from graph.state import SampleState
-from nodes import prompts
-from nodes.evolve import chunked, items_json
-from nodes.llm import CallKey
-from nodes.parsing import QAItem, UnusableAnswer, Verdict, parse_verdicts
+from mmevol.graph.context import RunContext, context_of
+from mmevol.graph.items import QAItem, Verdict
+from mmevol.graph.runtime.llm import CallKey
+from mmevol.graph.state import SampleState
+from mmevol.nodes import prompts
+from mmevol.nodes.evolve import chunked, items_json
+from mmevol.nodes.parsing import UnusableAnswer, parse_verdicts
 
 
 async def score(state: SampleState, runtime: Runtime[RunContext]) -> dict:
@@ -71,7 +71,9 @@ async def _judge_group(
     for ask in range(1, ctx.settings.max_attempts + 2):
         prompt = render_score_prompt(given, candidates, feedback)
         answer = await ctx.client.ask(
-            CallKey(state.hash_id, state.round, "score", ask, chunk, state.branch), prompt
+            CallKey(state.hash_id, state.round, "score", ask, chunk, state.branch),
+            prompt,
+            schema=prompts.VERDICTS_SCHEMA,
         )
         try:
             if answer.finish_reason == "length":

@@ -5,9 +5,8 @@ from __future__ import annotations
 import random
 
 from langgraph.runtime import Runtime
-
-from graph.context import RunContext, context_of
-from graph.state import OPERATORS, Operator, SampleState
+from mmevol.graph.context import RunContext, context_of
+from mmevol.graph.state import OPERATORS, Operator, SampleState
 
 WEIGHTS: dict[Operator, float] = {"perceptual": 0.5, "reasoning": 0.25, "interactive": 0.25}
 

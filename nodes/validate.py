@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
-
-from graph.context import RunContext, context_of
-from graph.state import Dropped, SampleState
-from nodes.checks import screen
-from nodes.parsing import QAItem, UnusableAnswer, parse_items
+from mmevol.graph.context import RunContext, context_of
+from mmevol.graph.items import QAItem
+from mmevol.graph.state import Dropped, SampleState
+from mmevol.nodes.checks import screen
+from mmevol.nodes.parsing import UnusableAnswer, parse_items
 
 
 async def validate(state: SampleState, runtime: Runtime[RunContext]) -> dict:

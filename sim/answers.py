@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sim.server import SimOptions
+    from mmevol.sim.server import SimOptions
 
 GARBAGE = (
     "",

@@ -6,12 +6,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from graph import runner
-from graph.config import Settings
-from graph.export import export_json
-from graph.store import Store
-from sim.demo_seed import make_demo_seed
-from sim.server import SimOptions, SimServer
+from mmevol.graph import runner
+from mmevol.graph.config import Settings
+from mmevol.graph.export import export_json
+from mmevol.graph.store import Store
+from mmevol.sim.demo_seed import make_demo_seed
+from mmevol.sim.server import SimOptions, SimServer
 
 DEMO_RUN = "demo"
 

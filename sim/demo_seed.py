@@ -119,8 +119,10 @@ def _place(rng: random.Random, w: int, h: int) -> list[Shape]:
             s = rng.randint(w // 9, w // 4)
             x, y = rng.randint(gap, w - s - gap), rng.randint(gap, h - s - gap)
             if all(
-                x + s + gap <= o.x or o.x + o.size + gap <= x
-                or y + s + gap <= o.y or o.y + o.size + gap <= y
+                x + s + gap <= o.x
+                or o.x + o.size + gap <= x
+                or y + s + gap <= o.y
+                or o.y + o.size + gap <= y
                 for o in shapes
             ):
                 shapes.append(Shape(kind, colour, x, y, s))
@@ -152,8 +154,9 @@ def _background(rng: random.Random, w: int, h: int) -> tuple[Image.Image, str]:
     ramp = Image.linear_gradient("L").resize((w, h) if vertical else (h, w))
     if not vertical:
         ramp = ramp.transpose(Image.Transpose.ROTATE_90)
-    img = Image.composite(Image.new("RGB", (w, h), BACKGROUNDS[b]),
-                          Image.new("RGB", (w, h), BACKGROUNDS[a]), ramp)
+    img = Image.composite(
+        Image.new("RGB", (w, h), BACKGROUNDS[b]), Image.new("RGB", (w, h), BACKGROUNDS[a]), ramp
+    )
     side = ("top", "bottom") if vertical else ("right", "left")
     return img, f"gradient background from {a} at the {side[0]} to {b} at the {side[1]}"
 
@@ -164,26 +167,42 @@ def _qa_pool(
     """Return every question this picture answers truthfully, the most telling ones first."""
     names = [s.label for s in shapes]
     kinds = [s.kind for s in shapes]
-    pool = [(
-        "How many shapes are there in the image?",
-        f"There {'is one shape' if len(shapes) == 1 else f'are {len(shapes)} shapes'}: "
-        f"{_listing(names)}.",
-    ), ("What does the background of the image look like?", f"It is a {bg}.")]
+    pool = [
+        (
+            "How many shapes are there in the image?",
+            f"There {'is one shape' if len(shapes) == 1 else f'are {len(shapes)} shapes'}: "
+            f"{_listing(names)}.",
+        ),
+        ("What does the background of the image look like?", f"It is a {bg}."),
+    ]
     for kind in KINDS:
         c = kinds.count(kind)
         if c:
-            pool.append((f"How many {kind}s are in the image?",
-                         f"There {'is 1 ' + kind if c == 1 else f'are {c} {kind}s'}."))
+            pool.append(
+                (
+                    f"How many {kind}s are in the image?",
+                    f"There {'is 1 ' + kind if c == 1 else f'are {c} {kind}s'}.",
+                )
+            )
     for s in shapes:
         if kinds.count(s.kind) == 1:
             pool.append((f"What colour is the {s.kind}?", f"The {s.kind} is {s.colour}."))
-        pool.append((f"What shape is the {s.colour} object?",
-                     f"The {s.colour} object is {_a(s.kind)}."))
-        pool.append((f"Where in the image is the {s.label}?",
-                     f"The {s.label} is {_region(s, w, h)} of the image."))
+        pool.append(
+            (f"What shape is the {s.colour} object?", f"The {s.colour} object is {_a(s.kind)}.")
+        )
+        pool.append(
+            (
+                f"Where in the image is the {s.label}?",
+                f"The {s.label} is {_region(s, w, h)} of the image.",
+            )
+        )
         if s.text:
-            pool.append((f"What is written on the {s.label}?",
-                         f'The {s.label} has the text "{s.text}" written on it.'))
+            pool.append(
+                (
+                    f"What is written on the {s.label}?",
+                    f'The {s.label} has the text "{s.text}" written on it.',
+                )
+            )
     for a in shapes:
         for b in shapes:
             if a.colour >= b.colour:  # each unordered pair once
@@ -192,12 +211,20 @@ def _qa_pool(
             # Only ask when the boxes do not overlap along that axis, so the answer is clear-cut.
             if ax1 < bx0 or bx1 < ax0:
                 left, right = (a, b) if ax1 < bx0 else (b, a)
-                pool.append((f"Which is further to the left, the {a.label} or the {b.label}?",
-                             f"The {left.label} is to the left of the {right.label}."))
+                pool.append(
+                    (
+                        f"Which is further to the left, the {a.label} or the {b.label}?",
+                        f"The {left.label} is to the left of the {right.label}.",
+                    )
+                )
             if ay1 < by0 or by1 < ay0:
                 where = "above" if ay1 < by0 else "below"
-                pool.append((f"Is the {a.label} above or below the {b.label}?",
-                             f"The {a.label} is {where} the {b.label}."))
+                pool.append(
+                    (
+                        f"Is the {a.label} above or below the {b.label}?",
+                        f"The {a.label} is {where} the {b.label}.",
+                    )
+                )
     yes, no = [], []
     for colour in COLOURS:
         for kind in KINDS:
@@ -219,8 +246,15 @@ def _qa_pool(
 
 
 def _item(q: str, a: str) -> dict:
-    return {"image_position": "single", "objects": [], "skills": [], "format": "Norm",
-            "question": q, "steps": [], "answer": a}
+    return {
+        "image_position": "single",
+        "objects": [],
+        "skills": [],
+        "format": "Norm",
+        "question": q,
+        "steps": [],
+        "answer": a,
+    }
 
 
 def _caption(shapes: list[Shape], bg: str, w: int, h: int) -> str:
@@ -260,8 +294,10 @@ def _sample(i: int, n: int, rng: random.Random, images_root: Path) -> dict:
     if i % 6 == 4:  # LLaVA turns, as some real seeds ship them
         conv: list[dict] = []
         for j, (q, a) in enumerate(qa):
-            conv += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q},
-                     {"from": "gpt", "value": a}]
+            conv += [
+                {"from": "human", "value": ("<image>\n" if j == 0 else "") + q},
+                {"from": "gpt", "value": a},
+            ]
     else:
         conv = [_item(q, a) for q, a in qa]
     bare = i % 3 == 2  # about a third of the real demo seed has neither caption nor boxes
@@ -270,11 +306,19 @@ def _sample(i: int, n: int, rng: random.Random, images_root: Path) -> dict:
         "id": f"{0 if i == n - 1 and n > 2 else i:012d}",
         "image": rel,
         "conversations_v0": conv,
-        "caption": [] if bare else [{"from": "human", "value": CAPTION_PROMPT},
-                                    {"from": "gpt", "value": _caption(shapes, bg, w, h)}],
-        "det": [] if bare else [
-            {"label": s.label,
-             "bbox": [round(v / d, 5) for v, d in zip(s.box(), (w, h, w, h), strict=True)]}
+        "caption": []
+        if bare
+        else [
+            {"from": "human", "value": CAPTION_PROMPT},
+            {"from": "gpt", "value": _caption(shapes, bg, w, h)},
+        ],
+        "det": []
+        if bare
+        else [
+            {
+                "label": s.label,
+                "bbox": [round(v / d, 5) for v, d in zip(s.box(), (w, h, w, h), strict=True)],
+            }
             for s in shapes
         ],
     }
@@ -291,13 +335,28 @@ def _bad_rows(n: int, rng: random.Random, images_root: Path) -> list[dict]:
     garbage = images_root / f"shapes/{n + 3:06d}.jpg"
     garbage.write_bytes(b"this is not an image\n" + rng.randbytes(256))
     return [
-        {"id": "bad_missing", "image": f"shapes/{n:06d}.jpg", "conversations_v0": item,
-         "caption": [], "det": []},
-        {"id": "bad_escape", "image": "../outside.jpg", "conversations_v0": item,
-         "caption": [], "det": []},
+        {
+            "id": "bad_missing",
+            "image": f"shapes/{n:06d}.jpg",
+            "conversations_v0": item,
+            "caption": [],
+            "det": [],
+        },
+        {
+            "id": "bad_escape",
+            "image": "../outside.jpg",
+            "conversations_v0": item,
+            "caption": [],
+            "det": [],
+        },
         {"id": "bad_malformed", "image": 12345, "caption": [], "det": []},
-        {"id": "bad_not_image", "image": f"shapes/{n + 3:06d}.jpg", "conversations_v0": item,
-         "caption": [], "det": []},
+        {
+            "id": "bad_not_image",
+            "image": f"shapes/{n + 3:06d}.jpg",
+            "conversations_v0": item,
+            "caption": [],
+            "det": [],
+        },
     ]
 
 

@@ -103,7 +103,7 @@ def make_placeholders(seed_path: Path, images_root: Path, limit: int | None = No
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run `python -m sim.placeholders SEED IMAGES_ROOT [--limit N]`."""
+    """Run `python -m mmevol.sim.placeholders SEED IMAGES_ROOT [--limit N]`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("seed", type=Path, help="seed file (JSONL or JSON list)")
     parser.add_argument("images_root", type=Path, help="directory the image paths are under")

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-
-from sim.answers import build_reply, classify, make_rng, prompt_tokens, read_messages
+from mmevol.sim.answers import build_reply, classify, make_rng, prompt_tokens, read_messages
 
 SCRIPT_KINDS = ("status", "content", "hang")
 FAULTS = (

@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from graph.config import Settings
-from sim.demo_seed import make_demo_seed
-from sim.server import SimOptions, SimServer
+from mmevol.graph.config import Settings
+from mmevol.sim.demo_seed import make_demo_seed
+from mmevol.sim.server import SimOptions, SimServer
 
 
 @pytest.fixture(autouse=True)
@@ -86,8 +85,8 @@ def seed16(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def reference16(seed16, tmp_path_factory) -> tuple[list[dict], int]:
     """The export and the request count of a run of ``seed16`` never interrupted."""
-    from graph import runner
-    from graph.export import export_json
+    from mmevol.graph import runner
+    from mmevol.graph.export import export_json
 
     seed_path, images = seed16
     tmp = tmp_path_factory.mktemp("ref16")
@@ -110,7 +109,7 @@ def cli_run():
     def start(seed_path, images, server, checkpoints, run, *extra) -> subprocess.Popen:
         env = {**os.environ, "OPENAI_API_KEY": "sim", "MMEVOL_CHECKPOINTS": str(checkpoints)}
         cmd = [
-            sys.executable, "-m", "cli", "run", str(seed_path), "--images", str(images),
+            sys.executable, "-m", "mmevol", "run", str(seed_path), "--images", str(images),
             "--run", run, "--base-url", server.base_url, "--concurrency", "4", *extra,
         ]  # fmt: skip
         return subprocess.Popen(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from mmevol.cli import app
 from typer.testing import CliRunner
-
-from cli import app
 
 runner = CliRunner()
 

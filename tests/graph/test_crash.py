@@ -7,10 +7,10 @@ import random
 import shutil
 import signal
 
-from graph import runner
-from graph.export import export_json
-from graph.store import Store
-from sim.demo_seed import make_demo_seed
+from mmevol.graph import runner
+from mmevol.graph.export import export_json
+from mmevol.graph.store import Store
+from mmevol.sim.demo_seed import make_demo_seed
 
 CONCURRENCY = 4
 

@@ -6,13 +6,12 @@ import asyncio
 import json
 
 import pytest
+from mmevol.cli import app
+from mmevol.graph import runner
+from mmevol.graph.replay import ReplayProblem, parse_sets
+from mmevol.graph.store import Store
+from mmevol.graph.trace import trace_sample
 from typer.testing import CliRunner
-
-from cli import app
-from graph import runner
-from graph.replay import ReplayProblem, parse_sets
-from graph.store import Store
-from graph.trace import trace_sample
 
 HASH = "0_shapes_000000.jpg"
 

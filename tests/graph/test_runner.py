@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from graph import runner
-from graph.export import export_json
-from graph.store import Store
-from nodes.llm import EndpointProblem
-from sim.demo_seed import bad_indices
+from mmevol.graph import runner
+from mmevol.graph.export import export_json
+from mmevol.graph.runtime.llm import EndpointProblem
+from mmevol.graph.store import Store
+from mmevol.sim.demo_seed import bad_indices
 
 
 def rows_of(settings):
@@ -129,7 +128,7 @@ def test_unusable_answer_is_retried_with_feedback_then_round_ends_empty(
 
 
 def test_a_hash_id_given_twice_fails_the_second_row_only(sim, make_settings, tmp_path):
-    from sim.demo_seed import make_demo_seed
+    from mmevol.sim.demo_seed import make_demo_seed
 
     seed_path, images = make_demo_seed(tmp_path / "s", n=3, seed=1)
     rows = [json.loads(line) for line in seed_path.read_text().splitlines()]

@@ -1,8 +1,7 @@
 import json
 
 import pytest
-
-from graph.seed import count_rows, hash_id_for, read_seed, turns_to_items
+from mmevol.graph.seed import count_rows, hash_id_for, read_seed, turns_to_items
 
 GOOD = {
     "id": "42",

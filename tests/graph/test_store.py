@@ -1,4 +1,4 @@
-from graph.store import Store, migrations
+from mmevol.graph.store import Store, migrations
 
 EXPECTED_TABLES = {"meta", "samples", "rounds", "items", "dropped", "calls", "_sqlite_migrations"}
 

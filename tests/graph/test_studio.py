@@ -6,12 +6,11 @@ import asyncio
 import json
 from pathlib import Path
 
+from mmevol.cli import app
+from mmevol.graph import context as run_context
+from mmevol.graph.seed import read_seed
+from mmevol.graph.store import Store
 from typer.testing import CliRunner
-
-import graph.context
-from cli import app
-from graph.seed import read_seed
-from graph.store import Store
 
 ROOT = Path(__file__).parents[2]
 
@@ -20,7 +19,7 @@ def test_langgraph_json_points_at_a_compiled_graph():
     config = json.loads((ROOT / "langgraph.json").read_text())
     module, _, name = config["graphs"]["mmevol"].partition(":")
     assert (ROOT / module).exists()
-    from graph import studio
+    from mmevol.graph import studio
 
     assert getattr(studio, name) is studio.graph
 
@@ -30,8 +29,8 @@ def test_studio_graph_runs_with_context_from_the_environment(sim, demo_seed, mon
     monkeypatch.setenv("OPENAI_API_KEY", "sim")
     monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)
     monkeypatch.setenv("MMEVOL_IMAGES", str(images))
-    monkeypatch.setattr(graph.context, "_from_env", None)
-    from graph.studio import graph as studio_graph
+    monkeypatch.setattr(run_context, "_from_env", None)
+    from mmevol.graph.studio import graph as studio_graph
 
     sample = next(read_seed(seed_path)).sample
 
@@ -39,7 +38,7 @@ def test_studio_graph_runs_with_context_from_the_environment(sim, demo_seed, mon
         try:
             return await studio_graph.ainvoke(sample, {"recursion_limit": 100})
         finally:
-            await graph.context._from_env.client.aclose()
+            await run_context._from_env.client.aclose()
 
     final = asyncio.run(invoke_and_close())
     assert [r.round for r in final["rounds"]] == [1, 2, 3]
@@ -47,8 +46,8 @@ def test_studio_graph_runs_with_context_from_the_environment(sim, demo_seed, mon
     store = Store(results)
     assert store.db["rounds"].count == 3
     store.close()
-    graph.context._from_env.store.close()
-    monkeypatch.setattr(graph.context, "_from_env", None)
+    run_context._from_env.store.close()
+    monkeypatch.setattr(run_context, "_from_env", None)
 
 
 def test_graph_command_prints_mermaid():

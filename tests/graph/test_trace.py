@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from mmevol.cli import app
+from mmevol.graph import runner
+from mmevol.graph.trace import trace_sample
 from typer.testing import CliRunner
-
-from cli import app
-from graph import runner
-from graph.trace import trace_sample
 
 GOOD = {
     "question": "Which shape lies closest to the top edge of the picture?",

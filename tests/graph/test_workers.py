@@ -10,13 +10,12 @@ import subprocess
 import time
 
 import pytest
-
-from graph import runner
-from graph.config import Settings
-from graph.export import export_json
-from graph.seed import row_key
-from graph.store import Store
-from sim.demo_seed import make_demo_seed
+from mmevol.graph import runner
+from mmevol.graph.config import Settings
+from mmevol.graph.export import export_json
+from mmevol.graph.seed import row_key
+from mmevol.graph.store import Store
+from mmevol.sim.demo_seed import make_demo_seed
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 import pytest
-
-from nodes.checks import boxes_in, check_item, screen
-from nodes.parsing import QAItem
+from mmevol.graph.items import QAItem
+from mmevol.nodes.checks import boxes_in, check_item, screen
 
 BOXES = [[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.9, 0.95]]
 SEED = [QAItem(question="What colour is the car?", answer="Red.")]

@@ -1,6 +1,6 @@
 import pytest
-
-from nodes.parsing import QAItem, UnusableAnswer, Verdict, extract_json, parse_items, parse_verdicts
+from mmevol.graph.items import QAItem, Verdict
+from mmevol.nodes.parsing import UnusableAnswer, extract_json, parse_items, parse_verdicts
 
 ITEM = (
     '{"image_position": "single", "objects": ["cat"], "skills": ["OCR"], "format": "Norm",'

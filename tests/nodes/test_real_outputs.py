@@ -15,10 +15,10 @@ from pathlib import Path
 
 import json_repair
 import pytest
-
-from graph.seed import prepare
-from nodes.checks import screen
-from nodes.parsing import QAItem, parse_items, parse_verdicts
+from mmevol.graph.items import QAItem
+from mmevol.graph.seed import prepare
+from mmevol.nodes.checks import screen
+from mmevol.nodes.parsing import parse_items, parse_verdicts
 
 DEMO = Path(__file__).parents[2].parent / "shared" / "mmevol-demo"
 RAW = DEMO / "round1_raw_outputs"

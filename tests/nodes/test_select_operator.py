@@ -1,6 +1,6 @@
 from collections import Counter
 
-from nodes.select_operator import pick_operator
+from mmevol.nodes.select_operator import pick_operator
 
 
 def test_same_inputs_same_operator():

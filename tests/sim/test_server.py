@@ -16,10 +16,9 @@ from types import SimpleNamespace
 import json_repair
 import openai
 import pytest
-
-from nodes import prompts
-from sim.answers import GARBAGE
-from sim.server import SimOptions, SimServer
+from mmevol.nodes import prompts
+from mmevol.sim.answers import GARBAGE
+from mmevol.sim.server import SimOptions, SimServer
 
 BOXES = [
     ("dog", [0.12, 0.4, 0.38, 0.91]),
@@ -337,7 +336,9 @@ def test_options_are_checked():
 
 
 def test_serve_forever_prints_its_url_and_stops_on_ctrl_c():
-    code = "from sim.server import SimOptions, serve_forever; serve_forever(SimOptions(seed=1))"
+    code = (
+        "from mmevol.sim.server import SimOptions, serve_forever; serve_forever(SimOptions(seed=1))"
+    )
     root = Path(__file__).resolve().parents[2]
     process = subprocess.Popen(
         [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True

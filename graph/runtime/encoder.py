@@ -1,11 +1,11 @@
 """Encode sample images in a helper process, so Pillow never competes with the event loop.
 
 A batch run sends each sample's image with every evolution call, downscaled and
-re-encoded as a JPEG data URL (``nodes.images.encode``). Done in a thread of the
+re-encoded as a JPEG data URL (``mmevol.graph.runtime.images.encode``). Done in a thread of the
 orchestrating process, that work holds the GIL between Pillow's C calls: on a loaded
 loop each hand-over stalls the loop, and a benchmark run spent ~10 ms of CPU per sample
 on it, as much as a sixth of the orchestration. ``ImageEncoder`` instead hands the work
-to one helper process (``python -m nodes.encoder``) over its stdin and stdout, which
+to one helper process (``python -m mmevol.graph.runtime.encoder``) over its stdin and stdout, which
 the event loop reads like any other pipe: no thread, no lock.
 
 Protocol, one JSON object per line:
@@ -32,13 +32,12 @@ import collections
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from nodes import images
+from mmevol.graph.runtime import images
 
 log = logging.getLogger("mmevol")
 
@@ -106,7 +105,7 @@ class ImageEncoder:
             await self._started()
 
     async def data_url(self, root: Path, relative: str, max_side: int, quality: int) -> str:
-        """Return the image as a base64 JPEG data URL (see ``nodes.images.encode``).
+        """Return the image as a base64 JPEG data URL (see ``mmevol.graph.runtime.images.encode``).
 
         Raises:
             ImageProblem: The image is missing, escapes the root or cannot be read.
@@ -230,17 +229,18 @@ class ImageEncoder:
 
 
 async def _spawn() -> asyncio.subprocess.Process:
-    """Start ``python -m nodes.encoder`` with this project importable."""
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    """Start ``python -P -m mmevol.graph.runtime.encoder``.
+
+    ``-P`` keeps the working folder off ``sys.path``, so a folder there that happens to
+    be called ``mmevol`` cannot stand in for the installed package.
+    """
     return await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",
         "-m",
-        "nodes.encoder",
+        "mmevol.graph.runtime.encoder",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
-        env=env,
         limit=LINE_LIMIT,
         # Its own session: a Ctrl-C or a job control signal aimed at the terminal's
         # process group is for mmevol to act on, not for the helper.

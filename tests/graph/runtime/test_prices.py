@@ -1,8 +1,7 @@
 import json
 
 import pytest
-
-from nodes.prices import PriceTable
+from mmevol.graph.runtime.prices import PriceTable
 
 
 def test_defaults_and_dated_snapshots():

@@ -40,7 +40,7 @@ def check(root: Path, relative: str) -> Path:
 def data_url(root: Path, relative: str, max_side: int = 512, quality: int = 85) -> str:
     """Resolve an image under the root and return it as a data URL (see ``encode``).
 
-    Uncached: a run encodes through ``nodes.encoder.ImageEncoder``, which caches.
+    Uncached: a run encodes through ``mmevol.graph.runtime.encoder.ImageEncoder``, which caches.
     """
     return encode(resolve(root, relative), relative, max_side, quality)
 

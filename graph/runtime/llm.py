@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 import openai
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
-
-from graph.config import Settings
-from graph.store import Store
-from nodes.limits import Governor, Outcome, Tally, TokenBucket, estimate_prompt_tokens
-from nodes.prices import PriceTable
-from nodes.prompts import ITEMS_SCHEMA, VERDICTS_SCHEMA
+from mmevol.graph.config import Settings
+from mmevol.graph.runtime.limits import (
+    Governor,
+    Outcome,
+    Tally,
+    TokenBucket,
+    estimate_prompt_tokens,
+)
+from mmevol.graph.runtime.prices import PriceTable
+from mmevol.graph.store import Store
 
 log = logging.getLogger("mmevol")
 
@@ -190,8 +194,12 @@ class ModelClient:
             self.stopping = True
             self.on_stop(reason)
 
-    async def ask(self, key: CallKey, text: str, image_url: str | None = None) -> Answer:
+    async def ask(
+        self, key: CallKey, text: str, image_url: str | None = None, schema: dict | None = None
+    ) -> Answer:
         """Return the answer recorded under ``key``, or ask the model and record it.
+
+        ``schema`` is the ``response_format`` asked for when structured output is on.
 
         Raises:
             RunStopped: the run is stopping; no call was made.
@@ -237,7 +245,7 @@ class ModelClient:
         self.usage.calls += 1
         try:
             reply = await self._invoke(
-                chat, user_message(text, image_url, self.settings.image_detail), role
+                chat, user_message(text, image_url, self.settings.image_detail), schema
             )
         except openai.APIError as err:
             self.usage.errors += 1
@@ -265,11 +273,10 @@ class ModelClient:
         )
         return Answer(self.store.log_call(row), content, finish, False)
 
-    async def _invoke(self, chat: ChatOpenAI, message: HumanMessage, role: str) -> object:
+    async def _invoke(self, chat: ChatOpenAI, message: HumanMessage, schema: dict | None) -> object:
         """Call the model, with the JSON schema when structured output is on and accepted."""
-        if not self.structured:
+        if not self.structured or schema is None:
             return await chat.ainvoke([message])
-        schema = ITEMS_SCHEMA if role == "evolve" else VERDICTS_SCHEMA
         try:
             return await chat.ainvoke([message], response_format=schema)
         except openai.BadRequestError as err:

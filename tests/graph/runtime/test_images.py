@@ -3,9 +3,8 @@ import io
 import os
 
 import pytest
+from mmevol.graph.runtime.images import ImageProblem, check, data_url, resolve
 from PIL import Image
-
-from nodes.images import ImageProblem, check, data_url, resolve
 
 
 def decode(url):

@@ -8,10 +8,9 @@ import sys
 import time
 
 import pytest
+from mmevol.graph.runtime.encoder import ImageEncoder, serve
+from mmevol.graph.runtime.images import ImageProblem, encode
 from PIL import Image
-
-from nodes.encoder import ImageEncoder, serve
-from nodes.images import ImageProblem, encode
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ def helper_cannot_start(monkeypatch):
     async def cannot_start():
         raise OSError("no such interpreter")
 
-    monkeypatch.setattr("nodes.encoder._spawn", cannot_start)
+    monkeypatch.setattr("mmevol.graph.runtime.encoder._spawn", cannot_start)
 
 
 def run(coro):
@@ -231,7 +230,7 @@ def test_the_helper_does_not_outlive_a_killed_run(pictures):
     script = (
         "import asyncio, sys, time\n"
         "from pathlib import Path\n"
-        "from nodes.encoder import ImageEncoder\n"
+        "from mmevol.graph.runtime.encoder import ImageEncoder\n"
         "async def main():\n"
         "    encoder = ImageEncoder()\n"
         f"    await encoder.data_url(Path({str(pictures)!r}), 'a.jpg', 512, 85)\n"

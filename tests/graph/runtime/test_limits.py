@@ -1,6 +1,6 @@
 import asyncio
 
-from nodes.limits import Governor, Outcome, TokenBucket, estimate_prompt_tokens
+from mmevol.graph.runtime.limits import Governor, Outcome, TokenBucket, estimate_prompt_tokens
 
 
 class FakeClock:

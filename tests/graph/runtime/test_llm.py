@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from graph import runner
-from graph.store import Store
-from sim.demo_seed import make_demo_seed
+from mmevol.graph import runner
+from mmevol.graph.store import Store
+from mmevol.sim.demo_seed import make_demo_seed
 
 
 def calls_of(settings):

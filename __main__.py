@@ -1,0 +1,5 @@
+"""``python -m mmevol``: the same as the ``mmevol`` command."""
+
+from mmevol.cli import main
+
+main()
