@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from mmevol.graph.config import Settings, default_checkpoints_dir
 from rich.console import Console
 from rich.table import Table
+
+from mmevol.graph.config import Settings, default_checkpoints_dir
 
 app = typer.Typer(
     help="Evolve image-grounded Q&A data with the MMEvol method.",

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import openai
 from langchain_openai._compat import httpx  # the httpx flavour this openai SDK uses
+
 from mmevol.graph.runtime import images
 from mmevol.graph.seed import read_seed
 from mmevol.nodes.evolve import render_evolve_prompt

@@ -52,8 +52,9 @@ def watch_image_helper() -> list[float]:
 
 def child(args: argparse.Namespace) -> int:
     """Run one seed in this process and print what it cost as one JSON line."""
-    import mmevol.graph.runner  # noqa: F401
     from _common import run_mmevol  # imports graph/ and nodes/ before the baseline
+
+    import mmevol.graph.runner  # noqa: F401
 
     helper_peaks = watch_image_helper()
     before = rss_mb()

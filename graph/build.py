@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from langgraph.graph import START, StateGraph
+
 from mmevol.graph.context import RunContext
 from mmevol.graph.state import InputState, SampleState
 from mmevol.nodes.eliminate import eliminate

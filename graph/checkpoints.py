@@ -27,6 +27,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
+
 from mmevol.graph.items import QAItem, ScoredItem, Step, Verdict
 from mmevol.graph.state import Box, Dropped, InputState, RoundRecord, SampleState
 

@@ -6,10 +6,11 @@ import sys
 import time
 from collections import Counter
 
-from mmevol.graph.runtime.llm import Usage
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
+
+from mmevol.graph.runtime.llm import Usage
 
 MESSAGES = {
     "stopping": "no new sample or call starts; answers on their way are recorded. "

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import openai
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
+
 from mmevol.graph import eventloop
 from mmevol.graph.build import build_graph
 from mmevol.graph.checkpoints import open_checkpointer

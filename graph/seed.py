@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import ijson
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
 from mmevol.graph.items import QAItem, render_errors
 from mmevol.graph.state import Box, InputState
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 
 class SeedSample(BaseModel):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from operator import add
 from typing import Annotated, Literal
 
-from mmevol.graph.items import QAItem, ScoredItem, Verdict
 from pydantic import BaseModel, Field
+
+from mmevol.graph.items import QAItem, ScoredItem, Verdict
 
 Operator = Literal["perceptual", "reasoning", "interactive"]
 OPERATORS: tuple[Operator, ...] = ("perceptual", "reasoning", "interactive")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.types import StateSnapshot
+
 from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.graph.runner import compile_graph
 from mmevol.graph.state import SampleState

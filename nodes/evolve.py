@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
+
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem
 from mmevol.graph.runtime.llm import CallKey

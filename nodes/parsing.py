@@ -15,8 +15,9 @@ import re
 from typing import Any
 
 import json_repair
-from mmevol.graph.items import ITEM_KEYS, QAItem, Verdict, item_field, render_errors
 from pydantic import BaseModel, Field, ValidationError
+
+from mmevol.graph.items import ITEM_KEYS, QAItem, Verdict, item_field, render_errors
 
 
 class UnusableAnswer(ValueError):

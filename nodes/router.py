@@ -10,6 +10,7 @@ from typing import Literal
 
 from langgraph.graph import END
 from langgraph.runtime import Runtime
+
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.state import SampleState
 

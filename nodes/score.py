@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
+
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem, Verdict
 from mmevol.graph.runtime.llm import CallKey

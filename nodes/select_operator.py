@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from langgraph.runtime import Runtime
+
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.state import OPERATORS, Operator, SampleState
 

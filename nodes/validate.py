@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
+
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem
 from mmevol.graph.state import Dropped, SampleState

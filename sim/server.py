@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
 from mmevol.sim.answers import build_reply, classify, make_rng, prompt_tokens, read_messages
 
 SCRIPT_KINDS = ("status", "content", "hang")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from mmevol.graph.config import Settings
 from mmevol.sim.demo_seed import make_demo_seed
 from mmevol.sim.server import SimOptions, SimServer

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import openai
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
+
 from mmevol.graph.config import Settings
 from mmevol.graph.runtime.limits import (
     Governor,

@@ -1,13 +1,14 @@
 import json
 
 import pytest
+from typer.testing import CliRunner
+
 from mmevol.cli import app
 from mmevol.graph.config import Settings
 from mmevol.graph.estimate import KEPT_SHARE, estimate
 from mmevol.graph.runtime.prices import PriceTable
 from mmevol.graph.seed import read_seed
 from mmevol.sim.demo_seed import make_demo_seed
-from typer.testing import CliRunner
 
 
 def test_estimate_counts_round_one_exactly_and_scales_later_rounds(tmp_path):

@@ -11,11 +11,12 @@ import json
 import re
 
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
 from mmevol.cli import app
 from mmevol.graph import runner
 from mmevol.graph.store import Store
-from PIL import Image
-from typer.testing import CliRunner
 
 BOXES = [
     {"label": "dog", "bbox": [0.1, 0.2, 0.3, 0.4]},

@@ -6,12 +6,13 @@ import asyncio
 import json
 
 import pytest
+from typer.testing import CliRunner
+
 from mmevol.cli import app
 from mmevol.graph import runner
 from mmevol.graph.replay import ReplayProblem, parse_sets
 from mmevol.graph.store import Store
 from mmevol.graph.trace import trace_sample
-from typer.testing import CliRunner
 
 HASH = "0_shapes_000000.jpg"
 

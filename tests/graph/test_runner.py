@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from mmevol.graph import runner
 from mmevol.graph.export import export_json
 from mmevol.graph.runtime.llm import EndpointProblem

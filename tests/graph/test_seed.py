@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from mmevol.graph.seed import count_rows, hash_id_for, read_seed, turns_to_items
 
 GOOD = {

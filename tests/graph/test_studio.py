@@ -6,11 +6,12 @@ import asyncio
 import json
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from mmevol.cli import app
 from mmevol.graph import context as run_context
 from mmevol.graph.seed import read_seed
 from mmevol.graph.store import Store
-from typer.testing import CliRunner
 
 ROOT = Path(__file__).parents[2]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+from typer.testing import CliRunner
+
 from mmevol.cli import app
 from mmevol.graph import runner
 from mmevol.graph.trace import trace_sample
-from typer.testing import CliRunner
 
 GOOD = {
     "question": "Which shape lies closest to the top edge of the picture?",

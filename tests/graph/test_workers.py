@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+
 from mmevol.graph import runner
 from mmevol.graph.config import Settings
 from mmevol.graph.export import export_json

@@ -1,4 +1,5 @@
 import pytest
+
 from mmevol.graph.items import QAItem
 from mmevol.nodes.checks import boxes_in, check_item, screen
 

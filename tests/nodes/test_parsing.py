@@ -1,4 +1,5 @@
 import pytest
+
 from mmevol.graph.items import QAItem, Verdict
 from mmevol.nodes.parsing import UnusableAnswer, extract_json, parse_items, parse_verdicts
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import json_repair
 import pytest
+
 from mmevol.graph.items import QAItem
 from mmevol.graph.seed import prepare
 from mmevol.nodes.checks import screen

@@ -5,9 +5,10 @@ import random
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageChops, ImageDraw
+
 from mmevol.sim.demo_seed import COLOURS, KINDS, MANY_ITEMS, Shape, bad_indices, make_demo_seed
 from mmevol.sim.placeholders import make_placeholders
-from PIL import Image, ImageChops, ImageDraw
 
 DEMO_SEED = Path(__file__).resolve().parents[3] / "shared" / "mmevol-demo" / "seed_1612.jsonl"
 ITEM_KEYS = {"image_position", "objects", "skills", "format", "question", "steps", "answer"}

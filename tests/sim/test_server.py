@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import json_repair
 import openai
 import pytest
+
 from mmevol.nodes import prompts
 from mmevol.sim.answers import GARBAGE
 from mmevol.sim.server import SimOptions, SimServer

@@ -8,9 +8,10 @@ import sys
 import time
 
 import pytest
+from PIL import Image
+
 from mmevol.graph.runtime.encoder import ImageEncoder, serve
 from mmevol.graph.runtime.images import ImageProblem, encode
-from PIL import Image
 
 
 @pytest.fixture

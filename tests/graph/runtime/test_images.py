@@ -3,8 +3,9 @@ import io
 import os
 
 import pytest
-from mmevol.graph.runtime.images import ImageProblem, check, data_url, resolve
 from PIL import Image
+
+from mmevol.graph.runtime.images import ImageProblem, check, data_url, resolve
 
 
 def decode(url):

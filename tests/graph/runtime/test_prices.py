@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from mmevol.graph.runtime.prices import PriceTable
 
 
