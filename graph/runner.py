@@ -28,7 +28,7 @@ from mmevol.graph.context import RunContext
 from mmevol.graph.runtime import images
 from mmevol.graph.runtime.encoder import ImageEncoder
 from mmevol.graph.runtime.llm import ModelClient, RunStopped, error_name, preflight
-from mmevol.graph.seed import SeedRow, count_rows, read_seed
+from mmevol.graph.seed import SeedRow, count_rows, read_seed, row_key
 from mmevol.graph.store import Store
 
 if TYPE_CHECKING:
@@ -265,7 +265,7 @@ async def _run_rows(
             fail(
                 row,
                 f"row {row.index}: hash_id {row.hash_id!r} is also row {known['idx']}'s",
-                f"row-{row.index}",
+                row_key(row.index, None),
             )
             continue
         if finished_earlier(known, retry_failed):

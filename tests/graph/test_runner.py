@@ -138,7 +138,7 @@ def test_a_hash_id_given_twice_fails_the_second_row_only(sim, make_settings, tmp
     settings = make_settings(sim, images)
     report = runner.run(settings, seed_path)
     assert (report.done, report.failed) == (2, 1)
-    assert report.failures == [("row-2", "row 2: hash_id 'same' is also row 0's")]
+    assert report.failures == [("#row-2", "row 2: hash_id 'same' is also row 0's")]
     # Running again changes nothing: the first row is done, the duplicate is reported again.
     again = runner.run(settings, seed_path)
     assert (again.done, again.skipped, again.failed) == (0, 2, 1)

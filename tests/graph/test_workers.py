@@ -121,7 +121,7 @@ def test_rows_with_the_same_key_go_to_one_worker():
     # one the worker will record, computed from the raw row.
     assert row_key(3, {"image": "coco/a.jpg"}) == "3_coco_a.jpg"
     assert row_key(3, {"image": "coco/a.jpg", "hash_id": "x"}) == "x"
-    assert row_key(5, None) == "row-5"
+    assert row_key(5, None) == "#row-5"
 
 
 # -- the command line, signals and a killed parent ------------------------------------------
