@@ -666,3 +666,25 @@ def _dress(raw: str, rng: random.Random, clean: bool) -> str:
     if rng.random() < 0.1:
         text += "\n\nEach entry follows the requested format."
     return text
+
+
+# 200 answers that are not chat completions, as broken proxies and gateways send them:
+# (content type, body). The client must take them for an unusable answer, not crash.
+NOT_COMPLETIONS: dict[str, tuple[str, str]] = {
+    "html": (
+        "text/html",
+        "<!DOCTYPE html>\n<html><head><title>Sign in</title></head>\n<body><h1>Please sign in"
+        '</h1><form action="/login"></form></body></html>\n',
+    ),
+    "no_choices": ("application/json", json.dumps({"id": "chatcmpl-empty", "choices": []})),
+    "no_message": (
+        "application/json",
+        json.dumps(
+            {
+                "id": "chatcmpl-nomessage",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "finish_reason": "stop"}],
+            }
+        ),
+    ),
+}

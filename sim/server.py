@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -16,12 +17,21 @@ from typing import Any
 
 from aiohttp import web
 
-from mmevol.sim.answers import build_reply, classify, make_rng, prompt_tokens, read_messages
+from mmevol.sim.answers import (
+    NOT_COMPLETIONS,
+    build_reply,
+    classify,
+    make_rng,
+    prompt_tokens,
+    read_messages,
+)
 
-SCRIPT_KINDS = ("status", "content", "hang")
+SCRIPT_KINDS = ("status", "content", "hang", "drop", *NOT_COMPLETIONS)
+"""One-shot answers of ``enqueue``; "hang" without ``seconds`` also serves as a standing
+behaviour (``set_behaviour``), which never answers until the behaviour is cleared."""
 FAULTS = (
     "error", "rate_limit", "garbage", "truncate", "verdict_mismatch",
-    "unauthorized", "bad_request", "scripted",
+    "unauthorized", "bad_request", "scripted", "behaviour",
 )  # fmt: skip
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "requests"}
 
@@ -99,6 +109,8 @@ class SimServer:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._ids = 0
+        self._behaviour: dict[str, Any] | None = None
+        self._cleared: asyncio.Event | None = None
         self.reset()
 
     @property
@@ -144,10 +156,12 @@ class SimServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/sim/script", self._script)
+        app.router.add_post("/sim/behaviour", self._set_behaviour)
         app.router.add_get("/sim/stats", self._stats)
         app.router.add_post("/sim/reset", self._reset)
         # No access log: benchmarks push thousands of requests a second through here.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
+        self._cleared = asyncio.Event()
         await self._runner.setup()
         await web.SockSite(self._runner, sock, backlog=2048).start()
 
@@ -174,14 +188,42 @@ class SimServer:
 
         Args:
             kind: "status" (``status``, optional ``body`` and ``headers``), "content"
-                (``content``, optional ``finish_reason``) or "hang" (wait ``seconds``,
-                then answer normally).
+                (``content``, optional ``finish_reason``), "hang" (wait ``seconds``,
+                then answer normally), "drop" (close the connection unanswered), or
+                "html", "no_choices", "no_message" (200, but not a chat completion).
             **kw: The script's fields.
         """
         if kind not in SCRIPT_KINDS:
             raise ValueError(f"unknown script kind {kind!r}; use one of {SCRIPT_KINDS}")
         with self._lock:
             self._queue.append({"kind": kind, **kw})
+
+    def set_behaviour(self, kind: str | None, *, models: bool = False, **kw: Any) -> None:
+        """Answer every chat request the same way from now on, until called with None.
+
+        This is an endpoint that goes away for a while: ``set_behaviour("status",
+        status=503)`` is an outage, ``"drop"`` closes every connection unanswered,
+        ``"hang"`` accepts requests and never answers (until cleared, or for ``seconds``),
+        ``"html"``, ``"no_choices"`` and ``"no_message"`` answer 200 with something that
+        is not a chat completion. Scripted answers (``enqueue``) still come first.
+
+        Args:
+            kind: One of ``SCRIPT_KINDS``, or None to answer normally again.
+            models: Answer ``/v1/models`` that way too (a proxy in front of everything).
+            **kw: The kind's fields, as for ``enqueue``.
+        """
+        if kind is not None and kind not in SCRIPT_KINDS:
+            raise ValueError(f"unknown behaviour {kind!r}; use one of {SCRIPT_KINDS}")
+        with self._lock:
+            self._behaviour = None if kind is None else {"kind": kind, "models": models, **kw}
+        if kind is None and self._loop is not None and self._cleared is not None:
+            # Release the requests held by "hang".
+            self._loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        assert self._cleared is not None
+        self._cleared.set()
+        self._cleared = asyncio.Event()
 
     def stats(self) -> dict[str, Any]:
         """Return a copy of the counters: requests, by_kind, faults and bodies."""
@@ -225,12 +267,18 @@ class SimServer:
             self._bodies[digest] = seen + 1
             self.recent.append(text)
             script = self._queue.popleft() if self._queue else None
+            standing = self._behaviour
         if script is not None:
             if script["kind"] == "hang":
                 await asyncio.sleep(float(script.get("seconds", 1.0)))
             else:
                 self._count("scripted")
-                return self._scripted(script, body, prompt_tokens(text, images))
+                return self._scripted(request, script, body, prompt_tokens(text, images))
+        elif standing is not None:
+            self._count("behaviour")
+            if standing["kind"] != "hang":
+                return self._scripted(request, standing, body, prompt_tokens(text, images))
+            await self._hang(standing)
         opts = self.options
         if opts.api_key and request.headers.get("Authorization") != f"Bearer {opts.api_key}":
             self._count("unauthorized")
@@ -285,7 +333,25 @@ class SimServer:
         # Lognormal with sigma 1: p90 is about 3.6 times the median, p99 about 10 times.
         return min(rng.lognormvariate(math.log(median), 1.0), 30 * median)
 
-    def _scripted(self, script: dict[str, Any], body: dict[str, Any], prompt: int) -> web.Response:
+    async def _hang(self, behaviour: dict[str, Any]) -> None:
+        """Hold a request for ``seconds``, or until the behaviour is cleared."""
+        assert self._cleared is not None
+        seconds = behaviour.get("seconds")
+        limit = None if seconds is None else float(seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._cleared.wait(), limit)
+
+    def _scripted(
+        self, request: web.Request, script: dict[str, Any], body: dict[str, Any], prompt: int
+    ) -> web.Response:
+        if script["kind"] == "drop":
+            # Close the connection without a word, as a crashed server or a proxy does.
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)  # never sent: the connection is gone
+        if script["kind"] in NOT_COMPLETIONS:
+            content_type, text = NOT_COMPLETIONS[script["kind"]]
+            return web.Response(status=200, text=text, content_type=content_type)
         if script["kind"] == "content":
             content = str(script.get("content", ""))
             return self._completion(body, content, script.get("finish_reason", "stop"), prompt)
@@ -320,6 +386,13 @@ class SimServer:
         )
 
     async def _models(self, request: web.Request) -> web.Response:
+        with self._lock:
+            standing = self._behaviour
+        if standing is not None and standing["models"]:
+            if standing["kind"] == "hang":
+                await self._hang(standing)
+            else:
+                return self._scripted(request, standing, {}, 0)
         model = {"id": self.options.model, "object": "model", "created": 0, "owned_by": "sim"}
         return web.json_response({"object": "list", "data": [model]})
 
@@ -331,6 +404,14 @@ class SimServer:
             return _error(400, f"Bad script: {exc}")
         with self._lock:
             return web.json_response({"queued": len(self._queue)})
+
+    async def _set_behaviour(self, request: web.Request) -> web.Response:
+        try:
+            fields = await request.json()
+            self.set_behaviour(**fields)
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"Bad behaviour: {exc}")
+        return web.json_response({"behaviour": fields.get("kind")})
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())

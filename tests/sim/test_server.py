@@ -358,3 +358,59 @@ def test_serve_forever_prints_its_url_and_stops_on_ctrl_c():
         assert process.wait(timeout=10) == 0
     finally:
         process.kill()
+
+
+def test_drop_closes_the_connection_unanswered(sim):
+    sim.enqueue("drop")
+    with pytest.raises(openai.APIConnectionError):
+        ask(sim, "hi")
+    assert ask(sim, "hi").choices[0].message.content == "OK"
+
+
+@pytest.mark.parametrize("kind", ["html", "no_choices", "no_message"])
+def test_answers_that_are_not_chat_completions(sim, kind):
+    sim.enqueue(kind)
+    url = sim.base_url + "/chat/completions"
+    request = urllib.request.Request(url, data=json.dumps({"messages": user("hi")}).encode())
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 200
+        body = response.read().decode()
+        content_type = response.headers["Content-Type"]
+    if kind == "html":
+        assert content_type.startswith("text/html") and body.startswith("<!DOCTYPE html>")
+    else:
+        choices = json.loads(body)["choices"]
+        assert choices == [] if kind == "no_choices" else "message" not in choices[0]
+
+
+def test_a_standing_outage_answers_every_request_until_cleared(sim):
+    sim.set_behaviour("status", status=503)
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError):
+            ask(sim, "hi")
+    assert [m.id for m in client(sim).models.list()] == [SimOptions().model]
+    http(sim, "POST", "/sim/behaviour", {"kind": None})
+    assert ask(sim, "hi").choices[0].message.content == "OK"
+    assert sim.stats()["faults"]["behaviour"] == 3
+    sim.set_behaviour("html", models=True)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the SDK makes of a web page
+        client(sim).models.list()
+    with pytest.raises(ValueError, match="unknown behaviour"):
+        sim.set_behaviour("explode")
+
+
+def test_hang_without_seconds_holds_every_call_until_cleared(sim):
+    http(sim, "POST", "/sim/behaviour", {"kind": "hang"})
+    with pytest.raises(openai.APITimeoutError):
+        client(sim, timeout=0.3).chat.completions.create(model="m", messages=user("hi"))
+
+    async def held_then_released():
+        async with openai.AsyncOpenAI(base_url=sim.base_url, api_key="t", max_retries=0) as c:
+            call = asyncio.ensure_future(c.chat.completions.create(model="m", messages=user("x")))
+            while sim.stats()["requests"] < 2:
+                await asyncio.sleep(0.01)
+            assert not call.done()
+            sim.set_behaviour(None)
+            return await call
+
+    assert asyncio.run(held_then_released()).choices[0].message.content == "OK"
