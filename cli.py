@@ -96,6 +96,15 @@ def run(
     seed_value: Annotated[int, typer.Option("--seed", help="Seed of the operator choice.")] = 0,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
     max_tokens: Annotated[int, typer.Option(help="Output token limit per call.")] = 4096,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds a model request may take before it is given up.")
+    ] = 120.0,
+    retries: Annotated[
+        int,
+        typer.Option(
+            help="Retries of a request that timed out, lost its connection or got 429/5xx."
+        ),
+    ] = 5,
     max_attempts: Annotated[int, typer.Option(help="Evolution attempts per round.")] = 3,
     chunk_size: Annotated[int, typer.Option(help="Items per evolution or judge call.")] = 10,
     image_max_side: Annotated[
@@ -124,7 +133,8 @@ def run(
     """Evolve a seed (re-running the same command resumes it).
 
     Exit status: 0 when the seed is through, 130 when stopped by Ctrl-C or SIGTERM,
-    3 when stopped by --max-cost, --max-calls or a failing endpoint.
+    3 when stopped by --max-cost, --max-calls or a failing endpoint, or when samples were
+    interrupted by endpoint errors (the same command resumes them).
     """
     from mmevol.graph import runner
     from mmevol.graph.progress import RunProgress
@@ -144,6 +154,8 @@ def run(
         seed=seed_value,
         temperature=temperature,
         max_tokens=max_tokens,
+        timeout=timeout,
+        max_retries=retries,
         max_attempts=max_attempts,
         chunk_size=chunk_size,
         image_max_side=image_max_side,
@@ -165,9 +177,10 @@ def run(
         f"(already finished or failed earlier) -> {settings.run_dir}",
         highlight=False,
     )
-    if report.stopped:
+    if report.stopped or report.interrupted:
+        why = report.stop_reason or "the endpoint failed their calls; see mmevol status"
         err.print(
-            f"Stopped ({report.stop_reason}) with {report.interrupted} samples interrupted; "
+            f"Stopped ({why}) with {report.interrupted} samples interrupted; "
             "run the same command again to resume them and the rest of the seed.",
             highlight=False,
             soft_wrap=True,
@@ -176,7 +189,7 @@ def run(
         err.print(f"  failed {hash_id}: {reason}", highlight=False, markup=False)
     if len(report.failures) > 10:
         err.print(f"  ... and {len(report.failures) - 10} more (mmevol status --run {run})")
-    if report.stopped:
+    if report.stopped or report.interrupted:
         raise typer.Exit(code=130 if report.stop_reason == runner.SIGNAL_REASON else 3)
 
 

@@ -43,9 +43,15 @@ class Settings:
     )
     temperature: float = 1.0
     max_tokens: int = 4096
-    timeout: float = 120.0
+    timeout: float = field(
+        default=120.0, metadata={"description": "Seconds a model request may take."}
+    )
     max_retries: int = field(
-        default=5, metadata={"description": "HTTP retries per call, done by the openai SDK."}
+        default=5,
+        metadata={
+            "description": "Retries of a request that timed out, lost its connection "
+            "or got 429/5xx (none once the run stops)."
+        },
     )
     rounds: int = 3
     max_attempts: int = field(
@@ -114,6 +120,10 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if self.max_retries < 0:
+            raise ValueError("retries must not be negative")
         if self.max_cost is not None and self.max_cost < 0:
             raise ValueError("max-cost must not be negative")
         if self.image_detail not in ("low", "high", "auto"):

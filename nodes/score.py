@@ -9,7 +9,7 @@ from langgraph.runtime import Runtime
 
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem, Verdict
-from mmevol.graph.runtime.llm import CallKey
+from mmevol.graph.runtime.llm import CallKey, answer_problem
 from mmevol.graph.state import SampleState
 from mmevol.nodes import prompts
 from mmevol.nodes.evolve import chunked, items_json
@@ -77,8 +77,8 @@ async def _judge_group(
             schema=prompts.VERDICTS_SCHEMA,
         )
         try:
-            if answer.finish_reason == "length":
-                raise UnusableAnswer("the answer was cut off at the output token limit")
+            if problem := answer_problem(answer.finish_reason):
+                raise UnusableAnswer(problem)
             parsed = parse_verdicts(answer.text)
         except UnusableAnswer as err:
             ctx.store.set_parse(answer.call_id, f"unusable: {err}")

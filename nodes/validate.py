@@ -6,6 +6,7 @@ from langgraph.runtime import Runtime
 
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem
+from mmevol.graph.runtime.llm import answer_problem
 from mmevol.graph.state import Dropped, SampleState
 from mmevol.nodes.checks import screen
 from mmevol.nodes.parsing import UnusableAnswer, parse_items
@@ -23,8 +24,8 @@ async def validate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     for chunk, call_id in enumerate(state.calls):
         call = store.get_call(call_id)
         try:
-            if call["finish_reason"] == "length":
-                raise UnusableAnswer("the answer was cut off at the output token limit")
+            if problem := answer_problem(call["finish_reason"]):
+                raise UnusableAnswer(problem)
             parsed = parse_items(call["response"])
         except UnusableAnswer as err:
             problems.append(str(err))

@@ -4,12 +4,26 @@ Every answer is written to the results database *before* the node that asked ret
 under a key made of the sample, round, node, attempt and chunk. When a step runs again
 (after a crash, a kill or a resume) the client finds the answer under its key and
 returns it without calling the endpoint, so no answer is paid for twice.
+
+Whose fault a failed call is decides what happens to its sample. The endpoint's (a timeout,
+a lost connection, a 5xx or 429 answer still failing after the retries, a refused key,
+an unknown model): the call raises ``EndpointFailed``, the sample is *interrupted* and
+the next run resumes it by itself. The sample's (``SAMPLE_FAULT_STATUSES``: the endpoint
+refused what this request holds, e.g. an image it cannot read or a prompt over the
+context window): the API error goes up and the sample *fails*. A 200 answer that is not
+a chat completion (a proxy's HTML page, ``{"choices": []}``) is recorded as an unusable
+answer of that call (``NOT_A_COMPLETION``), which the node asks again like any other.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import email.utils
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +71,47 @@ class RunStopped(Exception):
     """Raised instead of a new call once the run is stopping; the sample resumes later."""
 
 
+class EndpointFailed(RunStopped):
+    """Raised when the endpoint failed a call after its retries; the sample resumes later.
+
+    A subclass of ``RunStopped``: the runner marks the sample interrupted, not failed, and
+    the next run of the same command resumes it from its last checkpoint.
+    """
+
+
+SAMPLE_FAULT_STATUSES = frozenset({400, 413, 422})
+"""HTTP statuses that name the request's own content (bad request, too large, unprocessable):
+the sample fails. Every other API error is the endpoint's, and the sample is interrupted."""
+
+RETRY_STATUSES = frozenset({408, 409, 429})
+"""Besides every 5xx, the statuses that are retried (as the openai SDK does)."""
+
+NOT_A_COMPLETION = "not_a_completion"
+"""The finish reason recorded for a 200 answer that is not a chat completion."""
+
+_PROBLEMS = {
+    "length": "the answer was cut off at the output token limit",
+    NOT_A_COMPLETION: "the endpoint's answer was not a chat completion",
+}
+
+# The HTTP answers seen by the call running in this context (see ModelClient._observe).
+_SEEN: contextvars.ContextVar[list | None] = contextvars.ContextVar("mmevol_seen", default=None)
+
+
+def sample_at_fault(err: BaseException) -> bool:
+    """Whether a failed call is the sample's fault (it fails) rather than the endpoint's."""
+    return isinstance(err, openai.APIStatusError) and err.status_code in SAMPLE_FAULT_STATUSES
+
+
+def answer_problem(finish_reason: str | None) -> str | None:
+    """Why a recorded answer is unusable whatever its text says (cut off, not an answer)."""
+    return _PROBLEMS.get(finish_reason or "")
+
+
+class NotACompletion(Exception):
+    """A 200 answer that the client could not read as a chat completion."""
+
+
 @dataclass(frozen=True)
 class CallKey:
     """Names one model call so that it can be found again."""
@@ -94,7 +149,8 @@ def make_chat(settings: Settings, model: str, http_client: object | None = None)
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
         timeout=settings.timeout,
-        max_retries=settings.max_retries,
+        # ModelClient retries itself (settings.max_retries), so that a stop ends retries.
+        max_retries=0,
     )
 
 
@@ -162,8 +218,7 @@ class ModelClient:
         self.store = store
         self.on_stop = on_stop or (lambda reason: None)
         self.on_notice = on_notice or (lambda text: log.warning(text))
-        self.stopping = False
-        """Set when the run stops: recorded answers are still served, new calls are not made."""
+        self._stopped = asyncio.Event()
         self.stop_reason: str | None = None
         self.governor = Governor(ceiling=settings.concurrency * 2)
         self.http = openai.DefaultAioHttpClient(
@@ -185,8 +240,21 @@ class ModelClient:
         """Close the connection pool."""
         await self.http.aclose()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the run stops: recorded answers are still served, no call or retry starts."""
+        return self._stopped.is_set()
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        if value:
+            self._stopped.set()  # wakes the calls waiting to retry
+
     async def _observe(self, response: object) -> None:
         self.governor.on_status(response.status_code)
+        seen = _SEEN.get()
+        if seen is not None:
+            seen.append(response)
 
     def stop(self, reason: str) -> None:
         """Make no new call from now on, and tell the runner why (once)."""
@@ -204,8 +272,10 @@ class ModelClient:
 
         Raises:
             RunStopped: the run is stopping; no call was made.
-            openai.APIError: the endpoint failed after the SDK's retries; the failure is
-                recorded too.
+            EndpointFailed: the endpoint failed the call after its retries, or the run
+                stopped while it waited to retry (recorded); the sample resumes later.
+            openai.APIStatusError: the endpoint refused the request for what it holds
+                (``sample_at_fault``; recorded).
         """
         found = self.store.find_call(str(key))
         if found is not None:
@@ -245,20 +315,25 @@ class ModelClient:
         started = time.perf_counter()
         self.usage.calls += 1
         try:
-            reply = await self._invoke(
+            reply = await self._call(
                 chat, user_message(text, image_url, self.settings.image_detail), schema
             )
         except openai.APIError as err:
             self.usage.errors += 1
             row.update(latency_ms=_ms(started), error=f"{error_name(err)}: {err}")
             self.store.log_call(row)
-            tripped = self.governor.on_outcome(Outcome(False, row["error"]))
-            if tripped:
-                self.stop(f"the endpoint keeps failing: {tripped}")
-            raise
+            self._outcome(False, row["error"])
+            if sample_at_fault(err):
+                raise
+            raise EndpointFailed(f"{key}: {row['error']}") from err
+        except NotACompletion as err:
+            # Recorded as an answer (found again on resume), unusable by its finish reason.
+            self._outcome(False, f"not a chat completion: {err}")
+            row.update(latency_ms=_ms(started), finish_reason=NOT_A_COMPLETION, response=str(err))
+            return Answer(self.store.log_call(row), str(err), NOT_A_COMPLETION, False)
         finally:
             await self.governor.release()
-        self.governor.on_outcome(Outcome(True))
+        self._outcome(True)
         usage = reply.usage_metadata or {}
         finish = reply.response_metadata.get("finish_reason")
         content = reply.content if isinstance(reply.content, str) else str(reply.content)
@@ -273,6 +348,43 @@ class ModelClient:
             response=content,
         )
         return Answer(self.store.log_call(row), content, finish, False)
+
+    def _outcome(self, ok: bool, error: str | None = None) -> None:
+        tripped = self.governor.on_outcome(Outcome(ok, error))
+        if tripped:
+            self.stop(f"the endpoint keeps failing: {tripped}")
+
+    async def _call(self, chat: ChatOpenAI, message: HumanMessage, schema: dict | None) -> object:
+        """Call the model, retrying what the endpoint may answer better later.
+
+        Timeouts, lost connections, 408, 409, 429 and 5xx answers are retried up to
+        ``settings.max_retries`` times, after the ``Retry-After`` the endpoint asks for (up
+        to a minute) or an exponential backoff. Once the run stops, nothing is retried: a
+        call waiting to retry gives up at once.
+
+        Raises:
+            openai.APIError: the last failure.
+            NotACompletion: a 200 answer that is not a chat completion (never retried here:
+                it is an unusable answer, which the node asks again).
+        """
+        for retry in range(self.settings.max_retries + 1):
+            seen: list = []
+            token = _SEEN.set(seen)
+            try:
+                return await self._invoke(chat, message, schema)
+            except openai.APIError as err:
+                if retry == self.settings.max_retries or self.stopping or not _retryable(err):
+                    raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), _retry_delay(err, retry))
+                if self.stopping:
+                    raise
+            except (ValueError, TypeError, AttributeError, LookupError) as err:
+                # langchain-openai fails in many ways on a 200 that is no chat completion.
+                raise NotACompletion(_describe(seen[-1] if seen else None, err)) from err
+            finally:
+                _SEEN.reset(token)
+        raise AssertionError("unreachable")
 
     async def _invoke(self, chat: ChatOpenAI, message: HumanMessage, schema: dict | None) -> object:
         """Call the model, with the JSON schema when structured output is on and accepted."""
@@ -331,6 +443,50 @@ def _buckets(settings: Settings) -> dict[str, tuple[TokenBucket | None, TokenBuc
     return {"evolve": shared, "score": scorer}
 
 
+def _retryable(err: openai.APIError) -> bool:
+    if isinstance(err, openai.APIConnectionError):  # timeouts too
+        return True
+    if not isinstance(err, openai.APIStatusError):
+        return False
+    hint = err.response.headers.get("x-should-retry")
+    if hint in ("true", "false"):
+        return hint == "true"
+    return err.status_code in RETRY_STATUSES or err.status_code >= 500
+
+
+def _retry_delay(err: openai.APIError, retry: int) -> float:
+    """Seconds before retry ``retry + 1``: the endpoint's Retry-After, else a backoff."""
+    if isinstance(err, openai.APIStatusError):
+        headers = err.response.headers
+        wanted = None
+        with contextlib.suppress(TypeError, ValueError):
+            if headers.get("retry-after-ms"):
+                wanted = float(headers["retry-after-ms"]) / 1000
+            elif headers.get("retry-after"):
+                value = headers["retry-after"]
+                try:
+                    wanted = float(value)
+                except ValueError:
+                    when = email.utils.parsedate_to_datetime(value)
+                    wanted = when.timestamp() - time.time()
+        if wanted is not None and 0 <= wanted <= 60:
+            return wanted
+    return min(0.5 * 2**retry, 8.0) * (1 - 0.25 * random.random())
+
+
+def _describe(response: object | None, err: BaseException | None = None) -> str:
+    """Say in one line what an HTTP answer was: status, content type and its start."""
+    if response is None:
+        return f"{type(err).__name__}: {err}"[:300]
+    kind = (response.headers.get("content-type") or "no content type").split(";")[0]
+    try:
+        text = " ".join(response.text.split())
+    except Exception:  # the body was never read
+        text = ""
+    excerpt = text[:200] + ("..." if len(text) > 200 else "") if text else "(empty body)"
+    return f"HTTP {response.status_code} {kind}: {excerpt}"
+
+
 def error_name(err: BaseException) -> str:
     """Name an API error by its openai SDK class (langchain-openai subclasses them)."""
     for cls in type(err).__mro__:
@@ -350,7 +506,11 @@ def _ms(started: float) -> float:
 
 
 async def preflight(settings: Settings) -> None:
-    """Fail with one clear sentence when the key is missing or the endpoint unreachable."""
+    """Fail with one clear sentence when the key is missing or the endpoint unusable.
+
+    Unusable: unreachable, refusing the key, or answering ``/models`` with something that
+    is not an API answer (a proxy's or a portal's web page, JSON of another shape).
+    """
     if not settings.api_key:
         raise EndpointProblem(
             "OPENAI_API_KEY is not set. Export it (any value, e.g. EMPTY, for a local "
@@ -360,7 +520,16 @@ async def preflight(settings: Settings) -> None:
         base_url=settings.base_url, api_key=settings.api_key, max_retries=1, timeout=15
     )
     try:
-        await client.models.list()
+        answer = (await client.models.with_raw_response.list()).http_response
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if not (isinstance(body, dict) and isinstance(body.get("data"), list)):
+            raise EndpointProblem(
+                f"the endpoint {settings.base_url} does not answer like an OpenAI-compatible "
+                f"API: GET /models gave {_describe(answer)}"
+            )
     except openai.AuthenticationError as err:
         raise EndpointProblem(
             f"the endpoint {settings.base_url} rejected the API key ({err.status_code})"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 
 import pytest
 from PIL import Image
@@ -16,6 +18,8 @@ from typer.testing import CliRunner
 
 from mmevol.cli import app
 from mmevol.graph import runner
+from mmevol.graph.export import export_json
+from mmevol.graph.runtime.llm import EndpointProblem
 from mmevol.graph.store import Store
 
 BOXES = [
@@ -81,10 +85,12 @@ def verdicts(count, score=6):
 
 
 def run(server, make_settings, tmp_path, answers, with_boxes=(True,), **overrides):
-    """Script ``answers`` (text, or (text, finish_reason), or an HTTP status int) and run."""
+    """Script ``answers`` (text, (text, finish_reason), an HTTP status int or a script) and run."""
     seed, images, hash_ids = make_seed(tmp_path, with_boxes)
     for answer in answers:
-        if isinstance(answer, int):
+        if isinstance(answer, dict):
+            server.enqueue(**answer)
+        elif isinstance(answer, int):
             server.enqueue("status", status=answer)
         elif isinstance(answer, tuple):
             server.enqueue("content", content=answer[0], finish_reason=answer[1])
@@ -492,25 +498,163 @@ def test_http_500_then_success_is_retried_by_the_sdk(sim, make_settings, tmp_pat
     assert res.rounds[hash_id]["kept"] == 3
 
 
-def test_persistent_500_fails_that_sample_only(sim, make_settings, tmp_path):
+def test_persistent_500_interrupts_that_sample_only_and_the_next_run_finishes_it(
+    sim, make_settings, tmp_path
+):
     answers = [500, fence(THREE), verdicts(3)]
     report, res, (broken, fine) = run(
         sim, make_settings, tmp_path, answers, with_boxes=(True, False), max_retries=0
     )
-    assert (report.done, report.failed) == (1, 1)
-    failed = res.samples[broken]
-    assert failed["status"] == "failed"
-    # langchain-openai raises its OpenAIAPIError, a subclass of openai.InternalServerError.
-    assert re.match(rf"row 0 \({broken}\): \w*Error: Error code: 500 - ", failed["reason"])
-    assert "Scripted error 500." in failed["reason"]
-    assert [r["hash_id"] for r in res.items] == [fine] * 3
+    # The endpoint's fault, not the sample's: it is interrupted and resumes by itself.
+    assert (report.done, report.failed, report.interrupted) == (1, 0, 1)
+    assert res.samples[broken]["status"] == "interrupted"
     assert res.samples[fine]["status"] == "done"
-    errors = [(c["hash_id"], c["node"], (c["error"] or "")[:20]) for c in res.calls]
+    assert [r["hash_id"] for r in res.items] == [fine] * 3
+    errors = [(c["hash_id"], c["node"], (c["error"] or "")[:22]) for c in res.calls]
     assert errors == [
-        (broken, "evolve", failed["reason"].split(": ", 1)[1][:20]),
+        (broken, "evolve", "InternalServerError: E"),
         (fine, "evolve", ""),
         (fine, "score", ""),
     ]
+    # The same command again: the interrupted sample runs, the finished one is skipped.
+    seed = tmp_path / "seed.jsonl"
+    result = CliRunner().invoke(
+        app,
+        ["run", str(seed), "--images", str(tmp_path / "images"), "--run", "test",
+         "--base-url", sim.base_url, "--rounds", "1"],
+        env={"OPENAI_API_KEY": "sim"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1 done, 0 failed, 1 skipped" in result.output
+    assert Results(make_settings(sim, tmp_path)).samples[broken]["status"] == "done"
+
+
+def test_a_run_with_samples_interrupted_by_the_endpoint_does_not_exit_0(
+    sim, make_settings, tmp_path
+):
+    seed, images, (broken, fine) = make_seed(tmp_path, (True, False))
+    sim.enqueue("drop")
+    result = CliRunner().invoke(
+        app,
+        ["run", str(seed), "--images", str(images), "--run", "test", "--retries", "0",
+         "--base-url", sim.base_url, "--rounds", "1", "--concurrency", "1"],
+        env={"OPENAI_API_KEY": "sim"},
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "1 done, 0 failed" in result.output
+    assert "1 samples interrupted" in result.output
+    assert "run the same command again" in result.output
+
+
+def test_a_400_naming_the_request_fails_that_sample_only(sim, make_settings, tmp_path):
+    answers = [400, fence(THREE), verdicts(3)]
+    report, res, (broken, fine) = run(
+        sim, make_settings, tmp_path, answers, with_boxes=(True, False), max_retries=2
+    )
+    assert (report.done, report.failed, report.interrupted) == (1, 1, 0)
+    failed = res.samples[broken]
+    assert failed["status"] == "failed"
+    assert re.match(rf"row 0 \({broken}\): \w*Error: Error code: 400 - ", failed["reason"])
+    assert "Scripted error 400." in failed["reason"]
+    assert res.samples[fine]["status"] == "done"
+    assert sim.stats()["faults"]["scripted"] == 3  # a 400 is not retried
+
+
+def test_an_outage_stops_the_run_and_the_next_run_exports_every_sample_once(
+    sim_factory, make_settings, tmp_path
+):
+    server = sim_factory(seed=0, latency_ms=10)
+    seed, images, hash_ids = make_seed(tmp_path, (True, False) * 12)
+    settings = make_settings(server, images, rounds=1, max_retries=0)
+
+    def go_down_after(requests):
+        while server.stats()["requests"] < requests:
+            time.sleep(0.002)
+        server.set_behaviour("status", status=503)
+
+    outage = threading.Thread(target=go_down_after, args=(12,), daemon=True)
+    outage.start()
+    first = runner.run(settings, seed)
+    outage.join()
+    assert first.stopped and first.stop_reason.startswith("the endpoint keeps failing")
+    assert "InternalServerError" in first.stop_reason
+    assert first.failed == 0 and first.interrupted >= 10
+    store = Store(settings.results_db)
+    assert "failed" not in set(store.statuses().values())
+    store.close()
+
+    server.set_behaviour(None)  # the endpoint is back
+    second = runner.run(settings, seed)
+    assert not second.stopped and second.failed == second.interrupted == 0
+    assert second.done + first.done == 24
+    out = tmp_path / "out.json"
+    assert export_json(settings.results_db, out) == 24
+    assert [s["hash_id"] for s in json.loads(out.read_text())] == hash_ids
+
+
+# -- 7. answers that are not chat completions --------------------------------------------
+
+NOT_A_COMPLETION = "the endpoint's answer was not a chat completion"
+
+
+@pytest.mark.parametrize("kind", ["html", "no_choices", "no_message"])
+def test_an_evolution_answer_that_is_not_a_completion_is_unusable_and_retried(
+    kind, sim, make_settings, tmp_path
+):
+    answers = [{"kind": kind}, fence(THREE), verdicts(3)]
+    report, res, (hash_id,) = run(sim, make_settings, tmp_path, answers)
+    assert (report.done, report.failed) == (1, 0)
+    assert res.parses("evolve") == [f"unusable: {NOT_A_COMPLETION}", "ok"]
+    first = res.calls[0]
+    assert first["error"] is None
+    # What came back is kept for `mmevol trace --raw`.
+    assert {"html": "text/html", "no_choices": '"choices": []', "no_message": "chatcmpl-nomessage"}[
+        kind
+    ] in first["response"]
+    record = res.rounds[hash_id]
+    assert (record["attempts"], record["kept"], record["reason"]) == (2, 3, None)
+
+
+def test_a_judge_answer_that_is_not_a_completion_is_asked_again(sim, make_settings, tmp_path):
+    answers = [fence(THREE), {"kind": "no_choices"}, verdicts(3)]
+    report, res, (hash_id,) = run(sim, make_settings, tmp_path, answers)
+    assert report.done == 1
+    assert res.parses("score") == [f"unusable: {NOT_A_COMPLETION}", "ok"]
+    assert res.rounds[hash_id]["kept"] == 3
+
+
+def test_every_answer_not_a_completion_ends_the_round_empty_with_that_problem(
+    sim, make_settings, tmp_path
+):
+    report, res, (hash_id,) = run(sim, make_settings, tmp_path, [{"kind": "html"}] * 3)
+    assert (report.done, report.failed) == (1, 0)
+    assert (
+        res.rounds[hash_id]["reason"] == f"no usable evolution after 3 attempts: {NOT_A_COMPLETION}"
+    )
+
+
+@pytest.mark.parametrize("kind", ["html", "no_choices"])
+def test_preflight_names_the_endpoint_and_what_came_back(kind, sim, make_settings, tmp_path):
+    seed, images, _ = make_seed(tmp_path)
+    sim.set_behaviour(kind, models=True)
+    settings = make_settings(sim, images)
+    with pytest.raises(EndpointProblem) as caught:
+        runner.run(settings, seed)
+    message = str(caught.value)
+    assert sim.base_url in message
+    assert {"html": "text/html: <!DOCTYPE html>", "no_choices": '{"id": "chatcmpl-empty"'}[
+        kind
+    ] in message
+    assert "\n" not in message
+    assert not settings.run_dir.exists()
+    assert sim.stats()["by_kind"] == {"evolve": 0, "score": 0, "other": 0}
+    result = CliRunner().invoke(
+        app,
+        ["run", str(seed), "--images", str(images), "--base-url", sim.base_url],
+        env={"OPENAI_API_KEY": "sim"},
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: the endpoint ") and sim.base_url in result.output
 
 
 def test_judge_unusable_every_time_leaves_the_round_empty_with_that_reason(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 from mmevol.graph import runner
 from mmevol.graph.store import Store
@@ -52,7 +54,7 @@ def test_rate_limit_answers_back_off_and_shrink_concurrency(sim_factory, demo_se
     assert all(c["error"] is None for c in calls_of(settings))
 
 
-def test_sustained_failures_stop_the_run_instead_of_failing_every_sample(
+def test_sustained_failures_stop_the_run_instead_of_interrupting_every_sample(
     sim_factory, make_settings, tmp_path
 ):
     seed_path, images = make_demo_seed(tmp_path / "seed", n=40, seed=1)
@@ -62,14 +64,15 @@ def test_sustained_failures_stop_the_run_instead_of_failing_every_sample(
     assert report.stopped
     assert report.stop_reason.startswith("the endpoint keeps failing: 10 of the last 10")
     assert "InternalServerError" in report.stop_reason
-    # The samples whose call failed are failed (--retry-failed runs them again); the rest
-    # of the seed never started and stays pending for the next run.
-    # Each failed sample made one call per chunk (sample 1 has three); at most the calls
+    # The samples whose call failed are interrupted, not failed: the next run resumes them,
+    # and the rest of the seed never started and stays pending for it.
+    # Each sample made one call per chunk (sample 1 has three); at most the calls
     # already on their way when the breaker tripped come after the tenth failure.
     assert 10 <= server.stats()["requests"] <= 10 + 2 * 3
-    assert report.failed <= 12
+    assert report.failed == 0 and report.interrupted <= 12
     store = Store(settings.results_db)
-    assert len(store.statuses()) == report.failed + report.interrupted
+    assert set(store.statuses().values()) == {"interrupted"}
+    assert len(store.statuses()) == report.interrupted
     store.close()
 
 
@@ -98,3 +101,41 @@ def test_structured_output_refused_falls_back_once(sim_factory, demo_seed, make_
     rejected = [n for n in notices if "rejected structured output" in n]
     assert len(rejected) == 1
     assert server.stats()["faults"]["bad_request"] == 1
+
+
+def test_timeout_and_retries_bound_a_call_to_a_hanging_endpoint(sim, demo_seed, make_settings):
+    seed_path, images = demo_seed
+    sim.set_behaviour("hang")
+    settings = make_settings(sim, images, limit=1, concurrency=1, timeout=0.3, max_retries=2)
+    report = runner.run(settings, seed_path)
+    # One call: the first request and two retries, each given up after --timeout.
+    assert sim.stats()["requests"] == 3
+    assert (report.done, report.failed, report.interrupted) == (0, 0, 1)
+    (call,) = calls_of(settings)
+    assert call["error"].startswith("APITimeoutError")
+
+
+def test_first_ctrl_c_stops_the_retries_of_calls_to_a_hanging_endpoint(
+    seed16, sim, tmp_path, cli_run, wait_for_requests
+):
+    seed_path, images = seed16
+    sim.set_behaviour("hang")
+    checkpoints = tmp_path / "ck"
+    proc = cli_run(seed_path, images, sim, checkpoints, "hung", "--timeout", "2", "--retries", "5")
+    # The first four samples' first calls (sample 1 has three chunks): all hang.
+    wait_for_requests(sim, proc, 6)
+    proc.send_signal(signal.SIGINT)
+    signalled = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    # The calls in flight get at most --timeout; none is retried after the signal.
+    assert time.monotonic() - signalled < 2 + 4
+    assert sim.stats()["requests"] == 6
+    store = Store(checkpoints / "hung" / "results.db")
+    assert set(store.statuses().values()) == {"interrupted"}
+    store.close()
+    sim.set_behaviour(None)
+    proc = cli_run(seed_path, images, sim, checkpoints, "hung", "--timeout", "2")
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "16 done, 0 failed" in stdout
