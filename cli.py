@@ -290,8 +290,8 @@ def trace(
 def replay(
     hash_id: Annotated[str, typer.Argument(help="The sample's hash_id.")],
     from_step: Annotated[
-        int, typer.Option("--from", help="Trace step to run again (mmevol trace).")
-    ],
+        int | None, typer.Option("--from", help="Trace step to run again (mmevol trace).")
+    ] = None,
     run: RunOpt = "default",
     checkpoints: CheckpointsOpt = None,
     set_: Annotated[
@@ -301,26 +301,39 @@ def replay(
         str | None, typer.Option(help="Operator to use instead of the draw.")
     ] = None,
     branch: Annotated[str, typer.Option(help="Branch to fork from.")] = "main",
-    adopt: Annotated[bool, typer.Option(help="Export the fork instead of the original.")] = False,
+    adopt: Annotated[
+        str | None,
+        typer.Option(help="Make the export use this finished branch (a fork, or main again)."),
+    ] = None,
     base_url: Annotated[
         str | None, typer.Option(envvar="OPENAI_BASE_URL", help="Endpoint [default: the run's].")
     ] = None,
 ) -> None:
-    """Fork a sample from a past step, run the rest with real calls, and show what changed."""
+    """Fork a sample from a past step and run the rest, or adopt a fork made earlier.
+
+    --from STEP forks the sample before that trace step, runs the rest with real calls and
+    shows what changed; --adopt BRANCH makes the export use a finished fork (or main again).
+    A replay that fails leaves no fork behind (its model calls stay on record).
+    """
     import asyncio
 
+    from mmevol.graph.replay import adopt as adopt_branch
     from mmevol.graph.replay import parse_sets, replay_settings
     from mmevol.graph.replay import replay as replay_sample
     from mmevol.graph.trace import UnknownSample
 
     checkpoints = checkpoints or default_checkpoints_dir()
     results = _existing_run(run, checkpoints)
+    if (from_step is None) == (adopt is None):
+        fail("give --from STEP to fork, or --adopt BRANCH to export a fork made earlier")
+    if adopt is not None:
+        guarded(adopt_branch, results, hash_id, adopt)
+        out.print(f"the export now uses {adopt} for this sample", highlight=False)
+        return
     try:
         settings = replay_settings(results, checkpoints, run, base_url=base_url)
         result = asyncio.run(
-            replay_sample(
-                settings, hash_id, from_step, parse_sets(set_ or []), operator, branch, adopt
-            )
+            replay_sample(settings, hash_id, from_step, parse_sets(set_ or []), operator, branch)
         )
     except (UnknownSample, *_expected_errors()) as problem:  # ReplayProblem is a ValueError
         fail(str(problem))
@@ -330,14 +343,14 @@ def replay(
     )
     for line in result.changes:
         out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
-    if result.adopted:
-        out.print(f"the export now uses {result.branch} for this sample", highlight=False)
-    else:
-        out.print(
-            f"the export still uses {result.source}; adopt the fork with --adopt, see it with "
-            f"mmevol trace {hash_id} --run {run} --branch {result.branch}",
-            highlight=False,
-        )
+    out.print(
+        f"the export still uses the adopted branch; see the fork with: mmevol trace {hash_id} "
+        f"--run {run} --branch {result.branch}; adopt it with: mmevol replay {hash_id} "
+        f"--run {run} --adopt {result.branch}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("estimate")

@@ -143,6 +143,16 @@ class LoopSqliteSaver(SqliteSaver):
         """Delete a thread's checkpoints and writes (see ``SqliteSaver.delete_thread``)."""
         self.delete_thread(thread_id)
 
+    def delete_checkpoints(self, thread_id: str, checkpoint_ids: Sequence[str]) -> None:
+        """Delete some checkpoints of a thread and their writes (a failed replay's fork)."""
+        with self.cursor() as cur:
+            for checkpoint_id in checkpoint_ids:
+                for table in ("checkpoints", "writes"):
+                    cur.execute(
+                        f"DELETE FROM {table} WHERE thread_id = ? AND checkpoint_id = ?",
+                        (thread_id, checkpoint_id),
+                    )
+
 
 @asynccontextmanager
 async def open_checkpointer(path: Path) -> AsyncIterator[LoopSqliteSaver]:

@@ -9,19 +9,23 @@ until the user adopts the fork.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.graph.config import Settings
 from mmevol.graph.context import RunContext
 from mmevol.graph.runner import compile_graph, thread_config
-from mmevol.graph.runtime.llm import ModelClient, preflight
+from mmevol.graph.runtime.llm import ModelClient, error_name, preflight
 from mmevol.graph.state import OPERATORS, SampleState
 from mmevol.graph.store import Store
 from mmevol.graph.trace import UnknownSample, branch_path, step_pairs
+from mmevol.nodes.select_operator import pick_operator
 
 # Fields a user may not set: identity, the branch itself, and the append-only history.
 FIXED_FIELDS = {"hash_id", "branch", "rounds"}
@@ -39,7 +43,6 @@ class ReplayResult:
     source: str
     from_step: int
     changes: list[str]
-    adopted: bool
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -61,6 +64,14 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     return updates
 
 
+# The node each replay update is written as: one whose edge to the step's node is fixed,
+# so that no router runs during the update (routers read the run's settings from the
+# runtime, which a state update does not have). A select_operator step is written as
+# select_operator itself, with the operator drawn from the changed state.
+WRITE_AS = {"select_operator": "select_operator", "evolve": "select_operator",
+            "validate": "evolve", "eliminate": "score"}  # fmt: skip
+
+
 async def replay(
     settings: Settings,
     hash_id: str,
@@ -68,9 +79,14 @@ async def replay(
     sets: dict[str, Any] | None = None,
     operator: str | None = None,
     source: str = "main",
-    adopt: bool = False,
 ) -> ReplayResult:
-    """Fork a sample before trace step ``from_step`` of ``source`` and run the fork to the end."""
+    """Fork a sample before trace step ``from_step`` of ``source`` and run the fork to the end.
+
+    Everything is checked before the fork is made; if the fork then fails (an endpoint
+    error, Ctrl-C), its checkpoints and round results are removed again, so a failed
+    replay leaves no half-made branch. Its model calls stay on record, as every call does,
+    and its name is not given to a later fork.
+    """
     if operator is not None and operator not in OPERATORS:
         raise ReplayProblem(f"--operator must be one of {', '.join(OPERATORS)}")
     await preflight(settings)
@@ -79,57 +95,116 @@ async def replay(
     try:
         async with open_checkpointer(settings.graph_db) as saver:
             graph = compile_graph(saver)
-            try:
-                path = await branch_path(graph, hash_id, source)
-            except UnknownSample as err:
-                raise ReplayProblem(
-                    f"{err}: a finished sample's checkpoints are compacted unless the run "
-                    "used --keep-history, which replay needs"
-                ) from err
+            path = await _path(graph, hash_id, source)
             steps = step_pairs(path)
             if not 1 <= from_step <= len(steps):
                 raise ReplayProblem(f"--from must be a step number from 1 to {len(steps)}")
             before = steps[from_step - 1][0]
-            branch = _new_branch_name(store, hash_id)
+            node = before.next[0]
+            if operator is not None and node not in ("select_operator", "evolve"):
+                raise ReplayProblem(
+                    "--operator needs a step where select_operator or evolve runs "
+                    f"(step {from_step} runs {node})"
+                )
+            if node not in WRITE_AS:
+                raise ReplayProblem(
+                    f"step {from_step} runs {node}, which cannot be replayed on its own: "
+                    f"use --from {from_step - 1} (its validate step) instead"
+                )
+            try:
+                state = SampleState.model_validate({**before.values, **(sets or {})})
+            except ValidationError as err:
+                problem = err.errors()[0]
+                field = ".".join(str(p) for p in problem["loc"])
+                raise ReplayProblem(f"--set {field}: {problem['msg']}") from err
+            branch = _new_branch_name(store, hash_id, await _branches(graph, hash_id))
             updates = {**(sets or {}), "branch": branch}
-            as_node = None
-            if operator is not None:
-                if before.next[0] not in ("select_operator", "evolve"):
-                    raise ReplayProblem(
-                        "--operator needs a step where select_operator or evolve runs "
-                        f"(step {from_step} runs {before.next[0]})"
-                    )
-                # Writing as select_operator stands in for its draw: evolve runs next.
-                updates.update(operator=operator, calls=[], candidates=[], verdicts=[])
+            if node == "select_operator" or operator is not None:
+                # Written as select_operator: its draw (or the asked operator) stands in for it.
+                chosen = operator or pick_operator(
+                    settings.seed, hash_id, state.round, state.attempt
+                )
+                updates.update(operator=chosen, calls=[], candidates=[], verdicts=[])
                 as_node = "select_operator"
-            fork_round = SampleState.model_validate(before.values).round
-            store.copy_rounds(hash_id, source, branch, before_round=fork_round)
-            fork_config = await graph.aupdate_state(before.config, updates, as_node=as_node)
-            ctx = RunContext(settings, store, client)
-            config = {
-                **thread_config(settings, hash_id),
-                "configurable": fork_config["configurable"],
-            }
-            final = await graph.ainvoke(None, config, context=ctx, durability="sync")
+            else:
+                as_node = WRITE_AS[node]
+            try:
+                final = await _run_fork(
+                    graph, settings, store, client, before, updates, as_node, source
+                )
+            except (Exception, asyncio.CancelledError, KeyboardInterrupt) as err:
+                await _remove_branch(graph, saver, store, hash_id, branch)
+                if isinstance(err, (asyncio.CancelledError, KeyboardInterrupt)):
+                    raise
+                raise ReplayProblem(
+                    f"the replay failed ({error_name(err)}: {err}); nothing of {branch} was kept"
+                ) from err
             original = SampleState.model_validate(path[-1].values)
         fork = SampleState.model_validate(final)
-        if adopt:
-            store.adopt(hash_id, branch)
-        return ReplayResult(branch, source, from_step, compare(original, fork), adopt)
+        return ReplayResult(branch, source, from_step, compare(original, fork))
     finally:
         await client.aclose()
         store.close()
 
 
-def _new_branch_name(store: Store, hash_id: str) -> str:
-    existing = {
-        r["branch"]
-        for r in store.db.query(
-            "select distinct branch from calls where hash_id = ?"
-            " union select distinct branch from rounds where hash_id = ?",
-            [hash_id, hash_id],
-        )
-    }
+async def _path(graph: Any, hash_id: str, branch: str) -> list:
+    try:
+        return await branch_path(graph, hash_id, branch)
+    except UnknownSample as err:
+        raise ReplayProblem(
+            f"{err}: a finished sample's checkpoints are compacted unless the run "
+            "used --keep-history, which replay needs"
+        ) from err
+
+
+async def _run_fork(graph, settings, store, client, before, updates, as_node, source) -> dict:
+    """Write the fork's first checkpoint and its copied rounds, then run it to the end."""
+    hash_id = before.values["hash_id"]
+    fork_round = SampleState.model_validate(before.values).round
+    fork_config = await graph.aupdate_state(before.config, updates, as_node=as_node)
+    store.copy_rounds(hash_id, source, updates["branch"], before_round=fork_round)
+    ctx = RunContext(settings, store, client)
+    config = {**thread_config(settings, hash_id), "configurable": fork_config["configurable"]}
+    return await graph.ainvoke(None, config, context=ctx, durability="sync")
+
+
+async def _branches(graph: Any, hash_id: str) -> set[str]:
+    config = {"configurable": {"thread_id": hash_id}}
+    return {(s.values or {}).get("branch", "main") async for s in graph.aget_state_history(config)}
+
+
+async def _remove_branch(graph: Any, saver: Any, store: Store, hash_id: str, branch: str) -> None:
+    """Delete a failed fork's checkpoints and round results (its calls stay on record)."""
+    config = {"configurable": {"thread_id": hash_id}}
+    ids = [
+        s.config["configurable"]["checkpoint_id"]
+        async for s in graph.aget_state_history(config)
+        if (s.values or {}).get("branch") == branch
+    ]
+    saver.delete_checkpoints(hash_id, ids)
+    store.delete_branch(hash_id, branch)
+
+
+def adopt(results_db: Path, hash_id: str, branch: str) -> None:
+    """Make the export use ``branch`` (main or a finished fork) for a sample."""
+    store = Store(results_db)
+    try:
+        if store.sample(hash_id) is None:
+            raise ReplayProblem(f"no sample {hash_id!r} in this run")
+        rounds = (store.get_meta("settings") or {}).get("rounds", 3)
+        finished = store.finished_branches(hash_id, rounds)
+        if branch != "main" and branch not in finished:
+            known = ", ".join(["main", *sorted(finished - {"main"})])
+            raise ReplayProblem(
+                f"sample {hash_id!r} has no finished branch {branch!r} (it has {known})"
+            )
+        store.adopt(hash_id, branch)
+    finally:
+        store.close()
+
+
+def _new_branch_name(store: Store, hash_id: str, in_checkpoints: set[str]) -> str:
+    existing = store.branches(hash_id) | in_checkpoints
     n = 1
     while f"fork{n}" in existing:
         n += 1

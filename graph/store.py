@@ -290,6 +290,37 @@ class Store:
                     [target, hash_id, source, before_round],
                 )
 
+    def branches(self, hash_id: str) -> set[str]:
+        """Return the branches a sample has calls or round results on."""
+        return {
+            r["branch"] or "main"
+            for r in self.db.query(
+                "select distinct branch from calls where hash_id = ?"
+                " union select distinct branch from rounds where hash_id = ?",
+                [hash_id, hash_id],
+            )
+        }
+
+    def finished_branches(self, hash_id: str, rounds: int) -> set[str]:
+        """Return the branches of a sample with every round recorded."""
+        return {
+            r["branch"]
+            for r in self.db.query(
+                "select branch from rounds where hash_id = ? group by branch having count(*) >= ?",
+                [hash_id, rounds],
+            )
+        }
+
+    def delete_branch(self, hash_id: str, branch: str) -> None:
+        """Delete a fork's round results (its calls stay: they were made and paid for)."""
+        if branch == "main":
+            raise ValueError("the main branch is never deleted")
+        with self.db.atomic():
+            for table in ("rounds", "items", "dropped"):
+                self.db.execute(
+                    f"delete from {table} where hash_id = ? and branch = ?", [hash_id, branch]
+                )
+
     # -- calls --------------------------------------------------------------------------
 
     def find_call(self, key: str) -> dict | None:

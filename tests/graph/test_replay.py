@@ -12,7 +12,7 @@ from mmevol.cli import app
 from mmevol.graph import runner
 from mmevol.graph.replay import ReplayProblem, parse_sets
 from mmevol.graph.store import Store
-from mmevol.graph.trace import trace_sample
+from mmevol.graph.trace import UnknownSample, trace_sample
 
 HASH = "0_shapes_000000.jpg"
 
@@ -70,11 +70,15 @@ def test_replay_changes_round_two_operator(sim, demo_seed, make_settings, tmp_pa
     assert rounds[("fork1", 1)] == rounds[("main", 1)]
     assert rounds[("fork1", 2)] == new_op and rounds[("main", 2)] == original_op
 
-    # A second replay with --adopt makes the export use that fork.
+    # A second replay makes fork2; adopting it makes the export use that fork.
     third_op = next(o for o in ("perceptual", "reasoning") if o != original_op)
-    result = CliRunner().invoke(app, [*args[:-1], third_op, "--adopt"])
+    result = CliRunner().invoke(app, [*args[:-1], third_op])
     assert result.exit_code == 0, result.output
-    assert "as fork2" in result.output and "the export now uses fork2" in result.output
+    assert "as fork2" in result.output
+    assert f"mmevol replay {HASH} --run {settings.run} --adopt fork2" in result.output
+    result = CliRunner().invoke(app, ["replay", HASH, "--run", settings.run, "--adopt", "fork2"])
+    assert result.exit_code == 0, result.output
+    assert "the export now uses fork2" in result.output
     adopted = exported(tmp_path, settings.run)
     assert adopted["conversations_v1"] == original_export["conversations_v1"]
     store = Store(settings.results_db)
@@ -126,3 +130,114 @@ def test_parse_sets():
     }
     with pytest.raises(ReplayProblem, match="cannot be changed"):
         parse_sets(["rounds=[]"])
+
+
+def kept_history_run(sim, demo_seed, make_settings, monkeypatch):
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images, limit=1, keep_history=True)
+    runner.run(settings, seed_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sim")
+    steps = asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH))
+    return settings, steps
+
+
+def replay_cli(settings, *extra):
+    return CliRunner().invoke(app, ["replay", HASH, "--run", settings.run, *map(str, extra)])
+
+
+def branch_rows(settings, branch):
+    store = Store(settings.results_db)
+    try:
+        return {
+            table: store.db.execute(
+                f"select count(*) from {table} where hash_id = ? and branch = ?", [HASH, branch]
+            ).fetchone()[0]
+            for table in ("rounds", "items", "dropped")
+        }
+    finally:
+        store.close()
+
+
+def test_set_at_a_select_operator_step(sim, demo_seed, make_settings, monkeypatch):
+    # Reported: "Missing required config key 'N/A'", and a half-made fork left behind.
+    settings, before = kept_history_run(sim, demo_seed, make_settings, monkeypatch)
+    step = next(s for s in before if s["round"] == 2 and s["node"] == "select_operator")
+    result = replay_cli(settings, "--from", step["step"], "--set", "attempt=2")
+    assert result.exit_code == 0, result.output
+    assert "as fork1" in result.output
+    fork = asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH, "fork1"))
+    assert fork[: step["step"] - 1] == before[: step["step"] - 1]
+    evolve = fork[step["step"]]
+    assert evolve["node"] == "evolve" and evolve["round"] == 2 and evolve["attempt"] == 2
+    assert asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH)) == before
+
+
+def test_replay_from_step_one_leaves_main_alone(sim, demo_seed, make_settings, monkeypatch):
+    # Reported: `--from 1` renumbered the main branch's trace steps, and the next replay
+    # reused the fork's name.
+    settings, before = kept_history_run(sim, demo_seed, make_settings, monkeypatch)
+    for name in ("fork1", "fork2"):
+        result = replay_cli(settings, "--from", 1, "--set", "attempt=2")
+        assert result.exit_code == 0, result.output
+        assert f"as {name}" in result.output
+    assert asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH)) == before
+    for name in ("fork1", "fork2"):
+        fork = asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH, name))
+        assert fork[0]["node"] == "select_operator" and fork[1]["attempt"] == 2
+        assert len(fork) == len(before)
+        assert branch_rows(settings, name)["rounds"] == 3
+
+
+def test_failed_replay_leaves_nothing_half_made(sim, demo_seed, make_settings, monkeypatch):
+    settings, before = kept_history_run(sim, demo_seed, make_settings, monkeypatch)
+    step = next(s for s in before if s["round"] == 3 and s["node"] == "select_operator")
+    sim.enqueue("status", status=400)  # the fork's first call is refused
+    result = replay_cli(settings, "--from", step["step"], "--operator", "reasoning")
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: the replay failed") and "nothing of fork1 was kept" in line
+    assert branch_rows(settings, "fork1") == {"rounds": 0, "items": 0, "dropped": 0}
+    with pytest.raises(UnknownSample):
+        asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH, "fork1"))
+    assert asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH)) == before
+    # The refused call stays on record (it counts in the run's calls); the name is not reused.
+    result = replay_cli(settings, "--from", step["step"], "--operator", "reasoning")
+    assert result.exit_code == 0, result.output
+    assert "as fork2" in result.output
+
+
+def test_refused_replays_make_nothing(sim, demo_seed, make_settings, monkeypatch):
+    settings, before = kept_history_run(sim, demo_seed, make_settings, monkeypatch)
+    score = next(s for s in before if s["node"] == "score")
+    result = replay_cli(settings, "--from", score["step"], "--set", "attempt=1")
+    assert result.exit_code == 1
+    assert f"step {score['step']} runs score" in result.output
+    assert f"--from {score['step'] - 1}" in result.output
+    assert branch_rows(settings, "fork1") == {"rounds": 0, "items": 0, "dropped": 0}
+    result = replay_cli(settings)
+    assert result.exit_code == 1 and "give --from STEP to fork, or --adopt BRANCH" in result.output
+
+
+def test_adopt_an_existing_fork(sim, demo_seed, make_settings, monkeypatch, tmp_path):
+    settings, before = kept_history_run(sim, demo_seed, make_settings, monkeypatch)
+    original = exported(tmp_path, settings.run)
+    step = next(s for s in before if s["round"] == 3 and s["node"] == "select_operator")
+    result = replay_cli(settings, "--from", step["step"], "--operator", "interactive")
+    assert result.exit_code == 0, result.output
+    assert exported(tmp_path, settings.run) == original
+
+    result = replay_cli(settings, "--adopt", "fork9")
+    assert result.exit_code == 1
+    assert "sample '0_shapes_000000.jpg' has no finished branch 'fork9'" in result.output
+    assert "fork1" in result.output
+
+    result = replay_cli(settings, "--adopt", "fork1")
+    assert result.exit_code == 0, result.output
+    assert "the export now uses fork1 for this sample" in result.output
+    adopted = exported(tmp_path, settings.run)
+    assert adopted["conversations_v1"] == original["conversations_v1"]
+    assert adopted != original
+
+    result = replay_cli(settings, "--adopt", "main")
+    assert result.exit_code == 0, result.output
+    assert exported(tmp_path, settings.run) == original
