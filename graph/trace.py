@@ -216,20 +216,38 @@ async def trace_sample(
     raw: bool = False,
     chunk_size: int = 10,
 ) -> list[dict]:
-    """Return the steps of a sample's branch, oldest first."""
+    """Return the steps of a sample's branch, oldest first.
+
+    A failed sample ends with a step of node "failed" whose ``error`` says why; a row that
+    failed before it started (bad input, a missing image) has that step alone.
+    """
     store = Store(results_db)
     try:
+        sample = store.sample(hash_id)
         async with open_checkpointer(graph_db) as saver:
             try:
                 path = await branch_path(compile_graph(saver), hash_id, branch)
             except UnknownSample:
-                # A finished sample's checkpoints are compacted away unless the run kept
-                # its history; its rounds are still in the results database.
-                return trace_from_results(store, hash_id, branch, raw)
-        return [
-            describe_step(n, before, after, store, raw, chunk_size)
-            for n, (before, after) in enumerate(step_pairs(path), 1)
-        ]
+                path = None
+        if path is not None:
+            steps = [
+                describe_step(n, before, after, store, raw, chunk_size)
+                for n, (before, after) in enumerate(step_pairs(path), 1)
+            ]
+        else:
+            # A finished sample's checkpoints are compacted away unless the run kept
+            # its history; its rounds are still in the results database.
+            try:
+                steps = trace_from_results(store, hash_id, branch, raw)
+            except UnknownSample:
+                if sample is None or sample["status"] != "failed":
+                    raise
+                steps = []
+        if sample is not None and sample["status"] == "failed" and branch == "main":
+            steps.append(
+                {"step": len(steps) + 1, "node": "failed", "error": sample["reason"], "calls": []}
+            )
+        return steps
     finally:
         store.close()
 
@@ -247,6 +265,9 @@ def format_steps(steps: Sequence[dict]) -> str:
     """Render steps as text, one line per step and indented details."""
     lines = []
     for s in steps:
+        if s["node"] == "failed":
+            lines.append(f"{s['step']:>3} failed: {s['error']}")
+            continue
         head = f"{s['step']:>3} r{s.get('round', '?')} a{s.get('attempt', '?')} {s['node']:<15}"
         parts = []
         if s.get("operator"):

@@ -108,3 +108,26 @@ def test_compacted_sample_is_traced_round_by_round(sim_factory, demo_seed, make_
     ]
     assert second["error"].startswith("no usable evolution after 3 attempts")
     assert len(second["calls"]) == 3
+
+
+def test_trace_of_a_failed_sample_says_why(sim_factory, demo_seed, make_settings):
+    seed_path, images = demo_seed  # rows 8..11 are bad: missing image, escaping path, ...
+    server = sim_factory(seed=0)
+    server.enqueue("status", status=400)  # row 0's first call is refused: it fails mid-way
+    settings = make_settings(server, images, concurrency=1)
+    runner.run(settings, seed_path)
+    cli = CliRunner()
+    result = cli.invoke(app, ["trace", "8_shapes_000008.jpg", "--run", settings.run])
+    assert result.exit_code == 0, result.output
+    assert "failed: row 8 (8_shapes_000008.jpg): image 'shapes/000008.jpg' not found" in (
+        " ".join(result.output.split())
+    )
+    result = cli.invoke(app, ["trace", "row-10", "--run", settings.run])
+    assert result.exit_code == 0, result.output
+    assert "failed: row 10 (id bad_malformed): invalid sample" in result.output
+
+    steps = asyncio.run(trace_sample(settings.graph_db, settings.results_db, "0_shapes_000000.jpg"))
+    assert steps[-1]["node"] == "failed"
+    assert "BadRequestError" in steps[-1]["error"]
+    result = cli.invoke(app, ["trace", "0_shapes_000000.jpg", "--run", settings.run])
+    assert "failed: row 0 (0_shapes_000000.jpg): BadRequestError" in result.output
