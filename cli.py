@@ -132,12 +132,22 @@ def run(
 ) -> None:
     """Evolve a seed (re-running the same command resumes it).
 
-    Exit status: 0 when the seed is through, 130 when stopped by Ctrl-C or SIGTERM,
-    3 when stopped by --max-cost, --max-calls or a failing endpoint, or when samples were
-    interrupted by endpoint errors (the same command resumes them).
+    Exit status:
+
+      0    the seed is through and every sample is done
+      1    an error before any sample started (key, endpoint, seed, options)
+      2    a usage error (an unknown option or a missing argument)
+      3    stopped by --max-cost, --max-calls or a failing endpoint, or samples were
+           interrupted by endpoint errors (resumable: the same command resumes them)
+      4    the seed is through, but some samples failed (this time, or earlier and
+           not retried: --retry-failed runs them again)
+      130  stopped by Ctrl-C or SIGTERM (resumable)
     """
+    import time
+
     from mmevol.graph import runner
     from mmevol.graph.progress import RunProgress
+    from mmevol.graph.status import failed_earlier
 
     settings = guarded(
         Settings,
@@ -170,13 +180,27 @@ def run(
         prices=prices,
         keep_history=keep_history,
     )
+    started = time.time()
     with RunProgress(err) as progress:
         report = guarded(runner.run, settings, seed, retry_failed=retry_failed, listener=progress)
+    earlier = 0 if retry_failed else failed_earlier(settings.results_db, started, limit)
     out.print(
         f"run {run!r}: {report.done} done, {report.failed} failed, {report.skipped} skipped "
         f"(already finished or failed earlier) -> {settings.run_dir}",
         highlight=False,
     )
+    for hash_id, reason in report.failures[:10]:
+        err.print(f"  failed {hash_id}: {reason}", highlight=False, markup=False)
+    if len(report.failures) > 10:
+        err.print(f"  ... and {len(report.failures) - 10} more (mmevol status --run {run})")
+    if earlier:
+        err.print(
+            f"{earlier} samples that failed earlier were not run again; add --retry-failed "
+            f"to run them again (mmevol status --run {run} lists why they failed).",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if report.stopped or report.interrupted:
         why = report.stop_reason or "the endpoint failed their calls; see mmevol status"
         err.print(
@@ -185,12 +209,14 @@ def run(
             highlight=False,
             soft_wrap=True,
         )
-    for hash_id, reason in report.failures[:10]:
-        err.print(f"  failed {hash_id}: {reason}", highlight=False, markup=False)
-    if len(report.failures) > 10:
-        err.print(f"  ... and {len(report.failures) - 10} more (mmevol status --run {run})")
-    if report.stopped or report.interrupted:
         raise typer.Exit(code=130 if report.stop_reason == runner.SIGNAL_REASON else 3)
+    if report.failed or earlier:
+        err.print(
+            f"exit status 4: {report.failed + earlier} samples failed.",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(code=4)
 
 
 @app.command()
@@ -199,20 +225,17 @@ def status(
     checkpoints: CheckpointsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show samples per status, rounds, drops and model calls of a run."""
-    from mmevol.graph.runtime.prices import PriceTable
-    from mmevol.graph.store import Store
+    """Show samples per status, rounds, drops and model calls of a run.
 
-    store = Store(_existing_run(run, checkpoints))
-    summary = store.summary()
-    prices_path = (store.get_meta("settings") or {}).get("prices")
-    store.close()
-    prices = guarded(PriceTable, prices_path)
-    for row in summary["models"]:
-        row["cost_usd"] = round(
-            prices.cost(row["model"], row["input_tokens"], row["output_tokens"]), 4
-        )
-    summary["cost_usd"] = round(sum(r["cost_usd"] for r in summary["models"]), 4)
+    Samples "running" in a run no process holds any more (killed, terminal closed) are
+    shown as interrupted: running the run again resumes them. Per round, candidates are
+    the items that passed parsing and the checks and went to the judge: candidates =
+    kept + judged out. Items dropped before judging are counted apart (dropped_parse,
+    dropped_check, over every attempt); the dropped table lists every drop by stage.
+    """
+    from mmevol.graph.status import run_summary
+
+    summary = guarded(run_summary, _existing_run(run, checkpoints))
     if as_json:
         out.print_json(json.dumps(summary))
         return
@@ -249,8 +272,11 @@ def export(
     from mmevol.graph.export import export_json
 
     path = _existing_run(run, checkpoints)
-    count = guarded(export_json, path, output)
-    out.print(f"wrote {count} samples to {output}", highlight=False)
+    result = guarded(export_json, path, output)
+    message = f"wrote {result.written} samples to {output}"
+    if result.not_written():
+        message += "; not written: " + ", ".join(result.not_written())
+    out.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

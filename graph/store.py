@@ -147,6 +147,21 @@ class Store:
 
     # -- samples ------------------------------------------------------------------------
 
+    def status_counts(self) -> dict[str, int]:
+        """Return how many samples have each status."""
+        return {
+            r["status"]: r["n"]
+            for r in self.db.query("select status, count(*) as n from samples group by status")
+        }
+
+    def failed_before(self, since: float, limit: int | None = None) -> int:
+        """Count failed samples last touched before ``since`` (rows below ``limit`` only)."""
+        return self.db.execute(
+            "select count(*) from samples where status = 'failed' and updated_at < ?"
+            " and (? is null or idx < ?)",
+            [since, limit, limit],
+        ).fetchone()[0]
+
     def statuses(self) -> dict[str, str]:
         """Return every sample's status, by hash_id."""
         return {
@@ -373,33 +388,60 @@ class Store:
 
     # -- reading back -------------------------------------------------------------------
 
-    def summary(self) -> dict:
-        """Return counts for `mmevol status`."""
+    def summary(self, live: bool = True) -> dict:
+        """Return counts for `mmevol status`, on the branch the export uses for each sample.
+
+        Per round: ``candidates`` are the items that passed parsing and the checks and went
+        to the judge, so ``candidates = kept + judged_out``; ``dropped_parse`` and
+        ``dropped_check`` are the items dropped before judging (over every attempt). The
+        "dropped" list counts the same drops by stage and reason (plus "seed" items left
+        out before round 1). With ``live`` False (no process holds the run any more),
+        samples still marked "running" are counted as "interrupted".
+        """
         db = self.db
-        by_status = {
-            r["status"]: r["n"]
-            for r in db.query("select status, count(*) as n from samples group by status")
-        }
-        rounds = [
-            dict(r)
+        by_status = self.status_counts()
+        if not live and "running" in by_status:
+            by_status["interrupted"] = by_status.get("interrupted", 0) + by_status.pop("running")
+        adopted = (
+            " join samples using (hash_id) where {t}.branch = coalesce(samples.branch, 'main')"
+        )
+        stages = {
+            (r["round"], r["stage"]): r["n"]
             for r in db.query(
-                "select round, count(*) as samples, sum(candidates) as candidates,"
-                " sum(kept) as kept, sum(dropped) as dropped,"
-                " sum(case when kept = 0 then 1 else 0 end) as empty,"
-                " round(avg(nullif(kept, 0)), 2) as kept_per_sample"
-                " from rounds join samples using (hash_id)"
-                " where rounds.branch = coalesce(samples.branch, 'main')"
-                " group by round order by round"
+                "select round, stage, count(*) as n from dropped"
+                + adopted.format(t="dropped")
+                + " group by round, stage"
             )
-        ]
-        for r in rounds:
-            r["mean_score"] = next(
-                db.query(
-                    "select round(avg(score), 2) as s from items join samples using (hash_id)"
-                    " where round = ? and items.branch = coalesce(samples.branch, 'main')",
-                    [r["round"]],
-                )
-            )["s"]
+        }
+        rounds = []
+        for r in db.query(
+            "select round, count(*) as samples, sum(candidates) as candidates,"
+            " sum(kept) as kept, sum(case when kept = 0 then 1 else 0 end) as empty,"
+            " round(avg(nullif(kept, 0)), 2) as kept_per_sample"
+            " from rounds" + adopted.format(t="rounds") + " group by round order by round"
+        ):
+            n = r["round"]
+            rounds.append(
+                {
+                    "round": n,
+                    "samples": r["samples"],
+                    "candidates": r["candidates"],
+                    "kept": r["kept"],
+                    "judged_out": stages.get((n, "judge"), 0),
+                    "dropped_parse": stages.get((n, "parse"), 0),
+                    "dropped_check": stages.get((n, "check"), 0),
+                    "empty": r["empty"],
+                    "kept_per_sample": r["kept_per_sample"],
+                    "mean_score": next(
+                        db.query(
+                            "select round(avg(score), 2) as s from items"
+                            + adopted.format(t="items")
+                            + " and round = ?",
+                            [n],
+                        )
+                    )["s"],
+                }
+            )
         calls = [
             dict(r)
             for r in db.query(
@@ -430,7 +472,8 @@ class Store:
             dict(r)
             for r in db.query(
                 "select stage, kind as reason, count(*) as items from dropped"
-                " group by stage, kind order by items desc limit 20"
+                + adopted.format(t="dropped")
+                + " group by stage, kind order by items desc limit 20"
             )
         ]
         failures = [

@@ -46,7 +46,7 @@ def run_demo(checkpoints: Path, samples: int = 12, concurrency: int = 8) -> Demo
         )
         report = runner.run(settings, seed_path)
     export = run_dir / "evolved.json"
-    exported = export_json(settings.results_db, export)
+    exported = export_json(settings.results_db, export).written
     store = Store(settings.results_db)
     summary = store.summary()
     store.close()
@@ -56,8 +56,10 @@ def run_demo(checkpoints: Path, samples: int = 12, concurrency: int = 8) -> Demo
     ]
     for r in summary["rounds"]:
         lines.append(
-            f"  round {r['round']}: {r['candidates']} candidates, {r['kept']} kept, "
-            f"{r['dropped']} dropped, mean score {r['mean_score']}"
+            f"  round {r['round']}: {r['candidates']} candidates went to the judge: "
+            f"{r['kept']} kept, {r['judged_out']} judged out (mean score kept "
+            f"{r['mean_score']}); dropped before judging: {r['dropped_parse']} unparsable, "
+            f"{r['dropped_check']} breaking a check"
         )
     calls = sum(c["calls"] for c in summary["calls"])
     tokens = sum(c["input_tokens"] + c["output_tokens"] for c in summary["calls"])

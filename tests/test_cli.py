@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -85,3 +86,107 @@ def test_demo(tmp_path):
     exported = json.loads((tmp_path / "ck" / "demo" / "evolved.json").read_text())
     assert len(exported) == 4
     assert all("conversations_v3" in s for s in exported)
+
+
+def run_cli(seed_path, images, sim, name, *extra):
+    return invoke(
+        "run", seed_path, "--images", images, "--run", name, "--base-url", sim.base_url,
+        "--concurrency", 2, *extra, env={"OPENAI_API_KEY": "sim"},
+    )  # fmt: skip
+
+
+def test_failed_samples_exit_4_and_a_resume_says_how_to_retry(sim, demo_seed, tmp_path):
+    # Reported: a resumed run skipped failed samples silently, and `mmevol run` exited 0
+    # with failed samples.
+    seed_path, images = demo_seed  # 8 good rows, then 4 bad ones
+    result = run_cli(seed_path, images, sim, "fails")
+    assert result.exit_code == 4, result.output
+    assert "run 'fails': 8 done, 4 failed, 0 skipped" in result.output
+    assert "exit status 4: 4 samples failed" in result.output
+
+    result = run_cli(seed_path, images, sim, "fails")
+    assert result.exit_code == 4, result.output
+    assert "4 samples that failed earlier were not run again" in result.output
+    assert "--retry-failed" in result.output
+
+    result = invoke("run", "--help")
+    for code in (0, 1, 2, 3, 4, 130):  # every exit status is documented
+        assert re.search(rf"^\s*{code}\s+\w", result.output, re.MULTILINE), code
+
+
+def test_export_says_what_it_did_not_write(sim, demo_seed, tmp_path):
+    seed_path, images = demo_seed  # 12 rows: 8 good, 4 bad
+    # Stopped by the call budget: some samples done, some interrupted, some never started.
+    result = run_cli(seed_path, images, sim, "part", "--max-calls", 10)
+    assert result.exit_code == 3, result.output
+    out = tmp_path / "part.json"
+    result = invoke("export", "--run", "part", "-o", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(invoke("status", "--run", "part", "--json").output)["samples"]
+    written = len(json.loads(out.read_text()))
+    assert written == summary.get("done", 0)
+    unfinished = summary.get("interrupted", 0)
+    never = 12 - sum(summary.values())
+    assert unfinished > 0 and never > 0
+    text = " ".join(result.output.split())
+    assert f"wrote {written} samples to" in text
+    assert f"not written: {unfinished} unfinished (interrupted" in text
+    assert f"{never} never started" in text
+
+    result = run_cli(seed_path, images, sim, "whole")
+    out = tmp_path / "whole.json"
+    result = invoke("export", "--run", "whole", "-o", out)
+    text = " ".join(result.output.split())
+    assert "wrote 8 samples" in text and "not written: 4 failed" in text
+    assert "unfinished" not in text and "never started" not in text
+
+
+def test_round_counts_add_up(sim, demo_seed, tmp_path):
+    # Reported: candidates, kept and dropped did not add up in `status` and the demo.
+    seed_path, images = demo_seed
+    run_cli(seed_path, images, sim, "sums")
+    summary = json.loads(invoke("status", "--run", "sums", "--json").output)
+    out = tmp_path / "sums.json"
+    invoke("export", "--run", "sums", "-o", out)
+    exported = json.loads(out.read_text())
+    from mmevol.graph.store import Store
+
+    store = Store(tmp_path / "checkpoints" / "sums" / "results.db")
+    drops = list(store.db.query("select round, stage from dropped"))
+    store.close()
+    by_stage = {}
+    for row in summary["dropped"]:
+        by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["items"]
+    total = {"judge": 0, "parse": 0, "check": 0}
+    for r in summary["rounds"]:
+        n = r["round"]
+        kept = sum(len(s[f"conversations_v{n}"]) for s in exported)
+        judged_out = sum(1 for d in drops if d["round"] == n and d["stage"] == "judge")
+        assert r["kept"] == kept
+        assert r["judged_out"] == judged_out
+        assert r["candidates"] == r["kept"] + r["judged_out"]
+        for stage in ("parse", "check"):
+            count = sum(1 for d in drops if d["round"] == n and d["stage"] == stage)
+            assert r[f"dropped_{stage}"] == count
+            total[stage] += count
+        total["judge"] += judged_out
+    for stage, n in total.items():
+        assert by_stage.get(stage, 0) == n, stage
+    text = invoke("status", "--help").output
+    assert "candidates" in text and "judged out" in text
+
+
+def test_demo_counts_add_up(tmp_path):
+    from mmevol.sim.demo import run_demo
+
+    result = run_demo(tmp_path / "ck", samples=4)
+
+    lines = [line for line in result.summary.splitlines() if line.startswith("  round")]
+    assert len(lines) == 3
+    for line in lines:
+        numbers = re.search(
+            r"(\d+) candidates went to the judge: (\d+) kept, (\d+) judged out", line
+        )
+        assert numbers, line
+        candidates, kept, judged_out = map(int, numbers.groups())
+        assert candidates == kept + judged_out

@@ -48,7 +48,7 @@ def test_end_to_end_with_bad_samples_and_export(sim, demo_seed, make_settings, t
     }
 
     out = tmp_path / "evolved.json"
-    assert export_json(settings.results_db, out) == 8
+    assert export_json(settings.results_db, out).written == 8
     exported = json.loads(out.read_text())
     seed_rows = [json.loads(line) for line in seed_path.read_text().splitlines()][:8]
     assert [e["image"] for e in exported] == [s["image"] for s in seed_rows]
