@@ -14,6 +14,8 @@ from mmevol.sim.demo_seed import make_demo_seed
 from mmevol.sim.server import SimOptions, SimServer
 
 DEMO_RUN = "demo"
+TRACE_EXAMPLE = "1_shapes_000001.jpg"
+"""A demo sample worth tracing: the one with many items, evolved in chunks."""
 
 
 @dataclass
@@ -50,17 +52,18 @@ def run_demo(checkpoints: Path, samples: int = 12, concurrency: int = 8) -> Demo
     store = Store(settings.results_db)
     summary = store.summary()
     store.close()
+    where = f" --checkpoints {checkpoints}" if Path(checkpoints) != Path("checkpoints") else ""
     lines = [
         f"demo: {report.done} samples evolved, {report.failed} failed, over 3 rounds "
         "against the simulated endpoint",
     ]
     for r in summary["rounds"]:
         lines.append(
-            f"  round {r['round']}: {r['candidates']} candidates went to the judge: "
-            f"{r['kept']} kept, {r['judged_out']} judged out (mean score kept "
-            f"{r['mean_score']}); dropped before judging: {r['dropped_parse']} unparsable, "
-            f"{r['dropped_check']} breaking a check"
+            f"  round {r['round']}: {r['candidates']} candidates = {r['kept']} kept "
+            f"+ {r['judged_out']} judged out (mean score {r['mean_score']}); dropped "
+            f"before judging: {r['dropped_parse']} parse, {r['dropped_check']} check"
         )
+    lines.append("  (candidates: items that passed parsing and checks and went to the judge)")
     calls = sum(c["calls"] for c in summary["calls"])
     tokens = sum(c["input_tokens"] + c["output_tokens"] for c in summary["calls"])
     lines += [
@@ -68,7 +71,7 @@ def run_demo(checkpoints: Path, samples: int = 12, concurrency: int = 8) -> Demo
         f"  seed: {seed_path}",
         f"  export ({exported} samples): {export}",
         f"  databases: {settings.results_db}, {settings.graph_db}",
-        f"  next: mmevol status --run {DEMO_RUN}"
-        + (f" --checkpoints {checkpoints}" if Path(checkpoints) != Path("checkpoints") else ""),
+        f"  next: mmevol status --run {DEMO_RUN}{where}",
+        f"        mmevol trace {TRACE_EXAMPLE} --run {DEMO_RUN}{where}",
     ]
     return DemoResult(run_dir, export, "\n".join(lines))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -184,9 +185,15 @@ def test_demo_counts_add_up(tmp_path):
     lines = [line for line in result.summary.splitlines() if line.startswith("  round")]
     assert len(lines) == 3
     for line in lines:
-        numbers = re.search(
-            r"(\d+) candidates went to the judge: (\d+) kept, (\d+) judged out", line
-        )
+        numbers = re.search(r"(\d+) candidates = (\d+) kept \+ (\d+) judged out", line)
         assert numbers, line
         candidates, kept, judged_out = map(int, numbers.groups())
         assert candidates == kept + judged_out
+    # The trace example the demo (and the README) suggest exists in the demo run.
+    from mmevol.sim.demo import TRACE_EXAMPLE
+
+    assert f"mmevol trace {TRACE_EXAMPLE} --run demo" in result.summary
+    trace = invoke("trace", TRACE_EXAMPLE, "--run", "demo", "--checkpoints", tmp_path / "ck")
+    assert trace.exit_code == 0, trace.output
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"mmevol trace {TRACE_EXAMPLE} --run demo" in readme
