@@ -89,6 +89,7 @@ class RunProgress:
             f"samples {finished}" + (f"/{self.total}" if self.total else ""),
             f"done {c['done']}",
             f"failed {c['failed'] + c['rejected']}",
+            *([f"skipped {c['skipped']}"] if c["skipped"] else []),
             f"in flight {in_flight}" + self._by_round(),
         ]
         if self.usage is not None:
