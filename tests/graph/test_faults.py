@@ -370,7 +370,10 @@ def test_constraint_drops_are_recorded_with_reasons_and_counted_in_status(
         ("check", "has coordinates although no boxes were given"): 1,
     }
     (per_round,) = summary["rounds"]
-    wanted = {"round": 1, "samples": 2, "candidates": 2, "kept": 2, "dropped": 7, "empty": 0}
+    wanted = {
+        "round": 1, "samples": 2, "candidates": 2, "kept": 2, "judged_out": 0,
+        "dropped_parse": 1, "dropped_check": 6, "empty": 0,
+    }  # fmt: skip
     assert {k: per_round[k] for k in wanted} == wanted
     assert per_round["mean_score"] == 6.5
 
