@@ -122,7 +122,7 @@ def test_trace_of_a_failed_sample_says_why(sim_factory, demo_seed, make_settings
     assert "failed: row 8 (8_shapes_000008.jpg): image 'shapes/000008.jpg' not found" in (
         " ".join(result.output.split())
     )
-    result = cli.invoke(app, ["trace", "row-10", "--run", settings.run])
+    result = cli.invoke(app, ["trace", "#row-10", "--run", settings.run])
     assert result.exit_code == 0, result.output
     assert "failed: row 10 (id bad_malformed): invalid sample" in result.output
 
