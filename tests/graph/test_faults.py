@@ -591,7 +591,7 @@ def test_an_outage_stops_the_run_and_the_next_run_exports_every_sample_once(
     assert not second.stopped and second.failed == second.interrupted == 0
     assert second.done + first.done == 24
     out = tmp_path / "out.json"
-    assert export_json(settings.results_db, out) == 24
+    assert export_json(settings.results_db, out).written == 24
     assert [s["hash_id"] for s in json.loads(out.read_text())] == hash_ids
 
 
