@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+RUN_NAME_RULE = "use 1 to 100 ASCII letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+
+
+def check_run_name(name: str) -> str:
+    """Return ``name`` when it is a plain run name (a folder directly under --checkpoints).
+
+    Raises:
+        ValueError: the name is empty, ``.`` or ``..``, holds a path separator or another
+            character outside the documented set, or starts with ``.`` or ``-``.
+    """
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name) or name.startswith("-"):
+        raise ValueError(f"bad run name {name!r}: {RUN_NAME_RULE}")
+    return name
 
 
 def default_checkpoints_dir() -> Path:
@@ -106,6 +124,7 @@ class Settings:
             self.base_url = os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
         if self.api_key is None:
             self.api_key = os.environ.get("OPENAI_API_KEY") or None
+        check_run_name(self.run)
         for name in (
             "rounds",
             "max_attempts",
@@ -113,21 +132,26 @@ class Settings:
             "concurrency",
             "max_tokens",
             "workers",
+            "image_max_side",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-        for name in ("rpm", "tpm", "scorer_rpm", "scorer_tpm", "max_calls"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("limit", self.limit, 0)
+        _at_least("max_retries", self.max_retries, 0)
+        _at_least("max_calls", self.max_calls, 1)
+        for name in ("rpm", "tpm", "scorer_rpm", "scorer_tpm", "timeout"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name.replace('_', '-')} must be positive")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if self.max_retries < 0:
-            raise ValueError("retries must not be negative")
-        if self.max_cost is not None and self.max_cost < 0:
-            raise ValueError("max-cost must not be negative")
+            if value is not None and not (_finite(value) and value > 0):
+                raise ValueError(f"{_option(name)} must be a positive number, got {value}")
+        if self.max_cost is not None and not (_finite(self.max_cost) and self.max_cost >= 0):
+            raise ValueError(
+                f"--max-cost must be a number of dollars, 0 or more, got {self.max_cost}"
+            )
+        if not (_finite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"--temperature must be a number, 0 or more, got {self.temperature}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg-quality must be from 1 to 100, got {self.jpeg_quality}")
         if self.image_detail not in ("low", "high", "auto"):
-            raise ValueError("image-detail must be low, high or auto")
+            raise ValueError(f"--image-detail must be low, high or auto, got {self.image_detail!r}")
 
     def for_worker(self, index: int, count: int) -> Settings:
         """Return the settings of worker ``index`` of ``count``: its share of the limits.
@@ -168,3 +192,20 @@ class Settings:
         data = asdict(self)
         data.pop("api_key")
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def _option(name: str) -> str:
+    """Return the command-line option of a settings field (``max_retries`` is ``--retries``)."""
+    return "--" + {"max_retries": "retries"}.get(name, name).replace("_", "-")
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _at_least(name: str, value: object, low: int) -> None:
+    """Refuse a whole number below ``low`` (None means unset and passes)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{_option(name)} must be at least {low}, got {value}")
