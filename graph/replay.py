@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mmevol.graph import runfolder
 from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.graph.config import Settings
 from mmevol.graph.context import RunContext
@@ -89,8 +90,14 @@ async def replay(
     """
     if operator is not None and operator not in OPERATORS:
         raise ReplayProblem(f"--operator must be one of {', '.join(OPERATORS)}")
-    await preflight(settings)
-    store = Store(settings.results_db)
+    lock = runfolder.RunLock(settings.run_dir).acquire()  # replay writes: one writer
+    try:
+        runfolder.check_databases(settings.run_dir)
+        await preflight(settings)
+        store = Store(settings.results_db)
+    except BaseException:
+        lock.release()
+        raise
     client = ModelClient(settings, store)
     try:
         async with open_checkpointer(settings.graph_db) as saver:
@@ -145,6 +152,7 @@ async def replay(
     finally:
         await client.aclose()
         store.close()
+        lock.release()
 
 
 async def _path(graph: Any, hash_id: str, branch: str) -> list:

@@ -20,7 +20,7 @@ import openai
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
-from mmevol.graph import eventloop
+from mmevol.graph import eventloop, runfolder
 from mmevol.graph.build import build_graph
 from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.graph.config import Settings
@@ -154,11 +154,18 @@ def run(
     processes (``graph.workers``); the result is the same, only faster when one core
     is what limits the run.
     """
-    if min(settings.workers, settings.concurrency) > 1:
-        from mmevol.graph.workers import run_workers
+    notify = listener or (lambda event, detail: None)
+    # One writer per run folder; worker processes write under this process's lock.
+    with runfolder.writing(settings, on_notice=lambda text: notify("notice", text)):
+        if spent := runfolder.budget_spent(settings):  # stop before any call
+            return RunReport(stopped=True, stop_reason=spent)
+        if min(settings.workers, settings.concurrency) > 1:
+            from mmevol.graph.workers import run_workers
 
-        return run_workers(settings, seed, retry_failed=retry_failed, listener=listener)
-    return eventloop.run(run_async(settings, seed, retry_failed=retry_failed, listener=listener))
+            return run_workers(settings, seed, retry_failed=retry_failed, listener=listener)
+        return eventloop.run(
+            run_async(settings, seed, retry_failed=retry_failed, listener=listener)
+        )
 
 
 async def run_async(

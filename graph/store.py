@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,12 +106,22 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"\s*\(score \d+\)", "", reason.split(":", 1)[0]).strip()
 
 
+class StoreProblem(ValueError):
+    """A results database that cannot be opened: damaged, unreadable, or not SQLite."""
+
+
 def open_db(path: Path | str | None) -> Database:
-    """Open (creating when needed) and migrate a results database; None opens one in memory."""
+    """Open (creating when needed) and migrate a results database; None opens one in memory.
+
+    Raises:
+        StoreProblem: the file is not a usable SQLite database (the message says what to do).
+    """
     if path is None:
         db = Database(memory=True)
-    else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        migrations.apply(db)
+        return db
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
         db = Database(path)
         # WAL lets `mmevol status` read while a run writes; NORMAL sync keeps commits cheap
         # and still never corrupts the file on a crash.
@@ -119,7 +130,12 @@ def open_db(path: Path | str | None) -> Database:
         db.execute("PRAGMA busy_timeout=60000")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-    migrations.apply(db)
+        migrations.apply(db)
+    except sqlite3.DatabaseError as err:
+        raise StoreProblem(
+            f"cannot open {path} ({err}): if it is damaged, restore it from a backup or move "
+            "the run folder away to start the run over"
+        ) from err
     return db
 
 

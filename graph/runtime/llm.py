@@ -415,7 +415,7 @@ class ModelClient:
         spent = self.tally.add_cost(cost)
         budget = self.settings.max_cost
         if budget is not None and spent >= budget:
-            self.stop(f"reached --max-cost ${budget:.2f} (spent ${spent:.2f})")
+            self.stop(f"reached --max-cost ${budget:g} (spent ${spent:.4f})")
 
 
 def spent_so_far(store: Store, prices: PriceTable, context: object | None = None) -> Tally:
