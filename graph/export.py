@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from mmevol.graph.seed import count_rows, raw_rows
 from mmevol.graph.status import run_is_live
 from mmevol.graph.store import Store
+
+
+class ExportProblem(ValueError):
+    """The output path cannot take the export; the message says why."""
 
 
 @dataclass
@@ -46,26 +55,63 @@ class ExportResult:
 
 
 def export_json(results_db: Path, output: Path) -> ExportResult:
-    """Stream finished samples, in seed order, into a JSON list file; say what was left out."""
+    """Stream finished samples, in seed order, into a JSON list file; say what was left out.
+
+    A regular file is written whole or not at all: the samples go to a temporary file
+    beside it, renamed over ``output`` only once complete, and removed on any failure.
+    A device or pipe (``/dev/stdout``) is written directly.
+
+    Raises:
+        ExportProblem: ``output`` is a folder.
+        OSError: the write failed (a full disk, no permission); nothing is left behind.
+    """
+    output = Path(output)
+    try:
+        mode = output.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise ExportProblem(f"-o {str(output)!r} is a folder: give the path of a file to write")
     store = Store(results_db)
     try:
         rounds = (store.get_meta("settings") or {}).get("rounds", 3)
+        if mode is not None and not stat.S_ISREG(mode):
+            with output.open("w", encoding="utf-8") as fh:
+                return _left_out(store, _write(store, rounds, fh))
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".part")
-        count = 0
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write("[")
-            for sample in store.export_rows(rounds):
-                fh.write(",\n" if count else "\n")
-                fh.write(json.dumps(sample, ensure_ascii=False))
-                count += 1
-            fh.write("\n]\n")
-        # Replace the old file only once the new one is whole.
-        tmp.replace(output)
-        result = _left_out(store, count)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+        try:
+            os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else _default_mode())
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                count = _write(store, rounds, fh)
+            # Replace the old file only once the new one is whole.
+            os.replace(tmp, output)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return _left_out(store, count)
     finally:
         store.close()
-    return result
+
+
+def _write(store: Store, rounds: int, fh: TextIO) -> int:
+    count = 0
+    fh.write("[")
+    for sample in store.export_rows(rounds):
+        fh.write(",\n" if count else "\n")
+        fh.write(json.dumps(sample, ensure_ascii=False))
+        count += 1
+    fh.write("\n]\n")
+    fh.flush()
+    return count
+
+
+def _default_mode() -> int:
+    """Return the permissions a new file gets (mkstemp's are owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _left_out(store: Store, written: int) -> ExportResult:
