@@ -10,8 +10,10 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -20,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmevol.graph.config import Settings, default_checkpoints_dir
+from mmevol.graph.config import Settings, check_run_name, default_checkpoints_dir
 
 app = typer.Typer(
     help="Evolve image-grounded Q&A data with the MMEvol method.",
@@ -30,7 +32,13 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-RunOpt = Annotated[str, typer.Option("--run", help="Run name: a folder under --checkpoints.")]
+RunOpt = Annotated[
+    str,
+    typer.Option(
+        "--run",
+        help="Run name: a folder under --checkpoints (letters, digits, '.', '_', '-').",
+    ),
+]
 CheckpointsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -42,16 +50,73 @@ CheckpointsOpt = Annotated[
 ]
 
 
-def fail(message: str) -> NoReturn:
-    """Print one error line and exit 1."""
+EXIT_ERROR = 1
+"""A bad option, bad input, an unreachable endpoint, a damaged run folder, a full disk."""
+EXIT_STOPPED = 3
+"""A run stopped by --max-cost, --max-calls or a failing endpoint (130: Ctrl-C, SIGTERM)."""
+EXIT_FAILED = 4
+"""The seed is through, but samples failed (this time, or earlier and not retried)."""
+EXIT_BUSY = 5
+"""Another process is writing the run folder."""
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print one error line and exit (1 unless told)."""
     err.print(f"Error: {message}", highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    from mmevol.graph.runfolder import RunBusy
     from mmevol.graph.runtime.llm import EndpointProblem
 
-    return (EndpointProblem, FileNotFoundError, ValueError)
+    return (EndpointProblem, RunBusy, OSError, sqlite3.OperationalError, ValueError)
+
+
+# sqlite's words for a write the disk or the folder refused (anything else is a bug).
+_SQLITE_WRITE_ERRORS = {
+    "database or disk is full": "the disk is full (database or disk is full)",
+    "disk I/O error": "writing the run's databases failed (disk I/O error: is the disk full?)",
+    "attempt to write a readonly database": "the run's databases are read-only",
+    "unable to open database file": "cannot open the run's databases",
+}
+
+
+def _one_line(problem: BaseException) -> tuple[str, int] | None:
+    """Return the line and exit status of an expected error, or None for a bug."""
+    from mmevol.graph.runfolder import RunBusy
+
+    if isinstance(problem, RunBusy):
+        return str(problem), EXIT_BUSY
+    if isinstance(problem, sqlite3.OperationalError):
+        what = _SQLITE_WRITE_ERRORS.get(str(problem))
+        if what is None:
+            return None
+        return (
+            f"{what}: free some space or choose a writable --checkpoints, then "
+            "run the same command again; everything recorded so far is kept",
+            EXIT_ERROR,
+        )
+    if isinstance(problem, OSError) and problem.errno is not None:
+        return _os_problem(problem), EXIT_ERROR
+    return str(problem), EXIT_ERROR
+
+
+def _os_problem(problem: OSError) -> str:
+    name = problem.filename if problem.filename is not None else "a file"
+    where = f"{name} ({problem.strerror})"
+    if problem.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"no space left writing {where}: free some space and run the command again"
+    if problem.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (
+            f"cannot write {where}: choose a writable folder (--checkpoints, -o) or fix "
+            "its permissions"
+        )
+    if problem.errno == errno.EISDIR:
+        return f"{where}: give the path of a file, not a folder"
+    if problem.errno == errno.ENOTDIR:
+        return f"{where}: a part of this path is a file, not a folder"
+    return f"{where}"
 
 
 def guarded(call, *args, **kwargs):
@@ -59,14 +124,19 @@ def guarded(call, *args, **kwargs):
     try:
         return call(*args, **kwargs)
     except _expected_errors() as problem:
-        if os.environ.get("MMEVOL_RAISE_ERRORS"):
+        answer = _one_line(problem)
+        if answer is None or os.environ.get("MMEVOL_RAISE_ERRORS"):
             raise
-        fail(str(problem))
+        fail(*answer)
 
 
 def _existing_run(run: str, checkpoints: Path | None) -> Path:
+    from mmevol.graph.runfolder import check_databases
+
     checkpoints = checkpoints or default_checkpoints_dir()
+    guarded(check_run_name, run)
     path = checkpoints / run / "results.db"
+    guarded(check_databases, path.parent)
     if not path.exists():
         fail(f"no run named {run!r} under {str(checkpoints)!r}")
     return path
@@ -141,6 +211,7 @@ def run(
            interrupted by endpoint errors (resumable: the same command resumes them)
       4    the seed is through, but some samples failed (this time, or earlier and
            not retried: --retry-failed runs them again)
+      5    another process is writing this run (its lock names it)
       130  stopped by Ctrl-C or SIGTERM (resumable)
     """
     import time
@@ -202,21 +273,30 @@ def run(
             soft_wrap=True,
         )
     if report.stopped or report.interrupted:
-        why = report.stop_reason or "the endpoint failed their calls; see mmevol status"
-        err.print(
-            f"Stopped ({why}) with {report.interrupted} samples interrupted; "
-            "run the same command again to resume them and the rest of the seed.",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(code=130 if report.stop_reason == runner.SIGNAL_REASON else 3)
+        err.print(_stop_advice(report), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(code=130 if report.stop_reason == runner.SIGNAL_REASON else EXIT_STOPPED)
     if report.failed or earlier:
         err.print(
             f"exit status 4: {report.failed + earlier} samples failed.",
             highlight=False,
             markup=False,
         )
-        raise typer.Exit(code=4)
+        raise typer.Exit(code=EXIT_FAILED)
+
+
+def _stop_advice(report) -> str:
+    reason = report.stop_reason or "the endpoint failed their calls; see mmevol status"
+    option = next((o for o in ("--max-cost", "--max-calls") if f"reached {o}" in reason), None)
+    if option is None:
+        return (
+            f"Stopped ({reason}) with {report.interrupted} samples interrupted; "
+            "run the same command again to resume them and the rest of the seed."
+        )
+    return (
+        f"Stopped: {reason}, counted over every invocation of this run, so the same "
+        f"command would stop again at once. To go on, raise {option} above what was spent "
+        "and run again."
+    )
 
 
 @app.command()
@@ -295,7 +375,7 @@ def trace(
     from mmevol.graph.trace import UnknownSample, format_steps, trace_sample
 
     results = _existing_run(run, checkpoints)
-    store = Store(results)
+    store = guarded(Store, results)
     chunk_size = (store.get_meta("settings") or {}).get("chunk_size", 10)
     store.close()
     try:
@@ -361,8 +441,13 @@ def replay(
         result = asyncio.run(
             replay_sample(settings, hash_id, from_step, parse_sets(set_ or []), operator, branch)
         )
-    except (UnknownSample, *_expected_errors()) as problem:  # ReplayProblem is a ValueError
+    except UnknownSample as problem:
         fail(str(problem))
+    except _expected_errors() as problem:  # ReplayProblem is a ValueError
+        answer = _one_line(problem)
+        if answer is None or os.environ.get("MMEVOL_RAISE_ERRORS"):
+            raise
+        fail(*answer)
     out.print(
         f"forked {hash_id} from step {result.from_step} of {result.source} as {result.branch}",
         highlight=False,

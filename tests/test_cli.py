@@ -111,7 +111,7 @@ def test_failed_samples_exit_4_and_a_resume_says_how_to_retry(sim, demo_seed, tm
     assert "--retry-failed" in result.output
 
     result = invoke("run", "--help")
-    for code in (0, 1, 2, 3, 4, 130):  # every exit status is documented
+    for code in (0, 1, 2, 3, 4, 5, 130):  # every exit status is documented
         assert re.search(rf"^\s*{code}\s+\w", result.output, re.MULTILINE), code
 
 
@@ -197,3 +197,188 @@ def test_demo_counts_add_up(tmp_path):
     assert trace.exit_code == 0, trace.output
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert f"mmevol trace {TRACE_EXAMPLE} --run demo" in readme
+
+
+def one_line(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_a_spent_budget_says_to_raise_it_and_costs_nothing_more(sim, demo_seed):
+    """The bug: "run the same command again" after --max-cost made 16 more calls and stopped."""
+    seed_path, images = demo_seed
+    env = {"OPENAI_API_KEY": "sim"}
+    args = (
+        "run", seed_path, "--images", images, "--run", "budget", "--base-url", sim.base_url,
+        "--max-cost", "0.0001",
+    )  # fmt: skip
+    first = invoke(*args, env=env)
+    assert first.exit_code == 3, first.output
+    assert "raise --max-cost" in first.output and "spent $" in first.output
+    assert "run the same command again" not in first.output
+    before = sim.stats()["requests"]
+    again = invoke(*args, env=env)
+    assert again.exit_code == 3, again.output
+    assert "raise --max-cost" in again.output
+    assert sim.stats()["requests"] == before
+    raised = invoke(*args[:-1], "10", env=env)
+    assert raised.exit_code == 0, raised.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--image-max-side", 0, "--image-max-side must be at least 1"),
+        ("--max-cost", "nan", "--max-cost must be a number"),
+        ("--max-cost", "-1", "--max-cost must be a number"),
+        ("--limit", -1, "--limit must be at least 0"),
+        ("--concurrency", -3, "--concurrency must be at least 1"),
+        ("--workers", 0, "--workers must be at least 1"),
+        ("--rpm", 0, "--rpm must be a positive number"),
+        ("--tpm", "nan", "--tpm must be a positive number"),
+        ("--scorer-rpm", "inf", "--scorer-rpm must be a positive number"),
+        ("--max-calls", 0, "--max-calls must be at least 1"),
+        ("--temperature", "nan", "--temperature must be a number"),
+        ("--max-tokens", 0, "--max-tokens must be at least 1"),
+        ("--chunk-size", 0, "--chunk-size must be at least 1"),
+        ("--image-detail", "huge", "--image-detail must be low, high or auto"),
+    ],
+)
+def test_bad_values_are_one_line_and_nothing_is_written(option, value, words, demo_seed, tmp_path):
+    seed_path, images = demo_seed
+    result = invoke(
+        "run", seed_path, "--images", images, option, value, "--checkpoints", tmp_path / "ck",
+        env={"OPENAI_API_KEY": "x"},
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert words in one_line(result)
+    assert not (tmp_path / "ck").exists()
+
+
+BAD_NAMES = ["../escape", "/abs", "..", "", ".", ".hidden", "a/b", "a\\b", "-x", "ü"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_run_names_stay_inside_checkpoints(name, demo_seed, tmp_path):
+    seed_path, images = demo_seed
+    ck = tmp_path / "deep" / "ck"
+    env = {"OPENAI_API_KEY": "x", "MMEVOL_CHECKPOINTS": str(ck)}
+    for args in (
+        ("run", seed_path, "--images", images),
+        ("status",),
+        ("export", "-o", tmp_path / "out.json"),
+        ("trace", "x"),
+        ("replay", "x", "--from", 1),
+    ):
+        result = invoke(*args, f"--run={name}", env=env)
+        assert result.exit_code == 1, (args, result.output)
+        assert "run name" in one_line(result), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing written anywhere"
+
+
+def test_plain_run_names_are_accepted():
+    from mmevol.graph.config import Settings
+
+    for name in ("v1", "mmevol-v1.2_final", "A", "1.0"):
+        assert Settings(run=name).run == name
+
+
+def _done_run(sim, demo_seed):
+    seed_path, images = demo_seed
+    result = invoke(
+        "run", seed_path, "--images", images, "--run", "ex", "--limit", 2,
+        "--base-url", sim.base_url, env={"OPENAI_API_KEY": "sim"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_export_to_a_folder_is_one_line_and_leaves_nothing(sim, demo_seed, tmp_path):
+    _done_run(sim, demo_seed)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    result = invoke("export", "--run", "ex", "-o", folder)
+    assert result.exit_code == 1
+    assert "is a folder" in one_line(result)
+    assert list(folder.iterdir()) == [] and not list(tmp_path.glob("*.part"))
+
+
+def test_export_to_a_full_disk_is_one_line(sim, demo_seed):
+    """No tmpfs can be made small without root tricks: /dev/full answers every write ENOSPC."""
+    _done_run(sim, demo_seed)
+    result = invoke("export", "--run", "ex", "-o", "/dev/full")
+    assert result.exit_code == 1
+    assert "no space left" in one_line(result).lower()
+
+
+def test_an_export_that_fails_midway_keeps_the_old_file_and_no_part(sim, demo_seed, tmp_path):
+    """A file size limit (RLIMIT_FSIZE) makes the write fail after the first bytes."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    _done_run(sim, demo_seed)
+    target = tmp_path / "out" / "evolved.json"
+    target.parent.mkdir()
+    target.write_text("old")
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmevol", "export", "--run", "ex", "-o", str(target)],
+        env=dict(os.environ), preexec_fn=small_files, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["evolved.json"]
+
+
+def test_an_unwritable_checkpoints_folder_is_one_line(demo_seed, sim):
+    """Tests run as root, whom chmod does not stop: /sys refuses every new entry."""
+    seed_path, images = demo_seed
+    result = invoke(
+        "run", seed_path, "--images", images, "--checkpoints", "/sys/mmevol-checkpoints",
+        "--base-url", sim.base_url, env={"OPENAI_API_KEY": "sim"},
+    )  # fmt: skip
+    assert result.exit_code == 1
+    line = one_line(result)
+    assert "/sys/mmevol-checkpoints" in line and "--checkpoints" in line
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(seed16, reference16, sim, tmp_path):
+    """A file size limit (RLIMIT_FSIZE) stands in for a full disk: no tmpfs without root tricks.
+
+    SQLite then fails its writes as on a full disk (SQLITE_FULL or SQLITE_IOERR).
+    """
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    seed_path, images = seed16
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    env = {**os.environ, "OPENAI_API_KEY": "sim", "MMEVOL_CHECKPOINTS": str(tmp_path / "ck")}
+    cmd = [
+        sys.executable, "-m", "mmevol", "run", str(seed_path), "--images", str(images),
+        "--run", "full", "--base-url", sim.base_url, "--concurrency", "4",
+    ]  # fmt: skip
+    full = subprocess.run(cmd, env=env, preexec_fn=small_files, capture_output=True, text=True)
+    assert full.returncode == 1, full.stderr
+    errors = [line for line in full.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "free some space" in errors[0], full.stderr
+    assert "Traceback" not in full.stderr
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    out = tmp_path / "out.json"
+    assert invoke("export", "--run", "full", "-o", out, env=env).exit_code == 0
+    assert json.loads(out.read_text()) == reference16[0]
