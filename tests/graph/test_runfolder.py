@@ -207,3 +207,23 @@ def test_budget_spent_stops_before_any_call(sim, demo_seed, make_settings):
     assert again.done == again.interrupted == 0
     assert sim.stats()["requests"] == before
     assert json.loads(json.dumps(again.failures)) == []
+
+
+def test_a_run_killed_outright_leaves_a_lock_the_next_run_takes_over(
+    sim, seed16, reference16, cli_run, wait_for_requests, tmp_path
+):
+    seed_path, images = seed16
+    checkpoints = tmp_path / "checkpoints"
+    first = cli_run(seed_path, images, sim, checkpoints, "killed")
+    wait_for_requests(sim, first, 10)
+    first.kill()
+    first.communicate()
+    again = cli_run(seed_path, images, sim, checkpoints, "killed")
+    _, stderr = again.communicate(timeout=120)
+    assert again.returncode == 0, stderr
+    assert f"took over the run lock of pid {first.pid}" in stderr
+    assert "no longer running" in stderr
+    out = tmp_path / "out.json"
+    env = {"MMEVOL_CHECKPOINTS": str(checkpoints)}
+    assert invoke("export", "--run", "killed", "-o", out, env=env).exit_code == 0
+    assert json.loads(out.read_text()) == reference16[0]
