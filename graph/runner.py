@@ -154,6 +154,8 @@ def run(
     processes (``graph.workers``); the result is the same, only faster when one core
     is what limits the run.
     """
+    if not Path(seed).exists():  # before the lock creates the run folder
+        raise FileNotFoundError(f"seed {str(seed)!r} does not exist")
     notify = listener or (lambda event, detail: None)
     # One writer per run folder; worker processes write under this process's lock.
     with runfolder.writing(settings, on_notice=lambda text: notify("notice", text)):

@@ -70,6 +70,7 @@ def test_unknown_run_and_missing_seed(tmp_path):
     result = invoke("run", tmp_path / "missing.jsonl", env={"OPENAI_API_KEY": "x"})
     assert result.exit_code == 1
     assert "Error: seed" in result.output and "does not exist" in result.output
+    assert not (tmp_path / "checkpoints").exists(), "no run folder for a missing seed"
 
 
 @pytest.mark.parametrize(("option", "value"), [("--rounds", 0), ("--concurrency", 0)])
