@@ -224,7 +224,8 @@ def test_a_spent_budget_says_to_raise_it_and_costs_nothing_more(sim, demo_seed):
     assert "raise --max-cost" in again.output
     assert sim.stats()["requests"] == before
     raised = invoke(*args[:-1], "10", env=env)
-    assert raised.exit_code == 0, raised.output
+    # The seed is through; its four bad rows failed (exit 4), nothing stopped the run.
+    assert raised.exit_code == 4 and "4 samples failed" in raised.output, raised.output
 
 
 @pytest.mark.parametrize(
