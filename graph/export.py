@@ -77,7 +77,7 @@ def export_json(results_db: Path, output: Path) -> ExportResult:
         rounds = (store.get_meta("settings") or {}).get("rounds", 3)
         if mode is not None and not stat.S_ISREG(mode):
             with output.open("w", encoding="utf-8") as fh:
-                return _left_out(store, _write(store, rounds, fh))
+                return _left_out(store, results_db, _write(store, rounds, fh))
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
         try:
@@ -90,7 +90,7 @@ def export_json(results_db: Path, output: Path) -> ExportResult:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return _left_out(store, count)
+        return _left_out(store, results_db, count)
     finally:
         store.close()
 
@@ -114,10 +114,10 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def _left_out(store: Store, written: int) -> ExportResult:
+def _left_out(store: Store, results_db: Path, written: int) -> ExportResult:
     counts = store.status_counts()
     running = counts.get("running", 0)
-    live = run_is_live(store)
+    live = run_is_live(results_db)
     result = ExportResult(
         written,
         failed=counts.get("failed", 0),

@@ -118,6 +118,33 @@ def describe(record: dict | None) -> str:
     )
 
 
+def live_holder(run_dir: Path | str) -> dict | None:
+    """Return the record of the process writing the run folder, if it still runs here.
+
+    Reads the record only, never takes the lock: a probe that took it, even shared, could
+    make a run starting at that instant see the folder busy.
+    """
+    try:
+        with open(Path(run_dir) / LOCK_NAME, encoding="utf-8") as handle:
+            record = _read_record(handle)
+    except OSError:
+        return None
+    if not record or record.get("host") != socket.gethostname():
+        return None
+    pid = record.get("pid")
+    return record if isinstance(pid, int) and _pid_alive(pid) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
 def _read_record(handle) -> dict | None:
     handle.seek(0)
     text = handle.read().strip()

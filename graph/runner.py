@@ -29,7 +29,6 @@ from mmevol.graph.runtime import images
 from mmevol.graph.runtime.encoder import ImageEncoder
 from mmevol.graph.runtime.llm import ModelClient, RunStopped, error_name, preflight
 from mmevol.graph.seed import SeedRow, count_rows, read_seed, row_key
-from mmevol.graph.status import record_holder
 from mmevol.graph.store import Store
 
 if TYPE_CHECKING:
@@ -316,7 +315,6 @@ def record_run(store: Store, settings: Settings, seed: Path) -> None:
     """Record the run's settings (without the key) and its seed in the results database."""
     store.set_meta("settings", settings.public())
     store.set_meta("seed", str(seed.resolve()))
-    record_holder(store)  # `mmevol status` tells a live run from a dead one by it
 
 
 def finished_earlier(known: dict | None, retry_failed: bool) -> bool:

@@ -1,49 +1,29 @@
 """What a run folder holds: counts for `mmevol status`, and whether a process still runs it.
 
-Whether a run is live is told by the process id its runner records at the start
-(``meta.pid``): a run whose process is gone left the samples it had in flight marked
-"running", and they are shown as interrupted (the next run resumes them). ``run_is_live``
-is the one place that decides it, so a run-folder lock can replace the pid check.
+Whether a run is live is told by the run folder's lock (``graph.runfolder``): a run whose
+process is gone left the samples it had in flight marked "running", and they are shown as
+interrupted (the next run resumes them).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from mmevol.graph import runfolder
 from mmevol.graph.runtime.prices import PriceTable
 from mmevol.graph.store import Store
 
-PID_KEY = "pid"
 
-
-def record_holder(store: Store) -> None:
-    """Record this process as the one running the run."""
-    store.set_meta(PID_KEY, os.getpid())
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
-
-
-def run_is_live(store: Store) -> bool:
-    """Whether a live process runs this run (the pid recorded at its start still exists)."""
-    pid = store.get_meta(PID_KEY)
-    return isinstance(pid, int) and pid_alive(pid)
+def run_is_live(results_db: Path) -> bool:
+    """Whether a live process on this machine writes this run (it holds the run lock)."""
+    return runfolder.live_holder(Path(results_db).parent) is not None
 
 
 def run_summary(results_db: Path) -> dict:
     """Return the counts `mmevol status` shows, with the cost per model and in total."""
     store = Store(results_db)
     try:
-        summary = store.summary(live=run_is_live(store))
+        summary = store.summary(live=run_is_live(results_db))
         prices_path = (store.get_meta("settings") or {}).get("prices")
     finally:
         store.close()
