@@ -101,6 +101,21 @@ def m001_initial(db: Database) -> None:
     db["calls"].create_index(["hash_id"])
 
 
+@migrations()
+def m002_rejected_row_keys(db: Database) -> None:
+    """Give rows that 0.1.0 rejected the key rejected rows have now (``#row-N``).
+
+    0.1.0 keyed a row it rejected before it started (no usable hash_id, or a duplicate)
+    ``row-N``, a key a real hash_id can take; today's is ``#row-N`` (see
+    ``graph.seed.row_key``). Only failed rows whose key names their own index are renamed.
+    """
+    db.execute(
+        "UPDATE samples SET hash_id = '#' || hash_id WHERE status = 'failed' "
+        "AND hash_id GLOB 'row-[0-9]*' AND hash_id = 'row-' || idx "
+        "AND NOT EXISTS (SELECT 1 FROM samples AS s WHERE s.hash_id = '#' || samples.hash_id)"
+    )
+
+
 def reason_kind(reason: str) -> str:
     """Return the category of a drop reason: its text before any colon, without the score."""
     return re.sub(r"\s*\(score \d+\)", "", reason.split(":", 1)[0]).strip()

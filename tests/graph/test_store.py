@@ -14,7 +14,29 @@ def test_reopen_applies_nothing_twice(tmp_path):
     path = tmp_path / "results.db"
     Store(path).close()
     store = Store(path)
-    assert [m.name for m in migrations.applied(store.db)] == ["m001_initial"]
+    assert [m.name for m in migrations.applied(store.db)] == [
+        "m001_initial",
+        "m002_rejected_row_keys",
+    ]
+
+
+def test_rows_rejected_by_0_1_0_get_todays_key(tmp_path):
+    # 0.1.0 keyed a rejected row "row-N", which a real hash_id can be; now it is "#row-N".
+    from sqlite_utils import Database
+
+    path = tmp_path / "results.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m002_rejected_row_keys")
+    for key, idx, status in [
+        ("row-8", 8, "failed"),  # rejected by 0.1.0: renamed
+        ("row-3", 5, "failed"),  # a real hash_id at another index: kept
+        ("row-6", 6, "done"),  # a real, finished sample: kept
+    ]:
+        db["samples"].insert({"hash_id": key, "idx": idx, "status": status})
+    db.close()
+    store = Store(path)
+    assert set(store.statuses()) == {"#row-8", "row-3", "row-6"}
+    store.close()
 
 
 def test_round_rewrite_replaces_and_export_orders_by_seed():
