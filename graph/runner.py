@@ -155,6 +155,7 @@ def run(
     """
     if not Path(seed).exists():  # before the lock creates the run folder
         raise FileNotFoundError(f"seed {str(seed)!r} does not exist")
+    images.check_root(settings.images, seed, settings.limit)  # a mistyped --images: one error
     notify = listener or (lambda event, detail: None)
     # One writer per run folder; worker processes write under this process's lock.
     with runfolder.writing(settings, on_notice=lambda text: notify("notice", text)):
