@@ -1,6 +1,7 @@
 import asyncio
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mmevol.graph.runtime.encoder import ImageEncoder, serve
-from mmevol.graph.runtime.images import ImageProblem, encode
+from mmevol.graph.runtime.images import MAX_DECODED_PIXELS, ImageProblem, encode
 
 
 @pytest.fixture
@@ -284,3 +285,21 @@ def test_start_of_a_helper_that_cannot_run_only_notices(pictures, helper_cannot_
 
     assert run(go()) is None
     assert len(notices) == 1 and "could not start" in notices[0]
+
+
+def test_the_helper_refuses_an_image_too_large_to_decode_and_goes_on(pictures):
+    side = math.isqrt(MAX_DECODED_PIXELS) + 1
+    Image.new("1", (side, side)).save(pictures / "huge.png")  # 1 bit a pixel: small file
+
+    async def go():
+        encoder = ImageEncoder()
+        try:
+            with pytest.raises(ImageProblem, match=r"'huge.png' is \d+x\d+ pixels, more than"):
+                await encoder.data_url(pictures, "huge.png", 512, 85)
+            url = await encoder.data_url(pictures, "a.jpg", 512, 85)
+            return url, encoder.uses_helper
+        finally:
+            await encoder.aclose()
+
+    url, uses_helper = run(go())
+    assert uses_helper and url == encode(pictures / "a.jpg", "a.jpg")

@@ -1,19 +1,28 @@
 import base64
 import io
 import json
+import math
 import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
 
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from mmevol.cli import app
+from mmevol.graph import runner
 from mmevol.graph.runtime.images import (
+    MAX_DECODED_PIXELS,
     ImageProblem,
     ImageRootProblem,
     check,
     check_root,
     data_url,
+    encode,
     resolve,
 )
 from mmevol.sim.demo_seed import make_demo_seed
@@ -146,3 +155,134 @@ def test_check_root_reads_only_the_first_rows(tmp_path):
     check_root(tmp_path / "images", seed, limit=1)
     with pytest.raises(ImageRootProblem, match=r"holds only 1 of the first 6 images"):
         check_root(tmp_path / "images", seed)
+
+
+# -- images too large to decode --------------------------------------------------------------
+
+
+def one_colour_png(path, width, height, *, rgb=False):
+    """Write a real PNG of one colour without holding its pixels: it compresses to little.
+
+    Grey at 1 bit a pixel, or ``rgb`` at 8 bits a channel; the rows are all zero bits
+    (black), streamed through zlib.
+    """
+    row = b"\x00" + bytes(width * 3 if rgb else (width + 7) // 8)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8 if rgb else 1, 2 if rgb else 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    """A PNG of more than twice Pillow's MAX_IMAGE_PIXELS (Image.open refuses it)."""
+    side = math.isqrt(2 * Image.MAX_IMAGE_PIXELS) + 1
+    return one_colour_png(tmp_path_factory.mktemp("bomb") / "bomb.png", side, side)
+
+
+def test_a_decompression_bomb_fails_its_sample_in_check(bomb):
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(ImageProblem, match=r"'bomb.png' is too large to decode"):
+        check(bomb.parent, "bomb.png")
+
+
+def test_a_run_with_a_decompression_bomb_fails_that_sample_only(
+    sim, seed10, bomb, make_settings, tmp_path
+):
+    seed_path, images = seed10
+    root = tmp_path / "images"
+    shutil.copytree(images, root)
+    shutil.copy(bomb, root / "shapes" / "bomb.png")
+    rows = [json.loads(line) for line in seed_path.read_text().splitlines()]
+    rows[2]["image"] = "shapes/bomb.png"
+    rows[2]["hash_id"] = "the-bomb"
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    report = runner.run(make_settings(sim, root), mixed)
+    assert (report.done, report.failed) == (9, 1)
+    [(key, reason)] = report.failures
+    assert key == "the-bomb" and "row 2 (the-bomb): image 'shapes/bomb.png' is too large" in reason
+
+
+def peak_rss_of_encoding(path) -> int:
+    """Encode an image in a fresh interpreter; return its peak resident memory in bytes.
+
+    The child reads its own high-water mark (VmHWM) rather than its ru_maxrss: Linux
+    carries ru_maxrss over an exec, and a child started by vfork counts the memory of
+    this (large) pytest process in it.
+    """
+    script = (
+        "import re, sys\n"
+        "from mmevol.graph.runtime.images import ImageProblem, encode\n"
+        "try:\n"
+        "    encode(sys.argv[1], 'big.png')\n"
+        "except ImageProblem:\n"
+        "    pass\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) * 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_a_large_png_is_encoded_in_bounded_memory(tmp_path):
+    # 36 megapixels, under the decoding limit: Pillow holds it at 4 bytes a pixel (144 MB).
+    # Converting that to RGB before downscaling made a second full copy (peak 305 MB).
+    big = one_colour_png(tmp_path / "big.png", 6000, 6000, rgb=True)
+    assert peak_rss_of_encoding(big) < 220 * 2**20
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
+def test_an_image_over_the_decoding_limit_is_refused_without_decoding_it(tmp_path):
+    side = math.isqrt(MAX_DECODED_PIXELS) + 1  # under Pillow's own limit (89 MP)
+    big = one_colour_png(tmp_path / "big.png", side, side, rgb=True)
+    with pytest.raises(ImageProblem, match=r"'big.png' is 6325x6325 pixels, more than the 40"):
+        encode(big, "big.png")
+    with pytest.raises(ImageProblem, match=r"'big.png' is 6325x6325 pixels, more than the 40"):
+        check(tmp_path, "big.png")
+    assert peak_rss_of_encoding(big) < 100 * 2**20  # nothing decoded
+
+
+def old_encode(path, max_side=512, quality=85):
+    """What encode did before it saved memory: the reference for ordinary images."""
+    with Image.open(path) as img:
+        img.draft("RGB", (max_side, max_side))
+        img = img.convert("RGB")
+        img.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "name"),
+    [
+        ("RGB", (640, 480), "a.jpg"),
+        ("RGB", (2400, 1800), "b.jpg"),  # drafted
+        ("L", (900, 700), "c.jpg"),
+        ("RGB", (1600, 900), "d.png"),
+        ("RGBA", (1600, 900), "e.png"),
+        ("L", (1300, 700), "f.png"),
+        ("P", (700, 1300), "g.png"),
+        ("CMYK", (700, 500), "h.jpg"),
+    ],
+)
+def test_ordinary_images_encode_as_before(tmp_path, mode, size, name):
+    img = Image.effect_noise(size, 60).convert("RGB")  # detail, so resampling shows
+    img = img.convert(mode) if mode != "P" else img.quantize(64)
+    if mode == "RGBA":
+        img.putalpha(Image.linear_gradient("L").resize(size))
+    img.save(tmp_path / name)
+    assert encode(tmp_path / name, name) == old_encode(tmp_path / name)
+    assert encode(tmp_path / name, name, 100, 70) == old_encode(tmp_path / name, 100, 70)
