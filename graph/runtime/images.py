@@ -173,7 +173,7 @@ def check_root(root: Path, seed: Path, limit: int | None = None) -> None:
     holds = f"holds only {found} of" if found else "holds none of"
     raise ImageRootProblem(
         f"image root (--images) {str(root)!r} {holds} the first {len(wanted)} images of the "
-        f"seed (e.g. no file {str(root / missing[0])!r})" + _hint(root, wanted)
+        f"seed (e.g. no file {str(root / missing[0])!r})" + _hint(root, wanted, found)
     )
 
 
@@ -193,12 +193,12 @@ def _first_image_paths(rows, limit: int | None) -> Iterator[str]:
         yield image
 
 
-def _hint(root: Path, wanted: list[str]) -> str:
-    """Name a folder near the root that holds more of the images, if one does."""
-    best, best_found = None, 0
+def _hint(root: Path, wanted: list[str], found_here: int = 0) -> str:
+    """Name a folder near the root that holds more of the images than it does, if one does."""
+    best, best_found = None, found_here
     for candidate in _nearby(root):
-        if not (candidate / wanted[0]).is_file() and best_found:
-            continue  # cheap test first; only a hit is worth counting on
+        if not any((candidate / rel).is_file() for rel in wanted[:3]):
+            continue  # a few looks per folder; only a folder with hits is counted in full
         found = sum((candidate / rel).is_file() for rel in wanted)
         if found > best_found:
             best, best_found = candidate, found

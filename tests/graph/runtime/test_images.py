@@ -286,3 +286,23 @@ def test_ordinary_images_encode_as_before(tmp_path, mode, size, name):
     img.save(tmp_path / name)
     assert encode(tmp_path / name, name) == old_encode(tmp_path / name)
     assert encode(tmp_path / name, name, 100, 70) == old_encode(tmp_path / name, 100, 70)
+
+
+def test_the_hint_names_only_a_folder_holding_more_of_the_images(tmp_path):
+    seed = tmp_path / "seed.jsonl"
+    seed.write_text("".join(json.dumps({"image": f"{n}.jpg"}) + "\n" for n in range(10)))
+    for folder, count in (("given", 2), ("worse", 1), ("better", 7)):
+        (tmp_path / folder).mkdir()
+        for n in range(count):
+            Image.new("RGB", (8, 8)).save(tmp_path / folder / f"{n}.jpg")
+    with pytest.raises(ImageRootProblem) as problem:
+        check_root(tmp_path / "given", seed)
+    assert str(problem.value) == (
+        f"image root (--images) {str(tmp_path / 'given')!r} holds only 2 of the first 10 "
+        f"images of the seed (e.g. no file {str(tmp_path / 'given' / '2.jpg')!r}); the "
+        f"seed's images are under {str(tmp_path / 'better')!r} (7 of those 10 found there): "
+        f"run with --images {tmp_path / 'better'}"
+    )
+    shutil.rmtree(tmp_path / "better")
+    with pytest.raises(ImageRootProblem, match=r"2\.jpg'\); check --images: the seed's image"):
+        check_root(tmp_path / "given", seed)
