@@ -132,7 +132,7 @@ def test_a_few_missing_images_among_many_found_fail_alone(sim, seed10, tmp_path)
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text("".join(json.dumps(row) + "\n" for row in rows))
     result = mmevol_run(mixed, images, sim)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 4, result.output  # the run went through; some samples failed
     assert "8 done, 2 failed" in result.output
     assert "'shapes/gone.jpg' not found" in " ".join(result.output.split())  # unwrapped
 
