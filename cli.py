@@ -344,19 +344,79 @@ def _table(title: str, rows: list[dict]) -> Table:
 
 @app.command()
 def export(
-    output: Annotated[Path, typer.Option("-o", "--output", help="File to write (JSON list).")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o", "--output", help="File to write (.json or .jsonl); a folder for --format hf."
+        ),
+    ],
     run: RunOpt = "default",
     checkpoints: CheckpointsOpt = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="authors, llava, sharegpt or hf."),
+    ] = "authors",
+    rounds: Annotated[
+        str | None,
+        typer.Option(help="Versions that become records: 1,2,3 by default; 0 adds the seed."),
+    ] = None,
+    min_score: Annotated[
+        int | None, typer.Option("--min-score", help="Keep evolved items scored at least N.")
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(help="Solving steps: inline (before the answer, default), none, field."),
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Image root.  [default: the run's --images]")
+    ] = None,
+    image_max_side: Annotated[
+        int | None, typer.Option(help="hf: downscale embedded images to N px a side.")
+    ] = None,
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="hf: push the folder to this Hub dataset repo.")
+    ] = None,
 ) -> None:
-    """Write finished samples in the authors' format: seed fields plus conversations_v1..vN."""
-    from mmevol.graph.export import export_json
+    """Write finished samples: the authors' format, or training records (llava, sharegpt, hf)."""
+    from mmevol.graph import formats
 
     path = _existing_run(run, checkpoints)
-    result = guarded(export_json, path, output)
-    message = f"wrote {result.written} samples to {output}"
-    if result.not_written():
-        message += "; not written: " + ", ".join(result.not_written())
-    out.print(message, highlight=False, markup=False, soft_wrap=True)
+    if fmt == "authors":
+        given = [rounds, min_score, steps, images, image_max_side, push_to_hub]
+        if any(v is not None for v in given):
+            fail("--rounds, --min-score, --steps, --images, --image-max-side and --push-to-hub"
+                 " apply to --format llava, sharegpt or hf")  # fmt: skip
+        from mmevol.graph.export import export_json
+
+        result = guarded(export_json, path, output)
+        message = f"wrote {result.written} samples to {output}"
+        if result.not_written():
+            message += "; not written: " + ", ".join(result.not_written())
+        out.print(message, highlight=False, markup=False, soft_wrap=True)
+        return
+    options = guarded(
+        formats.ExportOptions,
+        rounds=guarded(formats.parse_rounds, rounds) if rounds else formats.DEFAULT_ROUNDS,
+        min_score=min_score,
+        steps=steps or formats.DEFAULT_STEPS,
+        images=images,
+        image_max_side=image_max_side,
+        push_to_hub=push_to_hub,
+    )
+    try:
+        report = guarded(formats.export_training, path, output, fmt, options)
+    except formats.MissingExtra as problem:
+        fail(str(problem))
+    out.print(report.summary(), highlight=False, soft_wrap=True)
+    for line in report.problems:
+        err.print(f"skipped: {line}", highlight=False, markup=False, soft_wrap=True)
+    hidden = sum(report.skipped.values()) - len(report.problems)
+    if hidden > 0:
+        err.print(f"... and {hidden} more skipped records", highlight=False)
+    for extra in report.files:
+        out.print(f"wrote {extra}", highlight=False)
+    if report.pushed_to:
+        out.print(f"pushed to https://huggingface.co/datasets/{report.pushed_to}", highlight=False)
 
 
 @app.command()

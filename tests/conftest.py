@@ -132,3 +132,22 @@ def wait_for_requests():
             time.sleep(0.005)
 
     return wait
+
+
+# -- a finished run to export (tests/graph/test_formats.py, test_hfexport.py) ----------------
+
+
+@pytest.fixture(scope="session")
+def export_run(demo_seed, tmp_path_factory) -> Settings:
+    """A run of the demo seed (8 good rows, 4 bad) over real HTTP, finished (read-only)."""
+    from mmevol.graph import runner
+
+    seed_path, images = demo_seed
+    with SimServer(SimOptions(seed=0)) as server:
+        settings = Settings(
+            run="exp", checkpoints=tmp_path_factory.mktemp("export_run"), images=images,
+            base_url=server.base_url, api_key="sim", concurrency=4,
+        )  # fmt: skip
+        report = runner.run(settings, seed_path)
+    assert (report.done, report.failed) == (8, 4)
+    return settings
