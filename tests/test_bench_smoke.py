@@ -16,6 +16,7 @@ EXPECTED = {
     "latency": ["latency:", "latency-cpu:"] * 2,  # one worker, then two
     "barrier": ["barrier-scheduling:", "barrier:"],
     "footprint": ["footprint:", "footprint:", "footprint-flat:"],
+    "export": ["export:"] * 8 + ["export-flat:"] * 4,
 }
 
 
