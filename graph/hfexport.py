@@ -33,6 +33,9 @@ ROW_GROUP_BYTES = 64 * 1024 * 1024
 SHARD_BYTES = 500 * 1024 * 1024
 """A new Parquet shard starts past this size (the Hub's advice is a few hundred MB)."""
 
+STATISTICS = ["id", "hash_id", "source_id", "round", "image_path"]
+"""Columns whose Parquet statistics are written (not the images, not the turns)."""
+
 CITATION = """@article{luo2024mmevol,
   title   = {MMEvol: Empowering Multimodal Large Language Models with Evol-Instruct},
   author  = {Luo, Run and Zhang, Haonan and Chen, Longze and Lin, Ting-En and Liu, Xiong
@@ -163,7 +166,9 @@ class ShardWriter:
         if self._writer is None:
             path = self.data / f"shard-{len(self.shards):05d}.parquet"
             self.shards.append(path)
-            self._writer = pq.ParquetWriter(path, self.schema)
+            # Statistics (min/max) of the image bytes would copy two images per row group
+            # into the footer, which the writer keeps in memory until it closes.
+            self._writer = pq.ParquetWriter(path, self.schema, write_statistics=STATISTICS)
             self._shard_size = 0
         self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
         self._shard_size += self._buffered
