@@ -27,6 +27,10 @@ class Dropped(BaseModel):
     """The item as parsed (or the raw entry under ``raw`` when it did not parse)."""
     reason: str
     stage: Literal["parse", "check", "judge"]
+    score: int | None = None
+    """The judge's score, for an item judged out."""
+    judge_reason: str | None = None
+    """The judge's own reason, for an item judged out (also inside ``reason``)."""
 
 
 class RoundRecord(BaseModel):

@@ -116,6 +116,18 @@ def m002_rejected_row_keys(db: Database) -> None:
     )
 
 
+@migrations()
+def m003_judge_reason(db: Database) -> None:
+    """Keep the judge's reason and score of every verdict (kept and judged-out items).
+
+    A run made before this migration gets the columns with NULL: its kept items had no
+    reason stored, and its judged-out items keep theirs inside ``dropped.reason`` only.
+    """
+    db["items"].add_column("judge_reason", str)
+    db["dropped"].add_column("score", int)
+    db["dropped"].add_column("judge_reason", str)
+
+
 def reason_kind(reason: str) -> str:
     """Return the category of a drop reason: its text before any colon, without the score."""
     return re.sub(r"\s*\(score \d+\)", "", reason.split(":", 1)[0]).strip()
@@ -280,8 +292,14 @@ class Store:
         kept: list[dict],
         dropped: list[dict],
         branch: str = "main",
+        reasons: list[str | None] | None = None,
     ) -> None:
-        """Write one finished round atomically; writing the same round again replaces it."""
+        """Write one finished round atomically; writing the same round again replaces it.
+
+        ``reasons`` holds the judge's reason for each kept item (in order); a dropped
+        entry may carry the judge's ``score`` and ``judge_reason`` when it was judged out.
+        """
+        reasons = reasons or [None] * len(kept)
         rnd = record["round"]
         key = [hash_id, branch, rnd]
         where = "hash_id = ? and branch = ? and round = ?"
@@ -294,19 +312,20 @@ class Store:
             self.db.conn.execute(f"delete from items where {where}", key)
             self.db.conn.execute(f"delete from dropped where {where}", key)
             self.db.conn.executemany(
-                "insert into items (hash_id, branch, round, position, score, item)"
-                " values (?, ?, ?, ?, ?, ?)",
+                "insert into items (hash_id, branch, round, position, score, item, judge_reason)"
+                " values (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    [*key, n, item["score"], json.dumps(item, ensure_ascii=False)]
-                    for n, item in enumerate(kept)
+                    [*key, n, item["score"], json.dumps(item, ensure_ascii=False), reason]
+                    for n, (item, reason) in enumerate(zip(kept, reasons, strict=True))
                 ],
             )
             self.db.conn.executemany(
-                "insert into dropped (hash_id, branch, round, stage, kind, reason, item)"
-                " values (?, ?, ?, ?, ?, ?, ?)",
+                "insert into dropped (hash_id, branch, round, stage, kind, reason, item,"
+                " score, judge_reason) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     [*key, d["stage"], reason_kind(d["reason"]), d["reason"],
-                     json.dumps(d["item"], ensure_ascii=False)]
+                     json.dumps(d["item"], ensure_ascii=False), d.get("score"),
+                     d.get("judge_reason")]
                     for d in dropped
                 ],
             )  # fmt: skip
@@ -523,6 +542,165 @@ class Store:
             "dropped": drops,
             "failures": failures,
         }
+
+    # -- statistics (mmevol stats, mmevol report) ---------------------------------------
+    # Round figures cover finished samples on the branch the export uses; calls cover the
+    # whole run (every call was paid for). Each query aggregates in SQLite, so memory does
+    # not grow with the run.
+
+    _DONE = (
+        " join samples using (hash_id) where samples.status = 'done'"
+        " and {t}.branch = coalesce(samples.branch, 'main')"
+    )
+
+    def round_operator_counts(self) -> list[dict]:
+        """Per round and operator: samples, candidates judged, kept items, empty rounds."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select round, operator, count(*) as samples,"
+                " coalesce(sum(candidates), 0) as candidates, coalesce(sum(kept), 0) as kept,"
+                " sum(case when kept = 0 then 1 else 0 end) as empty"
+                " from rounds" + self._DONE.format(t="rounds") + " group by round, operator"
+                " order by round, operator"
+            )
+        ]
+
+    def empty_round_reasons(self) -> list[dict]:
+        """Per round and reason: how many rounds kept no item."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select round, coalesce(rounds.reason, 'unknown') as reason, count(*) as n"
+                " from rounds" + self._DONE.format(t="rounds") + " and kept = 0"
+                " group by round, rounds.reason order by round"
+            )
+        ]
+
+    def kept_score_counts(self) -> list[dict]:
+        """Per round and score: how many kept items have it."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select round, score, count(*) as n from items"
+                + self._DONE.format(t="items")
+                + " group by round, score order by round, score"
+            )
+        ]
+
+    def judged_out_score_counts(self) -> list[dict]:
+        """Per round and score: items judged out (runs before the judge_reason migration: none)."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select round, dropped.score as score, count(*) as n from dropped"
+                + self._DONE.format(t="dropped")
+                + " and stage = 'judge' and dropped.score is not null"
+                " group by round, dropped.score order by round, dropped.score"
+            )
+        ]
+
+    def drop_counts(self) -> list[dict]:
+        """Per round, stage and kind: dropped items (round 0 is seed items left out)."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select round, stage, kind, count(*) as n from dropped"
+                + self._DONE.format(t="dropped")
+                + " group by round, stage, kind order by round, stage, n desc"
+            )
+        ]
+
+    def call_counts(self) -> list[dict]:
+        """Per model and node: calls, errors and tokens of the whole run."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select model, node, count(*) as calls, sum(error is not null) as errors,"
+                " coalesce(sum(input_tokens), 0) as input_tokens,"
+                " coalesce(sum(output_tokens), 0) as output_tokens"
+                " from calls group by model, node order by model, node"
+            )
+        ]
+
+    def failure_reasons(self, limit: int = 20) -> list[dict]:
+        """The commonest reasons samples failed, with how many."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select reason, count(*) as n from samples where status = 'failed'"
+                " group by reason order by n desc limit ?",
+                [limit],
+            )
+        ]
+
+    def finished_samples(self) -> Iterator[dict]:
+        """Yield finished samples in seed order: seed record, rounds and kept items.
+
+        Each sample comes with ``rounds`` (round, operator, candidates, kept, reason) and
+        ``items`` (round, position, score, item, judge_reason) on its adopted branch; one
+        indexed query per sample keeps memory flat.
+        """
+        for row in self.db.query(
+            "select hash_id, idx, branch, seed from samples where status = 'done' order by idx"
+        ):
+            yield self._sample_detail(dict(row))
+
+    def sample_detail(self, hash_id: str) -> dict | None:
+        """Return one sample with its rounds, kept items and dropped items (any status)."""
+        row = self._one(
+            "select hash_id, idx, branch, seed, status, reason from samples where hash_id = ?",
+            [hash_id],
+        )
+        if row is None:
+            return None
+        detail = self._sample_detail(row)
+        key = [hash_id, row["branch"] or "main"]
+        detail["dropped"] = [
+            dict(r)
+            for r in self.db.query(
+                "select round, stage, kind, reason, item, score, judge_reason from dropped"
+                " where hash_id = ? and branch = ? order by round, id",
+                key,
+            )
+        ]
+        return detail
+
+    def _sample_detail(self, row: dict) -> dict:
+        key = [row["hash_id"], row["branch"] or "main"]
+        row["rounds"] = [
+            dict(r)
+            for r in self.db.query(
+                "select round, operator, attempts, candidates, kept, reason from rounds"
+                " where hash_id = ? and branch = ? order by round",
+                key,
+            )
+        ]
+        row["items"] = [
+            dict(r)
+            for r in self.db.query(
+                "select round, position, score, item, judge_reason from items"
+                " where hash_id = ? and branch = ? order by round, position",
+                key,
+            )
+        ]
+        return row
+
+    def gallery_keys(self) -> Iterator[dict]:
+        """Yield every sample's key, status and per-round operator and kept count, in seed order.
+
+        One row per sample: ``operators`` and ``kept`` are comma-joined in round order.
+        """
+        for r in self.db.query(
+            "select samples.hash_id, samples.idx, samples.status,"
+            " group_concat(rounds.operator, ',') as operators,"
+            " group_concat(rounds.kept, ',') as kept"
+            " from samples left join (select * from rounds order by round) as rounds"
+            " on rounds.hash_id = samples.hash_id"
+            " and rounds.branch = coalesce(samples.branch, 'main')"
+            " group by samples.hash_id order by samples.idx"
+        ):
+            yield dict(r)
 
     def export_rows(self, rounds: int) -> Iterator[dict]:
         """Yield finished samples in seed order, in the authors' output format."""

@@ -12,6 +12,7 @@ from mmevol.graph.state import Dropped, RoundRecord, SampleState
 async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
     """Write the round's kept and dropped items, then reset the per-round fields."""
     kept: list[ScoredItem] = []
+    reasons: list[str | None] = []
     drops = list(state.round_drops)
     unscored = state.problem or "the judge gave no verdict that could be matched to this item"
     for item, verdict in zip(
@@ -23,11 +24,20 @@ async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
             )
         elif verdict.improved:
             kept.append(ScoredItem(**item.model_dump(), score=verdict.score))
+            reasons.append(verdict.reason or None)
         else:
             reason = f"judged not improved (score {verdict.score})"
             if verdict.reason:
                 reason += f": {verdict.reason}"
-            drops.append(Dropped(item=item.model_dump(), reason=reason, stage="judge"))
+            drops.append(
+                Dropped(
+                    item=item.model_dump(),
+                    reason=reason,
+                    stage="judge",
+                    score=verdict.score,
+                    judge_reason=verdict.reason or None,
+                )
+            )
     if not state.candidates:
         reason = f"no usable evolution after {state.attempt - 1} attempts: {state.problem}"
     elif not any(state.verdicts):
@@ -51,6 +61,7 @@ async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
         [k.model_dump() for k in kept],
         [d.model_dump() for d in drops],
         branch=state.branch,
+        reasons=reasons,
     )
     return {
         "rounds": [record],

@@ -1,4 +1,10 @@
+import shutil
+import sqlite3
+from pathlib import Path
+
 from mmevol.graph.store import Store, migrations
+
+V010 = Path(__file__).resolve().parents[1] / "fixtures" / "run_v0_1_0" / "checkpoints" / "v010"
 
 EXPECTED_TABLES = {"meta", "samples", "rounds", "items", "dropped", "calls", "_sqlite_migrations"}
 
@@ -17,6 +23,7 @@ def test_reopen_applies_nothing_twice(tmp_path):
     assert [m.name for m in migrations.applied(store.db)] == [
         "m001_initial",
         "m002_rejected_row_keys",
+        "m003_judge_reason",
     ]
 
 
@@ -78,3 +85,47 @@ def test_failed_rows_without_a_start_keep_position():
     store.fail_sample("row-3", "row 3: invalid JSON", idx=3)
     assert store.statuses() == {"row-3": "failed"}
     assert store.summary()["failures"] == [{"reason": "row 3: invalid JSON", "n": 1}]
+
+
+def columns(path: Path, table: str) -> set[str]:
+    # Read past the Store on purpose: what the file holds before and after migrating.
+    conn = sqlite3.connect(path)
+    try:
+        return {row[1] for row in conn.execute(f"pragma table_info({table})")}
+    finally:
+        conn.close()
+
+
+def test_a_run_made_by_0_1_0_gets_the_judge_reason_columns_with_null(tmp_path):
+    path = tmp_path / "results.db"
+    shutil.copy(V010 / "results.db", path)
+    assert "judge_reason" not in columns(path, "items")
+    store = Store(path)
+    try:
+        assert [m.name for m in migrations.applied(store.db)][-1] == "m003_judge_reason"
+        kept = list(store.db.query("select judge_reason from items"))
+        judged = list(
+            store.db.query("select score, judge_reason from dropped where stage = 'judge'")
+        )
+        assert kept and judged
+        assert all(r["judge_reason"] is None for r in kept)
+        assert all(r["score"] is None and r["judge_reason"] is None for r in judged)
+    finally:
+        store.close()
+    assert {"judge_reason"} <= columns(path, "items")
+    assert {"score", "judge_reason"} <= columns(path, "dropped")
+
+
+def test_save_round_keeps_the_judge_reason_of_kept_and_judged_out_items():
+    store = Store(None)
+    store.start_sample("a", 0, "x", {"id": "x", "image": "a.jpg"})
+    item = {"question": "q", "answer": "a", "score": 7}
+    record = {"round": 1, "operator": "reasoning", "attempts": 1, "candidates": 2, "kept": 1,
+              "dropped": 1, "reason": None}  # fmt: skip
+    drop = {"item": {"question": "q2"}, "reason": "judged not improved (score 3): too easy",
+            "stage": "judge", "score": 3, "judge_reason": "too easy"}  # fmt: skip
+    store.save_round("a", record, [item], [drop], reasons=["harder, uses the image"])
+    detail = store.sample_detail("a")
+    assert detail["items"][0]["judge_reason"] == "harder, uses the image"
+    assert detail["dropped"][0]["score"] == 3
+    assert detail["dropped"][0]["judge_reason"] == "too easy"
