@@ -54,6 +54,21 @@ def demo_seed(tmp_path_factory) -> tuple[Path, Path]:
     return make_demo_seed(tmp_path_factory.mktemp("seed"), n=8, seed=3, bad=True)
 
 
+@pytest.fixture(scope="session")
+def demo_run(demo_seed, tmp_path_factory) -> Settings:
+    """A finished run of ``demo_seed`` over real HTTP against the sim (read-only for tests)."""
+    from mmevol.graph import runner
+
+    seed_path, images = demo_seed
+    with SimServer(SimOptions(seed=0)) as server:
+        settings = Settings(
+            run="demo", checkpoints=tmp_path_factory.mktemp("demo_run"), images=images,
+            base_url=server.base_url, api_key="sim", concurrency=4,
+        )  # fmt: skip
+        runner.run(settings, seed_path)
+    return settings
+
+
 @pytest.fixture
 def make_settings(tmp_path):
     """Build settings pointing at a simulated endpoint and a per-test checkpoints folder."""
