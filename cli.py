@@ -420,6 +420,59 @@ def export(
 
 
 @app.command()
+def stats(
+    run: RunOpt = "default",
+    checkpoints: CheckpointsOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the statistics as JSON (keys: README).")
+    ] = False,
+    plots: Annotated[
+        Path | None,
+        typer.Option("--plots", help="Folder to write PNG charts into (needs mmevol[plots])."),
+    ] = None,
+) -> None:
+    """Compare a run with the paper: per round, per item version, per operator, cost."""
+    from mmevol.graph.stats import compute_stats, tables
+
+    path = _existing_run(run, checkpoints)
+    result = guarded(compute_stats, path, run)
+    if plots is not None:
+        from mmevol.graph.plots import write_plots
+
+        written = guarded(write_plots, result, plots)
+        err.print(f"wrote {len(written)} charts to {plots}", highlight=False)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    for title, header, rows in tables(result):
+        table = Table(title=title, title_justify="left")
+        for name in header:
+            table.add_column(name, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+
+
+@app.command()
+def report(
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")],
+    run: RunOpt = "default",
+    checkpoints: CheckpointsOpt = None,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Samples in the gallery.")] = 300,
+) -> None:
+    """Write one self-contained HTML report: statistics, charts and a gallery of samples."""
+    from mmevol.graph.report import write_report
+
+    path = _existing_run(run, checkpoints)
+    info = guarded(write_report, path, output, samples)
+    out.print(
+        f"wrote {output}: {info.samples} samples ({info.images} with their image),"
+        f" {info.bytes / 1e6:.1f} MB",
+        highlight=False,
+    )
+
+
+@app.command()
 def trace(
     hash_id: Annotated[str, typer.Argument(help="The sample's hash_id.")],
     run: RunOpt = "default",
