@@ -95,17 +95,6 @@ def test_stats_table_shows_the_paper_beside_the_run(demo_run, monkeypatch):
     assert "cost per kept item" in text
 
 
-def test_plots_are_written(demo_run, tmp_path):
-    from PIL import Image
-
-    cli("stats", "--run", "demo", "--checkpoints", demo_run.checkpoints, "--plots", tmp_path)
-    names = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert names == ["funnel.png", "growth.png", "operators.png", "scores.png"]
-    for path in tmp_path.glob("*.png"):
-        with Image.open(path) as img:
-            assert img.width > 300 and img.height > 200
-
-
 def test_histogram_median():
     assert histogram_median({}) is None
     assert histogram_median({7: 1}) == 7
