@@ -691,14 +691,17 @@ class Store:
 
         One row per sample: ``operators`` and ``kept`` are comma-joined in round order.
         """
+        rounds = (
+            "(select group_concat({c}, ',') from (select {c} from rounds"
+            " where rounds.hash_id = samples.hash_id"
+            " and rounds.branch = coalesce(samples.branch, 'main') order by round))"
+        )
         for r in self.db.query(
-            "select samples.hash_id, samples.idx, samples.status,"
-            " group_concat(rounds.operator, ',') as operators,"
-            " group_concat(rounds.kept, ',') as kept"
-            " from samples left join (select * from rounds order by round) as rounds"
-            " on rounds.hash_id = samples.hash_id"
-            " and rounds.branch = coalesce(samples.branch, 'main')"
-            " group by samples.hash_id order by samples.idx"
+            "select hash_id, idx, status, "
+            + rounds.format(c="operator")
+            + " as operators, "
+            + rounds.format(c="kept")
+            + " as kept from samples order by idx"
         ):
             yield dict(r)
 
