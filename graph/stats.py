@@ -128,7 +128,7 @@ def compute_stats(results_db: Path, run: str | None = None) -> dict:
 def _compute(store: Store, run: str) -> dict:
     settings = store.get_meta("settings") or {}
     n_rounds = int(settings.get("rounds", 3))
-    by_status = dict(store.summary()["samples"])
+    by_status = store.status_counts()
 
     rounds: dict[int, dict] = {
         r: {
