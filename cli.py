@@ -272,9 +272,11 @@ def run(
             markup=False,
             soft_wrap=True,
         )
-    if report.stopped or report.interrupted:
+    if report.stop is not None or report.interrupted:
         err.print(_stop_advice(report), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(code=130 if report.stop_reason == runner.SIGNAL_REASON else EXIT_STOPPED)
+        # Interrupted samples without a stop: the endpoint failed their calls; the next
+        # run resumes them.
+        raise typer.Exit(code=report.stop.exit_code if report.stop else EXIT_STOPPED)
     if report.failed or earlier:
         err.print(
             f"exit status 4: {report.failed + earlier} samples failed.",
@@ -285,13 +287,14 @@ def run(
 
 
 def _stop_advice(report) -> str:
-    reason = report.stop_reason or "the endpoint failed their calls; see mmevol status"
-    option = next((o for o in ("--max-cost", "--max-calls") if f"reached {o}" in reason), None)
-    if option is None:
+    stop = report.stop
+    reason = stop.message if stop else "the endpoint failed their calls; see mmevol status"
+    if stop is None or stop.kind not in ("max_cost", "max_calls"):
         return (
             f"Stopped ({reason}) with {report.interrupted} samples interrupted; "
             "run the same command again to resume them and the rest of the seed."
         )
+    option = "--max-cost" if stop.kind == "max_cost" else "--max-calls"
     return (
         f"Stopped: {reason}, counted over every invocation of this run, so the same "
         f"command would stop again at once. To go on, raise {option} above what was spent "

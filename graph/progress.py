@@ -10,13 +10,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from mmevol.graph.events import Aborting, Event, Notice, SampleEvent, Stopping, Total
 from mmevol.graph.runtime.llm import Usage
 
-MESSAGES = {
-    "stopping": "no new sample or call starts; answers on their way are recorded. "
-    "Press Ctrl-C again to quit at once (still resumable).",
-    "aborting": "Quitting now; everything recorded so far is kept.",
-}
+STOPPING = (
+    "no new sample or call starts; answers on their way are recorded. "
+    "Press Ctrl-C again to quit at once (still resumable)."
+)
+ABORTING = "Quitting now; everything recorded so far is kept."
 
 
 class RunProgress:
@@ -59,25 +60,23 @@ class RunProgress:
         elif self.counts:
             self._line()
 
-    def __call__(self, event: str, detail: str) -> None:
+    def __call__(self, event: Event) -> None:
         """Take one runner event."""
-        if event == "total":
-            self.total = int(detail) if detail else None
-            return
-        if event == "notice":
-            self.console.print(f"note: {detail}", highlight=False, markup=False)
-            return
-        if event == "stopping":
-            self.console.print(
-                f"Stopping ({detail}): {MESSAGES['stopping']}", highlight=False, markup=False
-            )
-            return
-        if event in MESSAGES:
-            self.console.print(MESSAGES[event], highlight=False)
-            return
-        self.counts[event] += 1
-        if self._live is None and time.monotonic() - self._last >= self.every:
-            self._line()
+        match event:
+            case Total(rows=rows):
+                self.total = rows
+            case Notice(text=text):
+                self.console.print(f"note: {text}", highlight=False, markup=False)
+            case Stopping(reason=reason):
+                self.console.print(
+                    f"Stopping ({reason.message}): {STOPPING}", highlight=False, markup=False
+                )
+            case Aborting():
+                self.console.print(ABORTING, highlight=False)
+            case SampleEvent(kind=kind):
+                self.counts[kind] += 1
+                if self._live is None and time.monotonic() - self._last >= self.every:
+                    self._line()
 
     def summary(self) -> str:
         """Return the progress as one line."""

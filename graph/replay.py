@@ -18,10 +18,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from mmevol.graph import runfolder
+from mmevol.graph.batch import compile_graph, thread_config
 from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.graph.config import Settings
 from mmevol.graph.context import RunContext
-from mmevol.graph.runner import compile_graph, thread_config
 from mmevol.graph.runtime.llm import ModelClient, error_name, preflight
 from mmevol.graph.state import OPERATORS, SampleState
 from mmevol.graph.store import Store
@@ -98,9 +98,11 @@ async def replay(
     except BaseException:
         lock.release()
         raise
-    client = ModelClient(settings, store)
     try:
-        async with open_checkpointer(settings.graph_db) as saver:
+        async with (
+            ModelClient(settings, store) as client,
+            open_checkpointer(settings.graph_db) as saver,
+        ):
             graph = compile_graph(saver)
             path = await _path(graph, hash_id, source)
             steps = step_pairs(path)
@@ -150,7 +152,6 @@ async def replay(
         fork = SampleState.model_validate(final)
         return ReplayResult(branch, source, from_step, compare(original, fork))
     finally:
-        await client.aclose()
         store.close()
         lock.release()
 

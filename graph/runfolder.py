@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmevol.graph.config import Settings
+from mmevol.graph.events import StopReason
 
 LOCK_NAME = "run.lock"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -228,7 +229,7 @@ def _calls_recorded(results: Path) -> bool:
 # -- budgets across resumes ------------------------------------------------------------------
 
 
-def budget_spent(settings: Settings) -> str | None:
+def budget_spent(settings: Settings) -> StopReason | None:
     """Return why the run may make no call at all (a budget already spent), else None.
 
     The reason reads like the one a run stops with mid-way, so that the advice is the same.
@@ -247,9 +248,12 @@ def budget_spent(settings: Settings) -> str | None:
     finally:
         store.close()
     if settings.max_calls is not None and tally.calls_before >= settings.max_calls:
-        return f"reached --max-calls {settings.max_calls}"
+        return StopReason("max_calls", f"reached --max-calls {settings.max_calls}")
     if settings.max_cost is not None and tally.cost_before >= settings.max_cost:
-        return f"reached --max-cost ${settings.max_cost:g} (spent ${tally.cost_before:.4f})"
+        return StopReason(
+            "max_cost",
+            f"reached --max-cost ${settings.max_cost:g} (spent ${tally.cost_before:.4f})",
+        )
     return None
 
 

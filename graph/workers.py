@@ -48,31 +48,28 @@ from pathlib import Path
 from typing import Any
 
 from mmevol.graph import eventloop
-from mmevol.graph.checkpoints import open_checkpointer
+from mmevol.graph.batch import RunReport, finished_earlier, run_rows
 from mmevol.graph.config import Settings
-from mmevol.graph.runner import (
-    SIGNAL_REASON,
+from mmevol.graph.events import (
+    ENDS_A_ROW,
+    SIBLING,
+    Aborting,
+    Event,
     Listener,
-    RunReport,
-    count_total,
-    finished_earlier,
-    record_run,
-    run_async,
+    Notice,
+    SampleEvent,
+    Stopping,
+    StopReason,
 )
 from mmevol.graph.runtime.limits import Tally
-from mmevol.graph.runtime.llm import Usage, preflight, spent_so_far
+from mmevol.graph.runtime.llm import Usage, spent_so_far
 from mmevol.graph.runtime.prices import PriceTable
 from mmevol.graph.seed import SeedRow, raw_rows, row_key, seed_row
+from mmevol.graph.stop import Stop
 from mmevol.graph.store import Store
-
-SIBLING_REASON = "stopped with the other workers"
-"""Why a worker stops when another one (or the parent) raised the shared stop flag."""
 
 WATCH_EVERY = 0.2
 """Seconds between a worker's looks at the stop flag and at its parent."""
-
-FINISHED = {"done", "failed", "rejected", "skipped", "interrupted"}
-"""Events that end a dealt row (each row ends with exactly one)."""
 
 USAGE_EVERY = 0.5
 """Seconds between a worker's usage reports to the parent."""
@@ -111,54 +108,37 @@ class WorkerLink:
         """Ask every worker to stop cleanly."""
         self.stop_flag.value = 1
 
-    async def watch(self, stopper: Any) -> None:
+    async def watch(self, stop: Stop) -> None:
         """Stop with the others when the flag goes up; exit at once when the parent died."""
         while True:
             if self.parent_alive.poll():
                 # Nothing is sent on this pipe: readable means closed, i.e. the parent is
                 # gone. Leave as abruptly as it did; every answer so far is recorded.
                 os._exit(1)
-            if self.stop_flag.value and not stopper.stopping:
-                stopper.stop(SIBLING_REASON)
+            if self.stop_flag.value and not stop.stopping:
+                stop.stop(SIBLING)
             await asyncio.sleep(WATCH_EVERY)
 
 
 def run_workers(
-    settings: Settings,
-    seed: Path,
-    *,
-    retry_failed: bool = False,
-    listener: Listener | None = None,
+    settings: Settings, seed: Path, *, retry_failed: bool = False, listener: Listener
 ) -> RunReport:
     """Run (or resume) a seed with ``settings.workers`` processes; see the module docstring.
 
+    ``graph.runner.run`` has checked the endpoint, created the run's databases, recorded
+    the run and counted the seed already.
+
     Raises:
-        EndpointProblem: the key is missing or the endpoint unreachable (before any sample).
-        FileNotFoundError: the seed does not exist.
         WorkerFailed: a worker hit a programming error (the others were stopped cleanly).
     """
-    seed = Path(seed)
-    if not seed.exists():
-        raise FileNotFoundError(f"seed {str(seed)!r} does not exist")
-    eventloop.run(_prepare(settings))
     count = min(settings.workers, settings.concurrency)
     context = _context()
-    store = Store(settings.results_db)  # created and migrated here, before any worker opens it
+    store = Store(settings.results_db)
     try:
-        record_run(store, settings, seed)
         tally = spent_so_far(store, PriceTable(settings.prices), context)
     finally:
         store.close()
-    parent = _Parent(settings, seed, retry_failed, listener, context, tally, count)
-    return parent.run()
-
-
-async def _prepare(settings: Settings) -> None:
-    """Check the endpoint once, and create the checkpoint tables before workers race to."""
-    await preflight(settings)
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    async with open_checkpointer(settings.graph_db) as saver:
-        saver.setup()
+    return _Parent(settings, seed, retry_failed, listener, context, tally, count).run()
 
 
 def _context() -> Any:
@@ -177,16 +157,15 @@ class _Parent:
         settings: Settings,
         seed: Path,
         retry_failed: bool,
-        listener: Listener | None,
+        listener: Listener,
         context: Any,
         tally: Tally,
         count: int,
     ):
-        self.notify = listener or (lambda event, detail: None)
+        self.notify = listener
         self.usage = Usage(calls_before=tally.calls_before, cost_before=tally.cost_before)
         if hasattr(listener, "attach"):
             listener.attach(self.usage)
-        self.notify("total", count_total(seed, settings.limit))
         self.stop_flag = context.Value("i", 0)
         self.events = context.Queue()
         alive_r, self.alive_w = context.Pipe(duplex=False)
@@ -197,7 +176,6 @@ class _Parent:
                 target=_worker_main,
                 args=(
                     shares[k],
-                    seed,
                     retry_failed,
                     WorkerLink(k, tally, self.stop_flag, self.events, alive_r, self.inboxes[k]),
                 ),
@@ -223,24 +201,26 @@ class _Parent:
         self.usages: dict[int, dict] = {}
         self.bugs: dict[int, str] = {}
         """The traceback of each worker that hit a programming error."""
-        self.stopping = False
-        self.reason: str | None = None
-        self.aborting = False
         self.notices: set[str] = set()
+        self.stop = Stop(listener)
+        # The run's stop, wherever it comes from (a signal here, or a worker's budget,
+        # breaker or signal), stops every worker and the dealing of rows; quitting at
+        # once is passed on to the workers as a second signal.
+        self.stop.on_stop(self._stop_workers)
+        self.stop.on_abort(self._kill_workers)
 
     def run(self) -> RunReport:
-        previous = self._install_signals()
         try:
-            with _main_module_hidden():
+            with self.stop.signals():
+                with _main_module_hidden():
+                    for proc in self.procs:
+                        proc.start()
+                self._alive_r.close()  # the workers hold their own copies
+                self._deal()
+                self._pump()
                 for proc in self.procs:
-                    proc.start()
-            self._alive_r.close()  # the workers hold their own copies
-            self._deal()
-            self._pump()
-            for proc in self.procs:
-                proc.join()
+                    proc.join()
         finally:
-            self._restore_signals(previous)
             self.alive_w.close()
             self.events.close()
             self.store.close()
@@ -254,7 +234,7 @@ class _Parent:
     def _deal(self) -> None:
         """Give rows to the workers with room, until the seed ends or the run stops."""
         while self.seed_rows is not None:
-            if self.stopping:
+            if self.stop.stopping:
                 self._end_rows()
                 return
             k = max(range(len(self.procs)), key=lambda n: self.room[n] - self.outstanding[n])
@@ -268,7 +248,7 @@ class _Parent:
             key = row_key(index, raw)
             if error is None and self._finished_earlier(key, index):
                 self.skipped += 1
-                self.notify("skipped", key)
+                self.notify(SampleEvent("skipped", key))
                 continue
             k = self.owner.get(key, k)
             self.owner[key] = k
@@ -312,13 +292,7 @@ class _Parent:
     def _take(self, message: tuple) -> None:
         kind, index, *rest = message
         if kind == "event":
-            event, detail = rest
-            if event in FINISHED:
-                self.outstanding[index] -= 1
-                if self.owner.get(detail) == index:
-                    del self.owner[detail]
-            self._event(event, detail)
-            self._deal()
+            self._event(index, rest[0])
         elif kind == "usage":
             self.usages[index] = rest[0]
             self._sum_usage()
@@ -326,32 +300,41 @@ class _Parent:
             self.reports[index] = rest[0]
         elif kind == "bug":
             self.bugs[index] = rest[0]
-            self._stop(f"worker {index} failed")
+            self.stop.stop(StopReason("worker_failed", f"worker {index} failed"))
 
-    def _event(self, event: str, detail: str) -> None:
-        if event == "stopping":
-            if detail != SIBLING_REASON:
-                self._stop(detail)
-            return
-        if event == "aborting":
-            if not self.aborting:
-                self.aborting = True
-                self.notify("aborting", "")
-            return
-        if event == "notice":
-            if detail in self.notices:
-                return
-            self.notices.add(detail)
-        self.notify(event, detail)
+    def _event(self, index: int, event: Event) -> None:
+        match event:
+            case SampleEvent(kind=kind, hash_id=key) if kind in ENDS_A_ROW:
+                self.outstanding[index] -= 1
+                if self.owner.get(key) == index:
+                    del self.owner[key]
+                self.notify(event)
+                self._deal()
+            case Stopping(reason=reason):
+                # A worker that stopped because the others did says nothing new; the
+                # first worker to stop for a reason of its own gives the run its reason.
+                if reason.kind != "sibling":
+                    self.stop.stop(reason)
+            case Aborting():
+                self.stop.aborted()  # the workers quit already; the display says so once
+            case Notice(text=text):
+                if text not in self.notices:
+                    self.notices.add(text)
+                    self.notify(event)
+            case _:
+                self.notify(event)
 
-    def _stop(self, reason: str) -> None:
+    def _stop_workers(self, reason: StopReason) -> None:
         self.stop_flag.value = 1
         if self.seed_rows is not None:
             self._end_rows()
-        if self.reason is None:
-            self.reason = reason
-            self.notify("stopping", reason)
-        self.stopping = True
+
+    def _kill_workers(self) -> None:
+        # Ctrl-C reaches the workers too (one process group); SIGTERM sent to the parent
+        # alone reaches them through the flag, and a second one is passed on as an abort.
+        for proc in self.procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
 
     def _sum_usage(self) -> None:
         parts = self.usages.values()
@@ -370,9 +353,12 @@ class _Parent:
             code = proc.exitcode
             if code is None or k in self.reports or k in self.bugs:
                 continue
-            if code != 0 and not self.aborting:
-                self._stop(f"worker {k} died unexpectedly ({_exit_text(code)})")
-                self.reports[k] = RunReport(stopped=True)
+            if code != 0 and not self.stop.aborting:
+                reason = StopReason(
+                    "worker_died", f"worker {k} died unexpectedly ({_exit_text(code)})"
+                )
+                self.stop.stop(reason)
+                self.reports[k] = RunReport(stop=reason)
 
     def _report(self) -> RunReport:
         report = RunReport(skipped=self.skipped)
@@ -383,38 +369,9 @@ class _Parent:
             report.interrupted += part.interrupted
             report.failures.extend(part.failures)
             report.worker_cpu += part.worker_cpu
-            report.stopped = report.stopped or part.stopped
-        report.stopped = report.stopped or self.stopping
-        if report.stopped:
-            report.stop_reason = self.reason or SIBLING_REASON
+        if self.stop.stopping or any(part.stopped for part in self.reports.values()):
+            report.stop = self.stop.reason or SIBLING
         return report
-
-    # -- signals ------------------------------------------------------------------------
-
-    def _install_signals(self) -> dict:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, self._on_signal)
-        return previous
-
-    def _restore_signals(self, previous: dict) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        # Ctrl-C reaches the workers too (one process group); SIGTERM sent to the parent
-        # alone reaches them through the flag, and a second one is passed on as an abort.
-        if not self.stopping:
-            self._stop(SIGNAL_REASON)
-            return
-        if not self.aborting:
-            self.aborting = True
-            self.notify("aborting", "")
-        for proc in self.procs:
-            if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signal.SIGTERM)
 
 
 def _exit_text(code: int) -> str:
@@ -459,8 +416,8 @@ class _Forward:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __call__(self, event: str, detail: str) -> None:
-        self.link.events.put(("event", self.link.index, event, detail))
+    def __call__(self, event: Event) -> None:
+        self.link.events.put(("event", self.link.index, event))
 
     def attach(self, usage: Usage) -> None:
         self.usage = usage
@@ -501,7 +458,7 @@ def cpu_with_children() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def _worker_main(settings: Settings, seed: Path, retry_failed: bool, link: WorkerLink) -> None:
+def _worker_main(settings: Settings, retry_failed: bool, link: WorkerLink) -> None:
     """Run one worker's share of the seed and send its report to the parent."""
     # Until the run installs its own handlers, a Ctrl-C is the parent's to act on (it
     # raises the stop flag); afterwards the run's handlers take it as usual.
@@ -509,9 +466,7 @@ def _worker_main(settings: Settings, seed: Path, retry_failed: bool, link: Worke
     forward = _Forward(link)
     started = cpu_with_children()
     try:
-        report = eventloop.run(
-            run_async(settings, seed, retry_failed=retry_failed, listener=forward, worker=link)
-        )
+        report = eventloop.run(_work(settings, retry_failed, link, forward))
     except BaseException:  # noqa: BLE001 - a bug: the parent stops the rest and shows it
         message, code = ("bug", link.index, traceback.format_exc()), 1
     else:
@@ -522,3 +477,24 @@ def _worker_main(settings: Settings, seed: Path, retry_failed: bool, link: Worke
     link.events.put(message)
     if code:
         raise SystemExit(code)
+
+
+async def _work(
+    settings: Settings, retry_failed: bool, link: WorkerLink, forward: _Forward
+) -> RunReport:
+    """Run the rows the parent deals, stopping with (and stopping) the other workers."""
+    stop = Stop(forward)
+    # The reason reaches the parent (through ``forward``) before the flag goes up.
+    stop.on_stop(lambda reason: link.stop_all())
+    watch = asyncio.create_task(link.watch(stop))
+    try:
+        return await run_rows(
+            settings,
+            link.rows(),
+            stop,
+            retry_failed=retry_failed,
+            listener=forward,
+            tally=link.tally,
+        )
+    finally:
+        watch.cancel()

@@ -55,9 +55,8 @@ class ImageEncoder:
     """Encode images to data URLs, in a helper process or (fallback) in a thread.
 
     Example:
-        encoder = ImageEncoder()
-        url = await encoder.data_url(Path("images"), "coco/1.jpg", 512, 85)
-        await encoder.aclose()
+        async with ImageEncoder() as encoder:
+            url = await encoder.data_url(Path("images"), "coco/1.jpg", 512, 85)
     """
 
     def __init__(
@@ -207,6 +206,14 @@ class ImageEncoder:
         for answer in pending.values():
             if not answer.done():
                 answer.set_exception(HelperGone(why))
+
+    async def __aenter__(self) -> ImageEncoder:
+        """Return the encoder; leaving the block stops its helper (see ``aclose``)."""
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop the helper and wait for it."""
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop the helper (it exits when its stdin closes) and wait for it."""

@@ -33,6 +33,7 @@ from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 
 from mmevol.graph.config import Settings
+from mmevol.graph.events import StopReason
 from mmevol.graph.runtime.limits import (
     Governor,
     Outcome,
@@ -195,13 +196,17 @@ class ModelClient:
     concurrency limit, is counted against ``max_calls`` and ``max_cost``, and feeds the
     failure breaker. Reaching a budget or tripping the breaker calls ``on_stop`` with the
     reason (the runner then stops cleanly) and no further call is made.
+
+    Example:
+        async with ModelClient(settings, store) as client:
+            answer = await client.ask(key, text)
     """
 
     def __init__(
         self,
         settings: Settings,
         store: Store,
-        on_stop: Callable[[str], None] | None = None,
+        on_stop: Callable[[StopReason], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
         tally: Tally | None = None,
     ):
@@ -219,7 +224,7 @@ class ModelClient:
         self.on_stop = on_stop or (lambda reason: None)
         self.on_notice = on_notice or (lambda text: log.warning(text))
         self._stopped = asyncio.Event()
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.governor = Governor(ceiling=settings.concurrency * 2)
         self.http = openai.DefaultAioHttpClient(
             limits=_limits(max(100, settings.concurrency * 4)),
@@ -240,6 +245,14 @@ class ModelClient:
         """Close the connection pool."""
         await self.http.aclose()
 
+    async def __aenter__(self) -> ModelClient:
+        """Return the client; leaving the block closes its connection pool."""
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close the connection pool."""
+        await self.aclose()
+
     @property
     def stopping(self) -> bool:
         """Whether the run stops: recorded answers are still served, no call or retry starts."""
@@ -256,7 +269,7 @@ class ModelClient:
         if seen is not None:
             seen.append(response)
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         """Make no new call from now on, and tell the runner why (once)."""
         if self.stop_reason is None:
             self.stop_reason = reason
@@ -284,7 +297,7 @@ class ModelClient:
             raise RunStopped(str(key))
         limit = self.settings.max_calls
         if not self.tally.reserve_call(limit):
-            self.stop(f"reached --max-calls {limit}")
+            self.stop(StopReason("max_calls", f"reached --max-calls {limit}"))
             raise RunStopped(str(key))
         role = "score" if key.node.startswith("score") else "evolve"
         chat = self.chats[role]
@@ -352,7 +365,7 @@ class ModelClient:
     def _outcome(self, ok: bool, error: str | None = None) -> None:
         tripped = self.governor.on_outcome(Outcome(ok, error))
         if tripped:
-            self.stop(f"the endpoint keeps failing: {tripped}")
+            self.stop(StopReason("breaker", f"the endpoint keeps failing: {tripped}"))
 
     async def _call(self, chat: ChatOpenAI, message: HumanMessage, schema: dict | None) -> object:
         """Call the model, retrying what the endpoint may answer better later.
@@ -415,7 +428,9 @@ class ModelClient:
         spent = self.tally.add_cost(cost)
         budget = self.settings.max_cost
         if budget is not None and spent >= budget:
-            self.stop(f"reached --max-cost ${budget:g} (spent ${spent:.4f})")
+            self.stop(
+                StopReason("max_cost", f"reached --max-cost ${budget:g} (spent ${spent:.4f})")
+            )
 
 
 def spent_so_far(store: Store, prices: PriceTable, context: object | None = None) -> Tally:

@@ -579,8 +579,9 @@ def test_an_outage_stops_the_run_and_the_next_run_exports_every_sample_once(
     outage.start()
     first = runner.run(settings, seed)
     outage.join()
-    assert first.stopped and first.stop_reason.startswith("the endpoint keeps failing")
-    assert "InternalServerError" in first.stop_reason
+    assert first.stop.kind == "breaker"
+    assert first.stop.message.startswith("the endpoint keeps failing")
+    assert "InternalServerError" in first.stop.message
     assert first.failed == 0 and first.interrupted >= 10
     store = Store(settings.results_db)
     assert "failed" not in set(store.statuses().values())

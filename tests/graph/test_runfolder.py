@@ -200,10 +200,10 @@ def test_budget_spent_stops_before_any_call(sim, demo_seed, make_settings):
     seed_path, images = demo_seed
     settings = make_settings(sim, images, run="budget", max_calls=3)
     first = runner.run(settings, seed_path)
-    assert first.stopped and "--max-calls" in first.stop_reason
+    assert first.stop.kind == "max_calls" and "--max-calls" in first.stop.message
     before = sim.stats()["requests"]
     again = runner.run(settings, seed_path)
-    assert again.stopped and "--max-calls" in again.stop_reason
+    assert again.stop.kind == "max_calls" and "--max-calls" in again.stop.message
     assert again.done == again.interrupted == 0
     assert sim.stats()["requests"] == before
     assert json.loads(json.dumps(again.failures)) == []

@@ -13,6 +13,7 @@ import pytest
 
 from mmevol.graph import runner
 from mmevol.graph.config import Settings
+from mmevol.graph.events import Event, SampleEvent, StopReason, Total
 from mmevol.graph.export import export_json
 from mmevol.graph.seed import row_key
 from mmevol.graph.store import Store
@@ -54,11 +55,9 @@ def test_two_workers_give_the_same_result_as_one_process(sim, seed12, make_setti
     seed_path, images = seed12
     one = make_settings(sim, images, run="one", concurrency=4)
     single = runner.run(one, seed_path)
-    events: list[tuple[str, str]] = []
+    events: list[Event] = []
     two = make_settings(sim, images, run="two", concurrency=4, workers=2)
-    shared = runner.run(
-        two, seed_path, listener=lambda event, detail: events.append((event, detail))
-    )
+    shared = runner.run(two, seed_path, listener=events.append)
 
     assert (shared.done, shared.failed) == (single.done, single.failed) == (12, 4)
     assert export_of(two, tmp_path, "two") == export_of(one, tmp_path, "one")
@@ -68,9 +67,10 @@ def test_two_workers_give_the_same_result_as_one_process(sim, seed12, make_setti
     assert len(keys) == len(set(keys))
     assert sorted(keys) == sorted(call_keys(one))
     # The parent counted the seed once; the workers' events reached the listener.
-    assert [d for e, d in events if e == "total"] == ["16"]
-    assert sum(e == "done" for e, _ in events) == 12
-    assert sum(e in ("failed", "rejected") for e, _ in events) == 4
+    assert [e for e in events if isinstance(e, Total)] == [Total(16)]
+    kinds = [e.kind for e in events if isinstance(e, SampleEvent)]
+    assert kinds.count("done") == 12
+    assert kinds.count("failed") + kinds.count("rejected") == 4
     assert shared.worker_cpu > 0
     # The run's recorded settings are the run's, not one worker's share of them.
     store = Store(two.results_db)
@@ -94,7 +94,7 @@ def test_max_calls_counts_the_calls_of_all_workers(sim, seed12, make_settings, t
     seed_path, images = seed12
     settings = make_settings(sim, images, concurrency=4, workers=2, max_calls=10)
     report = runner.run(settings, seed_path)
-    assert report.stopped and report.stop_reason == "reached --max-calls 10"
+    assert report.stop == StopReason("max_calls", "reached --max-calls 10")
     assert sim.stats()["requests"] <= 10
     assert len(call_keys(settings)) <= 10
     # Without the budget the run finishes, and pays for no call twice.

@@ -7,6 +7,7 @@ import signal
 import time
 
 from mmevol.graph import runner
+from mmevol.graph.events import Notice, StopReason
 from mmevol.graph.store import Store
 from mmevol.sim.demo_seed import make_demo_seed
 
@@ -23,7 +24,7 @@ def test_max_calls_stops_cleanly_and_resume_finishes(sim, demo_seed, make_settin
     seed_path, images = demo_seed
     settings = make_settings(sim, images, limit=6, max_calls=10)
     report = runner.run(settings, seed_path)
-    assert report.stopped and report.stop_reason == "reached --max-calls 10"
+    assert report.stop == StopReason("max_calls", "reached --max-calls 10")
     assert len(calls_of(settings)) == 10
     assert report.interrupted > 0 and report.failed == 0
     # The budget counts the whole run, so raise it to finish.
@@ -39,7 +40,8 @@ def test_max_cost_uses_the_price_table(sim, demo_seed, make_settings, tmp_path):
     prices.write_text(json.dumps({"gpt-4o-mini": {"input": 5.0, "output": 5.0}}))
     settings = make_settings(sim, images, limit=6, max_cost=0.05, prices=prices)
     report = runner.run(settings, seed_path)
-    assert report.stopped and report.stop_reason.startswith("reached --max-cost $0.05")
+    assert report.stop.kind == "max_cost"
+    assert report.stop.message.startswith("reached --max-cost $0.05")
     spent = sum((c["input_tokens"] + c["output_tokens"]) * 5.0 / 1e6 for c in calls_of(settings))
     assert 0.05 <= spent < 0.05 + 4 * 0.02  # at most the calls in flight past the budget
 
@@ -61,9 +63,9 @@ def test_sustained_failures_stop_the_run_instead_of_interrupting_every_sample(
     server = sim_factory(seed=0, error_rate=1.0)
     settings = make_settings(server, images, max_retries=0, concurrency=2)
     report = runner.run(settings, seed_path)
-    assert report.stopped
-    assert report.stop_reason.startswith("the endpoint keeps failing: 10 of the last 10")
-    assert "InternalServerError" in report.stop_reason
+    assert report.stop.kind == "breaker"
+    assert report.stop.message.startswith("the endpoint keeps failing: 10 of the last 10")
+    assert "InternalServerError" in report.stop.message
     # The samples whose call failed are interrupted, not failed: the next run resumes them,
     # and the rest of the seed never started and stays pending for it.
     # Each sample made one call per chunk (sample 1 has three); at most the calls
@@ -81,7 +83,9 @@ def test_structured_output_when_accepted(sim, demo_seed, make_settings):
     settings = make_settings(sim, images, limit=2, structured_output=True)
     notices = []
     report = runner.run(
-        settings, seed_path, listener=lambda e, t: notices.append(t) if e == "notice" else None
+        settings,
+        seed_path,
+        listener=lambda e: notices.append(e.text) if isinstance(e, Notice) else None,
     )
     assert report.done == 2 and notices == []
     responses = [c["response"] for c in calls_of(settings)]
@@ -95,7 +99,9 @@ def test_structured_output_refused_falls_back_once(sim_factory, demo_seed, make_
     settings = make_settings(server, images, limit=3, structured_output=True, concurrency=1)
     notices = []
     report = runner.run(
-        settings, seed_path, listener=lambda e, t: notices.append(t) if e == "notice" else None
+        settings,
+        seed_path,
+        listener=lambda e: notices.append(e.text) if isinstance(e, Notice) else None,
     )
     assert report.done == 3
     rejected = [n for n in notices if "rejected structured output" in n]
