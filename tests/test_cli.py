@@ -53,6 +53,17 @@ def test_run_status_export(sim, demo_seed, tmp_path):
     assert len(json.loads(out.read_text())) == 3
 
 
+def test_a_budget_stop_exits_3_and_says_why(sim, demo_seed, tmp_path):
+    seed_path, images = demo_seed
+    result = invoke(
+        "run", seed_path, "--images", images, "--run", "budget", "--max-calls", 5,
+        "--base-url", sim.base_url, "--concurrency", 2, env={"OPENAI_API_KEY": "sim"},
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "Stopped: reached --max-calls 5, counted over every invocation" in result.output
+    assert "raise --max-calls" in result.output
+
+
 def test_missing_key_is_one_line(demo_seed, sim):
     seed_path, images = demo_seed
     result = invoke("run", seed_path, "--images", images, "--base-url", sim.base_url)

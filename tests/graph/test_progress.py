@@ -1,4 +1,4 @@
-"""The progress line counts what a resumed run skipped."""
+"""The progress display: its line, and the events of real runs against the simulated endpoint."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 
 from rich.console import Console
 
+from mmevol.graph import runner
 from mmevol.graph.events import SampleEvent, Total
 from mmevol.graph.progress import RunProgress
 
@@ -21,3 +22,19 @@ def test_progress_line_counts_skipped_samples():
     fresh = RunProgress(Console(file=io.StringIO()))
     fresh(SampleEvent("done", "x"))
     assert "skipped" not in fresh.summary()
+
+
+def test_the_display_counts_a_run_and_says_why_it_stopped(sim, demo_seed, make_settings):
+    seed_path, images = demo_seed
+    text = io.StringIO()
+    with RunProgress(Console(file=text, width=300), every=3600) as progress:
+        runner.run(make_settings(sim, images, limit=6, max_calls=10), seed_path, listener=progress)
+    assert progress.total == 6
+    assert "Stopping (reached --max-calls 10): no new sample or call starts" in text.getvalue()
+    assert progress.usage is not None and progress.usage.calls == 10
+
+    with RunProgress(Console(file=io.StringIO(), width=300), every=3600) as progress:
+        runner.run(make_settings(sim, images, limit=6), seed_path, listener=progress)
+    assert progress.summary().startswith("samples 6/6  done ")
+    done, failed = progress.counts["done"], progress.counts["failed"] + progress.counts["rejected"]
+    assert done + failed + progress.counts["skipped"] == 6

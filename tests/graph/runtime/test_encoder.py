@@ -303,3 +303,16 @@ def test_the_helper_refuses_an_image_too_large_to_decode_and_goes_on(pictures):
 
     url, uses_helper = run(go())
     assert uses_helper and url == encode(pictures / "a.jpg", "a.jpg")
+
+
+def test_leaving_an_async_with_block_stops_the_helper(pictures):
+    async def go():
+        async with ImageEncoder() as encoder:
+            url = await encoder.data_url(pictures, "a.jpg", 512, 85)
+            proc = encoder._proc
+        return url, proc, encoder
+
+    url, proc, encoder = run(go())
+    assert url == encode(pictures / "a.jpg", "a.jpg")
+    assert proc is not None and proc.returncode == 0  # its stdin closed, it exited
+    assert not encoder.uses_helper

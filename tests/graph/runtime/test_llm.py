@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
 
 from mmevol.graph import runner
 from mmevol.graph.events import Notice, StopReason
+from mmevol.graph.runtime.llm import CallKey, ModelClient
 from mmevol.graph.store import Store
 from mmevol.sim.demo_seed import make_demo_seed
 
@@ -145,3 +147,22 @@ def test_first_ctrl_c_stops_the_retries_of_calls_to_a_hanging_endpoint(
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "16 done, 0 failed" in stdout
+
+
+def test_leaving_an_async_with_block_closes_the_connection_pool(sim, make_settings, tmp_path):
+    settings = make_settings(sim, tmp_path)
+    settings.run_dir.mkdir(parents=True)
+    store = Store(settings.results_db)
+
+    async def go():
+        async with ModelClient(settings, store) as client:
+            key = CallKey("0_a.jpg", 1, "score", 0)
+            answer = await client.ask(key, "<items>\n1. Q: What is red? A: The box.\n</items>")
+        return client, answer
+
+    try:
+        client, answer = asyncio.run(go())
+    finally:
+        store.close()
+    assert answer.text and not answer.reused  # a real call over the pool
+    assert client.http.is_closed
