@@ -32,7 +32,8 @@ def run(
 
     With ``settings.workers`` above 1 the samples are shared by that many worker
     processes (``graph.workers``); the result is the same, only faster when one core
-    is what limits the run.
+    is what limits the run. ``listener`` is called with each event of the run
+    (``graph.events``); the report's ``stop`` says why the run stopped early, if it did.
 
     Raises:
         EndpointProblem: the key is missing or the endpoint unreachable (before any sample).
