@@ -47,9 +47,11 @@ def run(
         raise FileNotFoundError(f"seed {str(seed)!r} does not exist")
     images.check_root(settings.images, seed, settings.limit)  # a mistyped --images: one error
     listener = listener or ignore
+    # Also before the lock: an unusable endpoint leaves no run folder behind.
+    eventloop.run(preflight(settings))
     # One writer per run folder; worker processes write under this process's lock.
     with runfolder.writing(settings, on_notice=lambda text: listener(Notice(text))):
-        if spent := runfolder.budget_spent(settings):  # stop before any call
+        if spent := runfolder.budget_spent(settings):  # stop before any model call
             return RunReport(stop=spent)
         eventloop.run(_prepare(settings))
         store = Store(settings.results_db)
@@ -68,12 +70,11 @@ def run(
 
 
 async def _prepare(settings: Settings) -> None:
-    """Check the endpoint, then create the run's folder and its checkpoint tables.
+    """Create the run's folder and its checkpoint tables.
 
     The tables exist before any worker process opens the database, so that workers do
     not race to create them.
     """
-    await preflight(settings)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     async with open_checkpointer(settings.graph_db) as saver:
         saver.setup()
