@@ -381,7 +381,7 @@ def export(
     ] = None,
 ) -> None:
     """Write finished samples: the authors' format, or training records (llava, sharegpt, hf)."""
-    from mmevol.graph import formats
+    from mmevol.graph import formats, training
 
     path = _existing_run(run, checkpoints)
     if fmt == "authors":
@@ -407,7 +407,7 @@ def export(
         push_to_hub=push_to_hub,
     )
     try:
-        report = guarded(formats.export_training, path, output, fmt, options)
+        report = guarded(training.export_training, path, output, fmt, options)
     except formats.MissingExtra as problem:
         fail(str(problem))
     out.print(report.summary(), highlight=False, soft_wrap=True)

@@ -97,7 +97,7 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from mmevol.graph.export import export_json
-from mmevol.graph.formats import export_training
+from mmevol.graph.training import export_training
 db, fmt, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 start = time.perf_counter()
 if fmt == "authors":

@@ -495,19 +495,25 @@ def replace_dir(tmp: Path, output: Path) -> None:
         shutil.rmtree(old)
 
 
-def export_training(
-    results_db: Path, output: Path, fmt: str, options: ExportOptions | None = None
-) -> ExportReport:
-    """Write a run's kept rounds as training records in ``fmt`` (llava, sharegpt or hf)."""
-    options = options or ExportOptions()
+def check_request(fmt: str, options: ExportOptions) -> None:
+    """Refuse a format that is not a training format, or options it does not take."""
     if fmt not in TRAINING_FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if fmt != "hf" and (options.image_max_side or options.push_to_hub):
         raise ValueError("--image-max-side and --push-to-hub apply to --format hf only")
-    if fmt == "hf":
-        from mmevol.graph import hfexport
 
-        return hfexport.export_hf(results_db, output, options)
+
+def export_records(
+    results_db: Path, output: Path, fmt: str, options: ExportOptions | None = None
+) -> ExportReport:
+    """Write a run's kept rounds as JSON training records in ``fmt`` (llava or sharegpt).
+
+    ``mmevol.graph.training.export_training`` picks this or the ``hf`` writer by format.
+    """
+    options = options or ExportOptions()
+    check_request(fmt, options)
+    if fmt == "hf":
+        raise ValueError("--format hf is written by mmevol.graph.hfexport.export_hf")
     report = ExportReport(output=output, format=fmt)
     store = Store(results_db)
     try:

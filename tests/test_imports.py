@@ -148,6 +148,11 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_no_module_imports_itself_round_a_loop():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
 def test_the_checker_sees_what_it_must(tmp_path):
     # The rule and cycle checks above are only as good as what they read: prove they catch
     # a function-local import, a TYPE_CHECKING import, a relative import and a loop.

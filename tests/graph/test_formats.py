@@ -17,11 +17,11 @@ from mmevol.graph.formats import (
     ExportOptions,
     Record,
     _pairs,
-    export_training,
     llava_record,
     parse_rounds,
     write_json_records,
 )
+from mmevol.graph.training import export_training
 
 
 def invoke(*args):

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from mmevol.cli import app
 from mmevol.graph.export import export_json
-from mmevol.graph.formats import ExportOptions, export_training
+from mmevol.graph.formats import ExportOptions
 from mmevol.graph.hfexport import export_hf, size_category
+from mmevol.graph.training import export_training
 
 
 def invoke(*args):
