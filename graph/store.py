@@ -123,9 +123,14 @@ def m003_judge_reason(db: Database) -> None:
     A run made before this migration gets the columns with NULL: its kept items had no
     reason stored, and its judged-out items keep theirs inside ``dropped.reason`` only.
     """
-    db["items"].add_column("judge_reason", str)
-    db["dropped"].add_column("score", int)
-    db["dropped"].add_column("judge_reason", str)
+    for table, column, kind in (
+        ("items", "judge_reason", str),
+        ("dropped", "score", int),
+        ("dropped", "judge_reason", str),
+    ):
+        # A development build named this migration m002; its runs have the columns.
+        if column not in db[table].columns_dict:
+            db[table].add_column(column, kind)
 
 
 def reason_kind(reason: str) -> str:
