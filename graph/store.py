@@ -436,6 +436,20 @@ class Store:
         ]
         return {"calls": calls, "by_model": by_model}
 
+    def answered_calls(self) -> dict[str, int]:
+        """Count the calls recorded with an answer (any answer, usable or not).
+
+        ``answered`` rows, over ``keys`` distinct call keys: a key answered more than once
+        on record was paid twice by a run that should have found the first answer.
+        """
+        row = next(
+            self.db.query(
+                "select count(*) as answered, count(distinct key) as keys"
+                " from calls where error is null"
+            )
+        )
+        return {"answered": row["answered"], "keys": row["keys"]}
+
     def set_parse(self, call_id: int, status: str) -> None:
         """Record how a call's answer parsed (ok, repaired, unusable: ...)."""
         with self.db.conn:

@@ -111,6 +111,7 @@ class SimServer:
         self._ids = 0
         self._behaviour: dict[str, Any] | None = None
         self._cleared: asyncio.Event | None = None
+        self._in_flight = 0
         self.reset()
 
     @property
@@ -226,10 +227,17 @@ class SimServer:
         self._cleared = asyncio.Event()
 
     def stats(self) -> dict[str, Any]:
-        """Return a copy of the counters: requests, by_kind, faults and bodies."""
+        """Return a copy of the counters: requests, by_kind, faults and bodies.
+
+        Also ``answered``, the chat requests answered 200 (whatever the content: these
+        are the calls a client pays for, even when it is gone before the answer comes),
+        and ``in_flight``, the chat requests being served right now (not reset).
+        """
         with self._lock:
             return {
                 "requests": self._requests,
+                "answered": self._answered,
+                "in_flight": self._in_flight,
                 "by_kind": dict(self._by_kind),
                 "faults": dict(self._faults),
                 "bodies": dict(self._bodies),
@@ -239,6 +247,7 @@ class SimServer:
         """Clear the counters, the script queue and the memory of bodies seen."""
         with self._lock:
             self._requests = 0
+            self._answered = 0
             self._by_kind = dict.fromkeys(("evolve", "score", "other"), 0)
             self._faults = dict.fromkeys(FAULTS, 0)
             self._bodies: dict[str, int] = {}
@@ -251,6 +260,20 @@ class SimServer:
             self._faults[fault] += 1
 
     async def _chat(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self._in_flight += 1
+        status = 0
+        try:
+            response = await self._serve_chat(request)
+            status = response.status
+            return response
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                # A 200 is paid for even when the client is gone before it arrives.
+                self._answered += status == 200
+
+    async def _serve_chat(self, request: web.Request) -> web.Response:
         raw = await request.read()
         digest = hashlib.sha256(raw).hexdigest()
         try:

@@ -129,3 +129,14 @@ def test_save_round_keeps_the_judge_reason_of_kept_and_judged_out_items():
     assert detail["items"][0]["judge_reason"] == "harder, uses the image"
     assert detail["dropped"][0]["score"] == 3
     assert detail["dropped"][0]["judge_reason"] == "too easy"
+
+
+def test_answered_calls_count_recorded_answers_and_their_keys():
+    store = Store(None)
+    assert store.answered_calls() == {"answered": 0, "keys": 0}
+    store.log_call({"key": "k", "error": "APIConnectionError: boom"})
+    store.log_call({"key": "k", "response": "", "finish_reason": "stop"})  # unusable, but paid
+    store.log_call({"key": "j", "response": "[]", "finish_reason": "stop"})
+    assert store.answered_calls() == {"answered": 2, "keys": 2}
+    store.log_call({"key": "j", "response": "[]", "finish_reason": "stop"})
+    assert store.answered_calls() == {"answered": 3, "keys": 2}

@@ -414,3 +414,29 @@ def test_hang_without_seconds_holds_every_call_until_cleared(sim):
             return await call
 
     assert asyncio.run(held_then_released()).choices[0].message.content == "OK"
+
+
+def test_stats_count_answers_paid_and_requests_in_flight(sim_factory):
+    sim = sim_factory(garbage_rate=1.0)
+    ask(sim, "hi")  # garbage is still a 200 answer: paid for
+    sim.set_behaviour("status", status=503)
+    with pytest.raises(openai.InternalServerError):
+        ask(sim, "hi")
+    sim.set_behaviour("hang")
+
+    async def held():
+        async with openai.AsyncOpenAI(base_url=sim.base_url, api_key="t", max_retries=0) as c:
+            call = asyncio.ensure_future(c.chat.completions.create(model="m", messages=user("x")))
+            while sim.stats()["in_flight"] < 1:
+                await asyncio.sleep(0.01)
+            during = sim.stats()
+            sim.set_behaviour(None)
+            await call
+            return during
+
+    during = asyncio.run(held())
+    assert (during["answered"], during["in_flight"]) == (1, 1)
+    after = sim.stats()
+    assert (after["requests"], after["answered"], after["in_flight"]) == (3, 2, 0)
+    sim.reset()
+    assert sim.stats()["answered"] == 0
