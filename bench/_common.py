@@ -112,7 +112,7 @@ _SIM_MAIN = """
 import sys
 from mmevol.sim.server import SimOptions, SimServer
 import time
-opts = SimOptions(seed={seed}, latency_ms={latency_ms}, latency_dist={dist!r})
+opts = SimOptions(**{options!r})
 srv = SimServer(opts, host="127.0.0.1", port=0).start()
 print(srv.base_url, flush=True)
 try:
@@ -132,11 +132,17 @@ class SimProcess:
     measured (the machine has 2 cores: one for the client, one for the server).
     """
 
-    def __init__(self, latency_ms: float = 0.0, heavy: bool = False, seed: int = 0) -> None:
-        """Remember the options; ``start`` launches the process."""
-        self.code = _SIM_MAIN.format(
-            seed=seed, latency_ms=float(latency_ms), dist="heavy" if heavy else "fixed"
-        )
+    def __init__(
+        self, latency_ms: float = 0.0, heavy: bool = False, seed: int = 0, **options: Any
+    ) -> None:
+        """Remember the options (any other ``SimOptions`` field by name); ``start`` launches."""
+        options = {
+            "seed": seed,
+            "latency_ms": float(latency_ms),
+            "latency_dist": "heavy" if heavy else "fixed",
+            **options,
+        }
+        self.code = _SIM_MAIN.format(options=options)
         self.proc: subprocess.Popen | None = None
         self.base_url = ""
 
@@ -181,11 +187,11 @@ class SimProcess:
         """Stop the server."""
         self.stop()
 
-    def _get(self, path: str, method: str = "GET") -> dict:
+    def _get(self, path: str, method: str = "GET", payload: dict | None = None) -> dict:
         root = self.base_url.removesuffix("/v1")
-        req = urllib.request.Request(
-            root + path, method=method, data=b"" if method == "POST" else None
-        )
+        data = None if method == "GET" else json.dumps(payload or {}).encode()
+        req = urllib.request.Request(root + path, method=method, data=data)
+        req.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -194,6 +200,10 @@ class SimProcess:
         stats = self._get("/sim/stats")
         stats.pop("bodies", None)
         return stats
+
+    def behaviour(self, kind: str | None, **fields: Any) -> None:
+        """Answer every chat request one way until called with None (``set_behaviour``)."""
+        self._get("/sim/behaviour", "POST", {"kind": kind, **fields})
 
     def reset(self) -> None:
         """Clear the server's counters and its memory of request bodies."""

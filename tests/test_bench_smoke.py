@@ -17,17 +17,21 @@ EXPECTED = {
     "barrier": ["barrier-scheduling:", "barrier:"],
     "footprint": ["footprint:", "footprint:", "footprint-flat:"],
     "export": ["export:"] * 8 + ["export-flat:"] * 4,
+    "soak": ["soak-runs:", "soak-race:", "soak-outage:", "soak-export:", "soak-repeats:"],
 }
+STRICT = {"soak"}
+"""Benchmarks whose goals are correctness, not speed: a missed goal is a bug, even in smoke."""
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_benchmark_smoke_run(name):
+    strict = ["--strict"] if name in STRICT else []
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / f"{name}.py"), "--smoke"],
+        [sys.executable, str(REPO / "bench" / f"{name}.py"), "--smoke", *strict],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600 if name == "soak" else 240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
