@@ -132,7 +132,7 @@ class Soak:
             "--run", RUN, "--base-url", self.sim.base_url,
             "--concurrency", str(self.plan.concurrency), "--seed", str(SEED_VALUE),
             "--rounds", str(ROUNDS), "--chunk-size", str(self.plan.chunk_size),
-            "--retries", "2", "--timeout", "20",
+            "--retries", "2", "--timeout", "60",
         ]  # fmt: skip
         with log.open("w") as fh:
             proc = subprocess.Popen(
@@ -279,9 +279,18 @@ class Soak:
         return code
 
     def race(self, holder: subprocess.Popen, index: int) -> None:
-        """Start a second run beside a live one: it must refuse (exit 5) and name it."""
-        proc, log = self.start(f"race{index}")
-        code = self.wait(proc, log, 60)
+        """Start a second run beside a live one: it must refuse (exit 5) and name it.
+
+        Meanwhile the endpoint holds the holder's calls (answered normally once the second
+        run has exited, well within ``--timeout``), so the holder cannot finish the seed
+        before the second run reaches the lock, however slow its start.
+        """
+        self.sim.behaviour("hang")
+        try:
+            proc, log = self.start(f"race{index}")
+            code = self.wait(proc, log, 45)
+        finally:
+            self.sim.behaviour(None)
         text = log.read_text(errors="replace")
         self.tally.races.append((code, f"pid {holder.pid}" in text))
         if code != 5:
