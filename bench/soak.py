@@ -473,7 +473,7 @@ def main() -> int:
         f"endpoint per kill [{per_kill}], each <= {bound} (concurrency {plan.concurrency} "
         f"x {chunks} chunks); {tally.lost_elsewhere} lost elsewhere (races, outage, exits); "
         f"{twice_on_record} keys answered twice on record [calls: {stats['requests']} requests, "
-        f"{stats['faults'].get('behaviour', 0)} refused by the outage, "
+        f"{stats['faults'].get('behaviour', 0)} met the outage or were held in a race, "
         f"{stats['faults'].get('garbage', 0)} garbage; reference {ref_stats['answered']} "
         f"answered, {ref_stats['faults'].get('garbage', 0)} garbage] (goal: repeats only "
         f"from calls in flight at kills) {verdict(repeats_ok)}"
