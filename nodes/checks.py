@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 from mmevol.graph.items import QAItem
+from mmevol.nodes.refusals import ITEM_REFUSAL
 
 _NUMBER = r"-?(?:\d+(?:\.\d+)?|\.\d+)"
 _BOX = re.compile(rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]")
@@ -16,11 +17,6 @@ _TOLERANCE = 0.0055 + 1e-9
 _LEAKS = re.compile(
     r"given\s+q\s*&\s*a|rewritten\s+q\s*&\s*a|q\s*&\s*a\s*&\s*s|#\s*created|"
     r"\bgiven (?:item|question|sample)s?\b|\brewritten (?:item|question|sample)s?\b",
-    re.IGNORECASE,
-)
-_REFUSAL = re.compile(
-    r"^\s*(?:i'?m sorry|i am sorry|i can(?:no|')t (?:help|assist|answer|determine)|"
-    r"i(?: am|'m) unable|as an ai)",
     re.IGNORECASE,
 )
 _LOCALISE = re.compile(
@@ -75,7 +71,7 @@ def check_item(
     for text in (item.question, item.answer):
         if _LEAKS.search(text):
             return "mentions the prompt's own wording"
-    if _REFUSAL.match(item.answer) or _REFUSAL.match(item.question):
+    if ITEM_REFUSAL.match(item.answer) or ITEM_REFUSAL.match(item.question):
         return "is a refusal"
     boxes = boxes_in(item)
     if given_boxes:

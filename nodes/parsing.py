@@ -18,6 +18,7 @@ import json_repair
 from pydantic import BaseModel, Field, ValidationError
 
 from mmevol.graph.items import ITEM_KEYS, QAItem, Verdict, item_field, render_errors
+from mmevol.nodes.refusals import ANSWER_REFUSAL
 
 
 class UnusableAnswer(ValueError):
@@ -27,10 +28,6 @@ class UnusableAnswer(ValueError):
 _FENCE = re.compile(r"```([a-zA-Z0-9_-]*)[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _HTML = ("<!doctype html", "<html", "<head", "<body", "<?xml")
-_REFUSAL = re.compile(
-    r"^\s*(i'?m sorry|i am sorry|sorry,|i can(?:no|')t|i cannot|i'm unable|i am unable|as an ai)",
-    re.IGNORECASE,
-)
 _STRICT = json.JSONDecoder()
 _LENIENT = json.JSONDecoder(strict=False)  # also takes raw newlines and tabs inside strings
 _KEYED = re.compile(r"[\"\u201c\u201d']\s*:")
@@ -137,7 +134,7 @@ def extract_json(text: str | None) -> tuple[Any, bool]:
         # An unclosed bracket in prose ("[see below") must not hide the JSON after it.
         pos = end if end is not None else at + 1
     if broken is None:
-        if not fences and _REFUSAL.match(stripped):
+        if not fences and ANSWER_REFUSAL.match(stripped):
             raise UnusableAnswer("the answer was a refusal")
         if plain is not None:
             return plain
@@ -152,7 +149,7 @@ def extract_json(text: str | None) -> tuple[Any, bool]:
     candidate = candidate[: last + 1] if last > 0 else candidate
     repaired = json_repair.loads(candidate)
     if repaired in ("", None, [], {}):
-        if _REFUSAL.match(stripped):
+        if ANSWER_REFUSAL.match(stripped):
             raise UnusableAnswer("the answer was a refusal")
         raise UnusableAnswer("the answer held no readable JSON")
     return repaired, True

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from mmevol.sim.server import SimOptions
+from mmevol.nodes.refusals import ANSWER_REFUSAL
+from mmevol.sim.options import SimOptions
 
 GARBAGE = (
     "",
@@ -62,9 +61,6 @@ _NOT_PLURAL = ("ss", "us", "is", "ous")
 _BOX_RE = re.compile(r"\[\s*-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?){3}\s*\]")
 _BOX_LINE = re.compile(r"^\s*(?:-\s*)?(?P<label>.+?):\s*(?P<box>\[[^\]]*\])")
 _LEAK_RE = re.compile(r"\b(?:given|rewritten)\b\s*|\bQ\s*&\s*A(?:\s*&\s*S)?\b", re.IGNORECASE)
-_REFUSAL_RE = re.compile(
-    r"^\s*(?:i'?m sorry|i am sorry|i can(?:no|')t|i(?: am|'m) unable|as an ai)", re.I
-)
 _LOCAL_RE = re.compile(r"\b(?:bounding[ _-]?box(?:es)?|bbox(?:es)?|coordinates?|bbx_?\d*)\b", re.I)
 
 
@@ -115,11 +111,6 @@ def read_messages(body: dict[str, Any]) -> tuple[str, int]:
                 elif part.get("type") == "image_url":
                     images += 1
     return "\n".join(texts), images
-
-
-def prompt_tokens(text: str, images: int) -> int:
-    """Estimate prompt tokens: 4 characters a token, 85 per low-detail image."""
-    return math.ceil(len(text) / 4) + 85 * images
 
 
 def classify(text: str) -> str:
@@ -480,7 +471,7 @@ def _interactive(rng: random.Random, given: dict, boxes: list[Box], words: list[
     """Rewrite an item into another instruction format."""
     q = _base_question(given, boxes, words)
     short = _first_sentence(_clean_text(given.get("answer", ""), boxes))
-    if not short or _REFUSAL_RE.match(short):
+    if not short or ANSWER_REFUSAL.match(short):
         # Seed answers are sometimes refusals; an item must never open with one.
         short = "It is clearly visible in the picture."
     fmt = rng.choice(_FORMATS + (_BOXED_FORMATS if len(boxes) > 1 else ()))

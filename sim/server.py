@@ -12,19 +12,13 @@ import random
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from mmevol.sim.answers import (
-    NOT_COMPLETIONS,
-    build_reply,
-    classify,
-    make_rng,
-    prompt_tokens,
-    read_messages,
-)
+from mmevol.graph.runtime.limits import estimate_prompt_tokens, estimate_tokens
+from mmevol.sim.answers import NOT_COMPLETIONS, build_reply, classify, make_rng, read_messages
+from mmevol.sim.options import SimOptions
 
 SCRIPT_KINDS = ("status", "content", "hang", "drop", *NOT_COMPLETIONS)
 """One-shot answers of ``enqueue``; "hang" without ``seconds`` also serves as a standing
@@ -34,50 +28,6 @@ FAULTS = (
     "unauthorized", "bad_request", "scripted", "behaviour",
 )  # fmt: skip
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "requests"}
-
-
-@dataclass
-class SimOptions:
-    """How the simulated endpoint behaves; every rate is a share of requests in 0..1."""
-
-    seed: int = 0
-    latency_ms: float = 0.0
-    latency_dist: str = "fixed"
-    """ "fixed", or "heavy": lognormal with ``latency_ms`` as its median and a long tail."""
-    error_rate: float = 0.0
-    """Share answered with HTTP 500."""
-    rate_limit_rate: float = 0.0
-    """Share answered with HTTP 429 and a Retry-After header."""
-    retry_after: float = 0.05
-    """Seconds sent in Retry-After (and in retry-after-ms); small so tests stay fast."""
-    garbage_rate: float = 0.0
-    """Share answered 200 with unusable text: empty, a refusal, an HTML page or prose."""
-    truncate_rate: float = 0.0
-    """Share cut in the middle with finish_reason "length"."""
-    verdict_mismatch_rate: float = 0.0
-    """Share of judge answers with one verdict fewer or more than asked."""
-    no_rate: float = 0.3
-    """Share of judge verdicts that are "no"."""
-    clean: bool = False
-    """Answer pure fenced JSON, without the small imperfections real models show."""
-    api_key: str | None = None
-    """When set, requests must carry ``Authorization: Bearer <api_key>``."""
-    reject_structured: bool = False
-    """Refuse ``response_format`` of type json_schema with HTTP 400, as some servers do."""
-    model: str = "sim-gpt-4o-mini"
-    """The model id /v1/models lists; any requested model is accepted anyway."""
-
-    def __post_init__(self) -> None:
-        """Check the rates and the latency distribution."""
-        rates = ("error_rate", "rate_limit_rate", "garbage_rate", "truncate_rate",
-                 "verdict_mismatch_rate", "no_rate")  # fmt: skip
-        for name in rates:
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        if self.latency_dist not in ("fixed", "heavy"):
-            raise ValueError('latency_dist must be "fixed" or "heavy"')
-        if self.latency_ms < 0 or self.retry_after < 0:
-            raise ValueError("latency_ms and retry_after must not be negative")
 
 
 def _error(
@@ -296,11 +246,12 @@ class SimServer:
                 await asyncio.sleep(float(script.get("seconds", 1.0)))
             else:
                 self._count("scripted")
-                return self._scripted(request, script, body, prompt_tokens(text, images))
+                return self._scripted(request, script, body, estimate_prompt_tokens(text, images))
         elif standing is not None:
             self._count("behaviour")
             if standing["kind"] != "hang":
-                return self._scripted(request, standing, body, prompt_tokens(text, images))
+                prompt = estimate_prompt_tokens(text, images)
+                return self._scripted(request, standing, body, prompt)
             await self._hang(standing)
         opts = self.options
         if opts.api_key and request.headers.get("Authorization") != f"Bearer {opts.api_key}":
@@ -327,7 +278,7 @@ class SimServer:
         reply = build_reply(text, body, opts, rng)
         if reply.fault:
             self._count(reply.fault)
-        prompt = prompt_tokens(text, images)
+        prompt = estimate_prompt_tokens(text, images)
         return self._completion(body, reply.content, reply.finish_reason, prompt)
 
     def _problem(self, body: dict[str, Any]) -> tuple[str, str] | None:
@@ -392,7 +343,7 @@ class SimServer:
     def _completion(
         self, body: dict[str, Any], content: str, finish_reason: str, prompt: int
     ) -> web.Response:
-        completion = math.ceil(len(content) / 4)
+        completion = estimate_tokens(content)
         self._ids += 1
         message = {"role": "assistant", "content": content, "refusal": None}
         choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}

@@ -24,10 +24,15 @@ LOW_DETAIL_IMAGE_TOKENS = 85
 HIGH_DETAIL_IMAGE_TOKENS = 255
 
 
+def estimate_tokens(text: str) -> int:
+    """Estimate the tokens of a text: about 4 characters a token (the one rule for this)."""
+    return math.ceil(len(text) / 4)
+
+
 def estimate_prompt_tokens(text: str, images: int = 0, detail: str = "low") -> int:
-    """Estimate the prompt tokens of a call before it is made (about 4 characters a token)."""
+    """Estimate the prompt tokens of a call before it is made: text and images."""
     per_image = LOW_DETAIL_IMAGE_TOKENS if detail == "low" else HIGH_DETAIL_IMAGE_TOKENS
-    return math.ceil(len(text) / 4) + images * per_image
+    return estimate_tokens(text) + images * per_image
 
 
 class TokenBucket:
