@@ -491,9 +491,8 @@ def trace(
     from mmevol.graph.trace import UnknownSample, format_steps, trace_sample
 
     results = _existing_run(run, checkpoints)
-    store = guarded(Store, results)
-    chunk_size = (store.get_meta("settings") or {}).get("chunk_size", 10)
-    store.close()
+    with guarded(Store, results) as store:
+        chunk_size = (store.get_meta("settings") or {}).get("chunk_size", 10)
     try:
         steps = asyncio.run(
             trace_sample(

@@ -13,7 +13,6 @@ import os
 import resource
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -356,15 +355,18 @@ def run_mmevol(
 
 def count_calls(results_db: Path) -> int:
     """Return the number of model calls a run recorded."""
-    with contextlib.closing(sqlite3.connect(results_db)) as conn:
-        return conn.execute("select count(*) from calls").fetchone()[0]
+    from mmevol.graph.store import Store
+
+    with Store(results_db) as store:
+        return store.count("calls")
 
 
 def finish_times(results_db: Path) -> list[float]:
     """Return when each finished sample of a run finished (``time.time()``)."""
-    with contextlib.closing(sqlite3.connect(results_db)) as conn:
-        rows = conn.execute("select updated_at from samples where status = 'done'")
-        return [row[0] for row in rows]
+    from mmevol.graph.store import Store
+
+    with Store(results_db) as store:
+        return store.finish_times()
 
 
 def peak_rss_mb() -> float:

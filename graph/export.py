@@ -72,8 +72,7 @@ def export_json(results_db: Path, output: Path) -> ExportResult:
         mode = None
     if mode is not None and stat.S_ISDIR(mode):
         raise ExportProblem(f"-o {str(output)!r} is a folder: give the path of a file to write")
-    store = Store(results_db)
-    try:
+    with Store(results_db) as store:
         rounds = (store.get_meta("settings") or {}).get("rounds", 3)
         if mode is not None and not stat.S_ISREG(mode):
             with output.open("w", encoding="utf-8") as fh:
@@ -91,8 +90,6 @@ def export_json(results_db: Path, output: Path) -> ExportResult:
                 os.unlink(tmp)
             raise
         return _left_out(store, results_db, count)
-    finally:
-        store.close()
 
 
 def _write(store: Store, rounds: int, fh: TextIO) -> int:

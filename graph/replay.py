@@ -196,8 +196,7 @@ async def _remove_branch(graph: Any, saver: Any, store: Store, hash_id: str, bra
 
 def adopt(results_db: Path, hash_id: str, branch: str) -> None:
     """Make the export use ``branch`` (main or a finished fork) for a sample."""
-    store = Store(results_db)
-    try:
+    with Store(results_db) as store:
         if store.sample(hash_id) is None:
             raise ReplayProblem(f"no sample {hash_id!r} in this run")
         rounds = (store.get_meta("settings") or {}).get("rounds", 3)
@@ -208,8 +207,6 @@ def adopt(results_db: Path, hash_id: str, branch: str) -> None:
                 f"sample {hash_id!r} has no finished branch {branch!r} (it has {known})"
             )
         store.adopt(hash_id, branch)
-    finally:
-        store.close()
 
 
 def _new_branch_name(store: Store, hash_id: str, in_checkpoints: set[str]) -> str:
@@ -251,9 +248,8 @@ def _scores(record: Any) -> str:
 
 def replay_settings(results_db: Path, checkpoints: Path, run: str, **overrides: Any) -> Settings:
     """Rebuild a run's settings from its results database (the key comes from the env)."""
-    store = Store(results_db)
-    saved = store.get_meta("settings") or {}
-    store.close()
+    with Store(results_db) as store:
+        saved = store.get_meta("settings") or {}
     known = {k: v for k, v in saved.items() if k in Settings.__dataclass_fields__}
     known.update(run=run, checkpoints=checkpoints)
     known.update({k: v for k, v in overrides.items() if v is not None})

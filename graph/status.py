@@ -21,12 +21,9 @@ def run_is_live(results_db: Path) -> bool:
 
 def run_summary(results_db: Path) -> dict:
     """Return the counts `mmevol status` shows, with the cost per model and in total."""
-    store = Store(results_db)
-    try:
+    with Store(results_db) as store:
         summary = store.summary(live=run_is_live(results_db))
         prices_path = (store.get_meta("settings") or {}).get("prices")
-    finally:
-        store.close()
     prices = PriceTable(prices_path)
     for row in summary["models"]:
         row["cost_usd"] = round(
@@ -38,8 +35,5 @@ def run_summary(results_db: Path) -> dict:
 
 def failed_earlier(results_db: Path, since: float, limit: int | None) -> int:
     """Count samples that failed before ``since`` and were not run again."""
-    store = Store(results_db)
-    try:
+    with Store(results_db) as store:
         return store.failed_before(since, limit)
-    finally:
-        store.close()

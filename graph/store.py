@@ -171,16 +171,78 @@ def open_db(path: Path | str | None) -> Database:
     return db
 
 
+# How each table's rows are listed: the order a reader expects.
+_ORDER = {
+    "meta": "key",
+    "samples": "idx, hash_id",
+    "rounds": "hash_id, branch, round",
+    "items": "hash_id, branch, round, position",
+    "dropped": "id",
+    "calls": "id",
+}
+
+
 class Store:
-    """Typed reads and writes of the results database."""
+    """Typed reads and writes of the results database; the only code that writes its SQL.
+
+    Use it as a context manager, which closes the connection::
+
+        with Store(settings.results_db) as store:
+            summary = store.summary()
+    """
 
     def __init__(self, path: Path | str | None):
         """Open the database at ``path`` (None for in-memory)."""
         self.db = open_db(path)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (``with Store(...)`` does it for you)."""
         self.db.close()
+
+    def __enter__(self) -> Store:
+        """Return the open store."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the connection."""
+        self.close()
+
+    # -- the schema and whole tables (for status tools, tests and benchmarks) -----------
+
+    def tables(self) -> dict[str, dict[str, type]]:
+        """Return each table's columns and their Python types."""
+        return {t: self.db[t].columns_dict for t in self.db.table_names()}
+
+    def count(self, table: str, **match: Any) -> int:
+        """Return how many rows of ``table`` have the given column values."""
+        where, params = self._where(table, match)
+        return self.db.conn.execute(f"select count(*) from {table}{where}", params).fetchone()[0]
+
+    def rows(self, table: str, **match: Any) -> list[dict]:
+        """Return the rows of ``table`` with the given column values, in the table's order.
+
+        ``branch`` matches rows written before branches existed (null) as "main".
+        """
+        where, params = self._where(table, match)
+        return [
+            dict(r)
+            for r in self.db.query(f"select * from {table}{where} order by {_ORDER[table]}", params)
+        ]
+
+    def _where(self, table: str, match: dict[str, Any]) -> tuple[str, list]:
+        if table not in _ORDER:
+            raise ValueError(f"no table {table!r} in the results database")
+        columns = self.db[table].columns_dict
+        terms, params = [], []
+        for name, value in match.items():
+            if name not in columns:
+                raise ValueError(f"no column {name!r} in table {table!r}")
+            if value is None:
+                terms.append(f"{name} is null")
+                continue
+            terms.append("coalesce(branch, 'main') = ?" if name == "branch" else f"{name} = ?")
+            params.append(value)
+        return (" where " + " and ".join(terms) if terms else ""), params
 
     # -- run metadata -------------------------------------------------------------------
 
@@ -361,7 +423,10 @@ class Store:
                 )
 
     def branches(self, hash_id: str) -> set[str]:
-        """Return the branches a sample has calls or round results on."""
+        """Return every branch a sample has calls or round results on.
+
+        Calls written before branches existed (branch null) count as "main".
+        """
         return {
             r["branch"] or "main"
             for r in self.db.query(
@@ -723,6 +788,13 @@ class Store:
             + " as kept from samples order by idx"
         ):
             yield dict(r)
+
+    def finish_times(self) -> list[float]:
+        """Return when each finished sample finished (``time.time()``), for benchmarks."""
+        return [
+            r[0]
+            for r in self.db.conn.execute("select updated_at from samples where status = 'done'")
+        ]
 
     def export_rows(self, rounds: int) -> Iterator[dict]:
         """Yield finished samples in seed order, in the authors' output format."""

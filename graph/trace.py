@@ -111,10 +111,8 @@ def describe_step(
         )
         step["dropped"] = [
             _drop_row(r)
-            for r in store.db.query(
-                "select * from dropped where hash_id = ? and branch = ? and round = ?"
-                " and stage = 'judge'",
-                [cur.hash_id, cur.branch, record.round],
+            for r in store.rows(
+                "dropped", hash_id=cur.hash_id, branch=cur.branch, round=record.round, stage="judge"
             )
         ]
         if record.reason:
@@ -124,13 +122,7 @@ def describe_step(
 
 
 def _calls_like(store: Store, hash_id: str, round_: int, node: str, branch: str) -> list[dict]:
-    return list(
-        store.db.query(
-            "select * from calls where hash_id = ? and round = ? and node = ?"
-            " and coalesce(branch, 'main') = ? order by id",
-            [hash_id, round_, node, branch],
-        )
-    )
+    return store.rows("calls", hash_id=hash_id, round=round_, node=node, branch=branch)
 
 
 def _drop(item: dict, reason: str, stage: str) -> dict:
@@ -154,42 +146,17 @@ def trace_from_results(
     store: Store, hash_id: str, branch: str = "main", raw: bool = False
 ) -> list[dict]:
     """Describe a compacted sample round by round from the results database."""
-    rounds = list(
-        store.db.query(
-            "select * from rounds where hash_id = ? and branch = ? order by round",
-            [hash_id, branch],
-        )
-    )
+    rounds = store.rows("rounds", hash_id=hash_id, branch=branch)
     if not rounds:
         raise UnknownSample(
             f"no checkpoint and no finished round of sample {hash_id!r} in this run"
         )
     steps = []
     for n, r in enumerate(rounds, 1):
-        where = [hash_id, branch, r["round"]]
-        kept = [
-            row["score"]
-            for row in store.db.query(
-                "select score from items where hash_id = ? and branch = ? and round = ?"
-                " order by position",
-                where,
-            )
-        ]
-        drops = [
-            _drop_row(d)
-            for d in store.db.query(
-                "select * from dropped where hash_id = ? and branch = ? and round = ? order by id",
-                where,
-            )
-        ]
-        calls = [
-            _call(c, raw)
-            for c in store.db.query(
-                "select * from calls where hash_id = ? and coalesce(branch, 'main') = ?"
-                " and round = ? order by id",
-                where,
-            )
-        ]
+        where = {"hash_id": hash_id, "branch": branch, "round": r["round"]}
+        kept = [row["score"] for row in store.rows("items", **where)]
+        drops = [_drop_row(d) for d in store.rows("dropped", **where)]
+        calls = [_call(c, raw) for c in store.rows("calls", **where)]
         step = {
             "step": n,
             "node": "round",
@@ -221,8 +188,7 @@ async def trace_sample(
     A failed sample ends with a step of node "failed" whose ``error`` says why; a row that
     failed before it started (bad input, a missing image) has that step alone.
     """
-    store = Store(results_db)
-    try:
+    with Store(results_db) as store:
         sample = store.sample(hash_id)
         async with open_checkpointer(graph_db) as saver:
             try:
@@ -248,8 +214,6 @@ async def trace_sample(
                 {"step": len(steps) + 1, "node": "failed", "error": sample["reason"], "calls": []}
             )
         return steps
-    finally:
-        store.close()
 
 
 def step_pairs(path: Sequence[StateSnapshot]) -> list[tuple[StateSnapshot, StateSnapshot]]:

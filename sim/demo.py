@@ -49,9 +49,8 @@ def run_demo(checkpoints: Path, samples: int = 12, concurrency: int = 8) -> Demo
         report = runner.run(settings, seed_path)
     export = run_dir / "evolved.json"
     exported = export_json(settings.results_db, export).written
-    store = Store(settings.results_db)
-    summary = store.summary()
-    store.close()
+    with Store(settings.results_db) as store:
+        summary = store.summary()
     where = f" --checkpoints {checkpoints}" if Path(checkpoints) != Path("checkpoints") else ""
     lines = [
         f"demo: {report.done} samples evolved, {report.failed} failed, over 3 rounds "

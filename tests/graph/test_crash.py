@@ -55,10 +55,9 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
     repeats = repeated_calls(server)
     assert repeats <= kills * CONCURRENCY * 3
     assert server.stats()["requests"] == reference_calls + repeats
-    store = Store(checkpoints / "killed" / "results.db")
-    assert store.statuses() == dict.fromkeys(store.statuses(), "done")
-    assert len(store.statuses()) == 16
-    store.close()
+    with Store(checkpoints / "killed" / "results.db") as store:
+        assert store.statuses() == dict.fromkeys(store.statuses(), "done")
+        assert len(store.statuses()) == 16
 
 
 def test_ctrl_c_stops_cleanly_and_resumes_without_paying_twice(
@@ -75,9 +74,8 @@ def test_ctrl_c_stops_cleanly_and_resumes_without_paying_twice(
     assert proc.returncode == 130, stderr
     assert "Stopping (interrupted by a signal): no new sample or call starts" in stderr
     assert "run the same command again to resume" in stderr
-    store = Store(checkpoints / "stopped" / "results.db")
-    statuses = set(store.statuses().values())
-    store.close()
+    with Store(checkpoints / "stopped" / "results.db") as store:
+        statuses = set(store.statuses().values())
     assert "interrupted" in statuses and "failed" not in statuses
 
     proc = cli_run(seed_path, images, server, checkpoints, "stopped")

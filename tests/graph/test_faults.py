@@ -105,19 +105,12 @@ class Results:
     """Rows of a run's results database."""
 
     def __init__(self, settings):
-        store = Store(settings.results_db)
-        try:
-            db = store.db
-            self.samples = {r["hash_id"]: dict(r) for r in db.query("select * from samples")}
-            self.rounds = {r["hash_id"]: dict(r) for r in db.query("select * from rounds")}
-            self.items = [
-                dict(r, item=json.loads(r["item"]))
-                for r in db.query("select * from items order by hash_id, position")
-            ]
-            self.dropped = [dict(r) for r in db.query("select * from dropped order by id")]
-            self.calls = [dict(r) for r in db.query("select * from calls order by id")]
-        finally:
-            store.close()
+        with Store(settings.results_db) as store:
+            self.samples = {r["hash_id"]: r for r in store.rows("samples")}
+            self.rounds = {r["hash_id"]: r for r in store.rows("rounds")}
+            self.items = [dict(r, item=json.loads(r["item"])) for r in store.rows("items")]
+            self.dropped = store.rows("dropped")
+            self.calls = store.rows("calls")
 
     def parses(self, node):
         return [c["parse"] for c in self.calls if c["node"] == node]

@@ -61,12 +61,10 @@ def test_replay_changes_round_two_operator(sim, demo_seed, make_settings, tmp_pa
     assert fork[: step["step"] - 1] == before[: step["step"] - 1]
     assert next(s for s in fork if s["round"] == 2 and s["node"] == "evolve")["operator"] == new_op
 
-    store = Store(settings.results_db)
-    rounds = {
-        (r["branch"], r["round"]): r["operator"]
-        for r in store.db.query("select * from rounds where hash_id = ?", [HASH])
-    }
-    store.close()
+    with Store(settings.results_db) as store:
+        rounds = {
+            (r["branch"], r["round"]): r["operator"] for r in store.rows("rounds", hash_id=HASH)
+        }
     assert rounds[("fork1", 1)] == rounds[("main", 1)]
     assert rounds[("fork1", 2)] == new_op and rounds[("main", 2)] == original_op
 
@@ -81,16 +79,11 @@ def test_replay_changes_round_two_operator(sim, demo_seed, make_settings, tmp_pa
     assert "the export now uses fork2" in result.output
     adopted = exported(tmp_path, settings.run)
     assert adopted["conversations_v1"] == original_export["conversations_v1"]
-    store = Store(settings.results_db)
-    fork2_round2 = [
-        json.loads(r["item"])
-        for r in store.db.query(
-            "select item from items where hash_id = ? and branch = 'fork2' and round = 2"
-            " order by position",
-            [HASH],
-        )
-    ]
-    store.close()
+    with Store(settings.results_db) as store:
+        fork2_round2 = [
+            json.loads(r["item"])
+            for r in store.rows("items", hash_id=HASH, branch="fork2", round=2)
+        ]
     assert adopted["conversations_v2"] == fork2_round2
 
 

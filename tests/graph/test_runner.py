@@ -14,17 +14,12 @@ from mmevol.sim.demo_seed import bad_indices
 
 
 def rows_of(settings):
-    store = Store(settings.results_db)
-    try:
+    with Store(settings.results_db) as store:
         return {
-            "samples": {r["hash_id"]: dict(r) for r in store.db.query("select * from samples")},
-            "rounds": [
-                dict(r) for r in store.db.query("select * from rounds order by hash_id, round")
-            ],
-            "calls": [dict(r) for r in store.db.query("select * from calls order by id")],
+            "samples": {r["hash_id"]: r for r in store.rows("samples")},
+            "rounds": store.rows("rounds"),
+            "calls": store.rows("calls"),
         }
-    finally:
-        store.close()
 
 
 def test_end_to_end_with_bad_samples_and_export(sim, demo_seed, make_settings, tmp_path):

@@ -2,6 +2,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from mmevol.graph.store import Store, migrations
 
 V010 = Path(__file__).resolve().parents[1] / "fixtures" / "run_v0_1_0" / "checkpoints" / "v010"
@@ -10,21 +12,23 @@ EXPECTED_TABLES = {"meta", "samples", "rounds", "items", "dropped", "calls", "_s
 
 
 def test_migrate_blank():
-    store = Store(None)
-    assert set(store.db.table_names()) == EXPECTED_TABLES
-    assert store.db["calls"].columns_dict["response"] is str
-    assert not migrations.pending(store.db)
+    with Store(None) as store:
+        assert set(store.tables()) == EXPECTED_TABLES
+        assert store.tables()["calls"]["response"] is str
+        # The migration bookkeeping is sqlite-utils' own: asked of it directly.
+        assert not migrations.pending(store.db)
 
 
 def test_reopen_applies_nothing_twice(tmp_path):
     path = tmp_path / "results.db"
-    Store(path).close()
-    store = Store(path)
-    assert [m.name for m in migrations.applied(store.db)] == [
-        "m001_initial",
-        "m002_rejected_row_keys",
-        "m003_judge_reason",
-    ]
+    with Store(path):
+        pass
+    with Store(path) as store:
+        assert [m.name for m in migrations.applied(store.db)] == [
+            "m001_initial",
+            "m002_rejected_row_keys",
+            "m003_judge_reason",
+        ]
 
 
 def test_rows_rejected_by_0_1_0_get_todays_key(tmp_path):
@@ -41,9 +45,31 @@ def test_rows_rejected_by_0_1_0_get_todays_key(tmp_path):
     ]:
         db["samples"].insert({"hash_id": key, "idx": idx, "status": status})
     db.close()
-    store = Store(path)
-    assert set(store.statuses()) == {"#row-8", "row-3", "row-6"}
-    store.close()
+    with Store(path) as store:
+        assert set(store.statuses()) == {"#row-8", "row-3", "row-6"}
+
+
+def test_the_store_closes_its_connection_when_the_block_ends(tmp_path):
+    with Store(tmp_path / "results.db") as store:
+        assert store.count("samples") == 0
+    with pytest.raises(Exception, match="closed"):
+        store.count("samples")
+
+
+def test_rows_match_columns_and_read_a_null_branch_as_main():
+    with Store(None) as store:
+        store.log_call({"key": "a", "hash_id": "h", "round": 1, "node": "evolve"})
+        store.log_call({"key": "b", "hash_id": "h", "round": 1, "node": "score", "branch": "f1"})
+        store.log_call({"key": "c", "hash_id": "h", "round": 2, "node": "evolve", "error": "x"})
+        assert [r["key"] for r in store.rows("calls", branch="main")] == ["a", "c"]
+        assert [r["key"] for r in store.rows("calls", hash_id="h", round=1)] == ["a", "b"]
+        assert [r["key"] for r in store.rows("calls", error=None)] == ["a", "b"]
+        assert store.count("calls", node="evolve") == 2
+        assert store.branches("h") == {"main", "f1"}
+        with pytest.raises(ValueError, match="no column 'nope'"):
+            store.rows("calls", nope=1)
+        with pytest.raises(ValueError, match="no table"):
+            store.rows("calls; drop table calls")
 
 
 def test_round_rewrite_replaces_and_export_orders_by_seed():
@@ -63,7 +89,7 @@ def test_round_rewrite_replaces_and_export_orders_by_seed():
     dropped = [{"item": {"question": "Q2"}, "reason": "judged not improved", "stage": "judge"}]
     store.save_round("b", record, kept, dropped)
     store.save_round("b", record, kept, dropped)  # a re-run step must not duplicate rows
-    assert store.db["items"].count == 1 and store.db["dropped"].count == 1
+    assert store.count("items") == 1 and store.count("dropped") == 1
     store.finish_sample("b", 1)
     store.finish_sample("a", 1)
     rows = list(store.export_rows(rounds=2))

@@ -44,9 +44,9 @@ def test_studio_graph_runs_with_context_from_the_environment(sim, demo_seed, mon
     final = asyncio.run(invoke_and_close())
     assert [r.round for r in final["rounds"]] == [1, 2, 3]
     results = tmp_path / "checkpoints" / "studio" / "results.db"
-    store = Store(results)
-    assert store.db["rounds"].count == 3
-    store.close()
+    with Store(results) as store:
+        assert store.count("rounds") == 3
+    # The studio context keeps its store open for the life of the server process.
     run_context._from_env.store.close()
     monkeypatch.setattr(run_context, "_from_env", None)
 

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from mmevol.cli import app
 from mmevol.graph import runner
+from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.graph.trace import trace_sample
 
 GOOD = {
@@ -89,10 +90,12 @@ def test_trace_cli_text_json_and_raw(sim_factory, demo_seed, make_settings):
 
 def test_compacted_sample_is_traced_round_by_round(sim_factory, demo_seed, make_settings):
     settings = scripted_run(sim_factory, demo_seed, make_settings, keep_history=False)
-    import sqlite3
 
-    with sqlite3.connect(settings.graph_db) as conn:
-        assert conn.execute("select count(*) from checkpoints").fetchone()[0] == 0
+    async def checkpoints():
+        async with open_checkpointer(settings.graph_db) as saver:
+            return [c async for c in saver.alist(None)]
+
+    assert asyncio.run(checkpoints()) == []
     steps = asyncio.run(trace_sample(settings.graph_db, settings.results_db, "0_shapes_000000.jpg"))
     assert [(s["node"], s["round"], s["attempt"]) for s in steps] == [
         ("round", 1, 2),

@@ -33,22 +33,13 @@ def export_of(settings: Settings, tmp_path, name: str) -> list[dict]:
 
 
 def failures_of(settings: Settings) -> dict[str, str]:
-    store = Store(settings.results_db)
-    try:
-        return {
-            r["hash_id"]: r["reason"]
-            for r in store.db.query("select hash_id, reason from samples where status = 'failed'")
-        }
-    finally:
-        store.close()
+    with Store(settings.results_db) as store:
+        return {r["hash_id"]: r["reason"] for r in store.rows("samples", status="failed")}
 
 
 def call_keys(settings: Settings) -> list[str]:
-    store = Store(settings.results_db)
-    try:
-        return [r["key"] for r in store.db.query("select key from calls where error is null")]
-    finally:
-        store.close()
+    with Store(settings.results_db) as store:
+        return [r["key"] for r in store.rows("calls", error=None)]
 
 
 def test_two_workers_give_the_same_result_as_one_process(sim, seed12, make_settings, tmp_path):
@@ -73,9 +64,8 @@ def test_two_workers_give_the_same_result_as_one_process(sim, seed12, make_setti
     assert kinds.count("failed") + kinds.count("rejected") == 4
     assert shared.worker_cpu > 0
     # The run's recorded settings are the run's, not one worker's share of them.
-    store = Store(two.results_db)
-    recorded = store.get_meta("settings")
-    store.close()
+    with Store(two.results_db) as store:
+        recorded = store.get_meta("settings")
     assert (recorded["workers"], recorded["concurrency"]) == (2, 4)
 
 

@@ -15,11 +15,8 @@ from mmevol.sim.demo_seed import make_demo_seed
 
 
 def calls_of(settings):
-    store = Store(settings.results_db)
-    try:
-        return [dict(r) for r in store.db.query("select * from calls order by id")]
-    finally:
-        store.close()
+    with Store(settings.results_db) as store:
+        return store.rows("calls")
 
 
 def test_max_calls_stops_cleanly_and_resume_finishes(sim, demo_seed, make_settings):
@@ -74,10 +71,9 @@ def test_sustained_failures_stop_the_run_instead_of_interrupting_every_sample(
     # already on their way when the breaker tripped come after the tenth failure.
     assert 10 <= server.stats()["requests"] <= 10 + 2 * 3
     assert report.failed == 0 and report.interrupted <= 12
-    store = Store(settings.results_db)
-    assert set(store.statuses().values()) == {"interrupted"}
-    assert len(store.statuses()) == report.interrupted
-    store.close()
+    with Store(settings.results_db) as store:
+        assert set(store.statuses().values()) == {"interrupted"}
+        assert len(store.statuses()) == report.interrupted
 
 
 def test_structured_output_when_accepted(sim, demo_seed, make_settings):
