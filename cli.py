@@ -10,16 +10,21 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
+import inspect
 import json
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn, get_type_hints
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmevol.graph.config import Settings, check_run_name, default_checkpoints_dir
@@ -142,63 +147,81 @@ def _existing_run(run: str, checkpoints: Path | None) -> Path:
     return path
 
 
+def settings_options(*only: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per field of ``Settings`` (or of the fields named in ``only``).
+
+    The command declares its own arguments and options plus a ``settings: Settings``
+    parameter; it receives the settings built from the options (an unset option leaves the
+    field to ``Settings``: its environment variable, then its default). Names, types,
+    defaults and help texts all come from ``graph/config.py``.
+    """
+    hints = get_type_hints(Settings)
+    chosen = [
+        f
+        for f in dataclasses.fields(Settings)
+        if f.metadata.get("cli", True) and (not only or f.name in only)
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own_hints = get_type_hints(command, include_extras=True)
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=own_hints[p.name])
+            for p in inspect.signature(command).parameters.values()
+            if p.name != "settings"
+        ]
+        # The command's arguments, then the settings, then the command's own options.
+        params = [p for p in own if p.default is inspect.Parameter.empty]
+        for f in chosen:
+            params.append(
+                inspect.Parameter(
+                    _PREFIX + f.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Annotated[hints[f.name] | None, _option(f)],
+                    default=None if f.default is dataclasses.MISSING else f.default,
+                )
+            )
+
+        @functools.wraps(command)
+        def with_settings(**kwargs: Any) -> Any:
+            given = {
+                name.removeprefix(_PREFIX): kwargs.pop(name)
+                for name in list(kwargs)
+                if name.startswith(_PREFIX)
+            }
+            settings = guarded(Settings, **{k: v for k, v in given.items() if v is not None})
+            return command(**kwargs, settings=settings)
+
+        params += [p for p in own if p.default is not inspect.Parameter.empty]
+        with_settings.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        with_settings.__annotations__ = {p.name: p.annotation for p in params}
+        return with_settings
+
+    return decorate
+
+
+_PREFIX = "settings__"
+
+
+def _option(f: dataclasses.Field) -> Any:
+    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    if f.type == "bool" and "/" not in flag:
+        flag = f"{flag}/--no-{flag.removeprefix('--')}"
+    help_text = f.metadata.get("help", "")
+    if f.metadata.get("env"):
+        help_text += f"  [env var: {f.metadata['env']}]"
+    help_text = escape(help_text)  # "[default: ...]" is text, not rich markup
+    # A computed default (checkpoints) is described in the help text instead.
+    return typer.Option(flag, help=help_text, show_default=f.default is not dataclasses.MISSING)
+
+
 @app.command()
+@settings_options()
 def run(
     seed: Annotated[
         Path, typer.Argument(help="Seed: a JSON list, a JSONL file or a folder of JSON files.")
     ],
-    images: Annotated[Path, typer.Option("--images", help="Image root folder.")] = Path("."),
-    run: RunOpt = "default",
-    checkpoints: CheckpointsOpt = None,
-    rounds: Annotated[int, typer.Option(help="Evolution rounds.")] = 3,
-    concurrency: Annotated[int, typer.Option(help="Samples in flight.")] = 16,
-    workers: Annotated[
-        int, typer.Option(help="Processes sharing the samples in flight (one core each).")
-    ] = 1,
-    limit: Annotated[int | None, typer.Option(help="Only the first N rows of the seed.")] = None,
-    model: Annotated[str, typer.Option(help="Evolution model.")] = "gpt-4o-mini",
-    scorer_model: Annotated[
-        str | None, typer.Option(help="Judge model [default: --model].")
-    ] = None,
-    base_url: Annotated[
-        str | None, typer.Option(envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint.")
-    ] = None,
-    seed_value: Annotated[int, typer.Option("--seed", help="Seed of the operator choice.")] = 0,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
-    max_tokens: Annotated[int, typer.Option(help="Output token limit per call.")] = 4096,
-    timeout: Annotated[
-        float, typer.Option(help="Seconds a model request may take before it is given up.")
-    ] = 120.0,
-    retries: Annotated[
-        int,
-        typer.Option(
-            help="Retries of a request that timed out, lost its connection or got 429/5xx."
-        ),
-    ] = 5,
-    max_attempts: Annotated[int, typer.Option(help="Evolution attempts per round.")] = 3,
-    chunk_size: Annotated[int, typer.Option(help="Items per evolution or judge call.")] = 10,
-    image_max_side: Annotated[
-        int, typer.Option(help="Downscale images to this many pixels.")
-    ] = 512,
-    image_detail: Annotated[str, typer.Option(help="Image detail: low, high or auto.")] = "low",
+    settings: Settings,
     retry_failed: Annotated[bool, typer.Option(help="Run failed samples again.")] = False,
-    structured_output: Annotated[
-        bool, typer.Option(help="Ask for JSON following the item schema (falls back if refused).")
-    ] = False,
-    rpm: Annotated[float | None, typer.Option(help="Requests per minute (both models).")] = None,
-    tpm: Annotated[float | None, typer.Option(help="Tokens per minute (both models).")] = None,
-    scorer_rpm: Annotated[float | None, typer.Option(help="Judge's own requests/minute.")] = None,
-    scorer_tpm: Annotated[float | None, typer.Option(help="Judge's own tokens/minute.")] = None,
-    max_cost: Annotated[
-        float | None, typer.Option(help="Stop cleanly at this spend (USD).")
-    ] = None,
-    max_calls: Annotated[int | None, typer.Option(help="Stop cleanly after N model calls.")] = None,
-    prices: Annotated[
-        Path | None, typer.Option(envvar="MMEVOL_PRICES", help="JSON price table override.")
-    ] = None,
-    keep_history: Annotated[
-        bool, typer.Option(help="Keep every checkpoint of finished samples (for replay).")
-    ] = False,
 ) -> None:
     """Evolve a seed (re-running the same command resumes it).
 
@@ -213,6 +236,8 @@ def run(
            not retried: --retry-failed runs them again)
       5    another process is writing this run (its lock names it)
       130  stopped by Ctrl-C or SIGTERM (resumable)
+
+    Every option but --retry-failed is a field of graph/config.py:Settings.
     """
     import time
 
@@ -220,41 +245,11 @@ def run(
     from mmevol.graph.progress import RunProgress
     from mmevol.graph.status import failed_earlier
 
-    settings = guarded(
-        Settings,
-        run=run,
-        checkpoints=checkpoints or default_checkpoints_dir(),
-        images=images,
-        rounds=rounds,
-        concurrency=concurrency,
-        workers=workers,
-        limit=limit,
-        model=model,
-        scorer_model=scorer_model,
-        base_url=base_url,
-        seed=seed_value,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        timeout=timeout,
-        max_retries=retries,
-        max_attempts=max_attempts,
-        chunk_size=chunk_size,
-        image_max_side=image_max_side,
-        image_detail=image_detail,
-        structured_output=structured_output,
-        rpm=rpm,
-        tpm=tpm,
-        scorer_rpm=scorer_rpm,
-        scorer_tpm=scorer_tpm,
-        max_cost=max_cost,
-        max_calls=max_calls,
-        prices=prices,
-        keep_history=keep_history,
-    )
+    run = settings.run
     started = time.time()
     with RunProgress(err) as progress:
         report = guarded(runner.run, settings, seed, retry_failed=retry_failed, listener=progress)
-    earlier = 0 if retry_failed else failed_earlier(settings.results_db, started, limit)
+    earlier = 0 if retry_failed else failed_earlier(settings.results_db, started, settings.limit)
     out.print(
         f"run {run!r}: {report.done} done, {report.failed} failed, {report.skipped} skipped "
         f"(already finished or failed earlier) -> {settings.run_dir}",
@@ -580,34 +575,17 @@ def replay(
 
 
 @app.command("estimate")
+@settings_options(
+    "rounds", "limit", "model", "scorer_model", "chunk_size", "image_detail", "prices"
+)
 def estimate_cmd(
     seed: Annotated[Path, typer.Argument(help="Seed: a JSON list, a JSONL file or a folder.")],
-    rounds: Annotated[int, typer.Option(help="Evolution rounds.")] = 3,
-    limit: Annotated[int | None, typer.Option(help="Only the first N rows of the seed.")] = None,
-    model: Annotated[str, typer.Option(help="Evolution model.")] = "gpt-4o-mini",
-    scorer_model: Annotated[
-        str | None, typer.Option(help="Judge model [default: --model].")
-    ] = None,
-    chunk_size: Annotated[int, typer.Option(help="Items per evolution or judge call.")] = 10,
-    image_detail: Annotated[str, typer.Option(help="Image detail: low, high or auto.")] = "low",
-    prices: Annotated[
-        Path | None, typer.Option(envvar="MMEVOL_PRICES", help="JSON price table override.")
-    ] = None,
+    settings: Settings,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Estimate calls, tokens and cost per round of a seed, without calling any model."""
     from mmevol.graph.estimate import estimate
 
-    settings = guarded(
-        Settings,
-        rounds=rounds,
-        limit=limit,
-        model=model,
-        scorer_model=scorer_model,
-        chunk_size=chunk_size,
-        image_detail=image_detail,
-        prices=prices,
-    )
     result = guarded(estimate, settings, seed)
     rows = [
         {

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -32,98 +34,102 @@ def default_checkpoints_dir() -> Path:
     return Path(os.environ.get("MMEVOL_CHECKPOINTS") or "checkpoints")
 
 
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    env: str | None = None,
+    flag: str | None = None,
+    cli: bool = True,
+    repr: bool = True,
+) -> Any:
+    """Declare one setting: its default, help text, environment fallback and CLI flag.
+
+    ``env`` names the environment variable read when the value is unset (None);
+    ``flag`` overrides the option name (``--`` + the field name with dashes); ``cli=False``
+    keeps the field off the command line. ``factory`` computes the default at construction.
+    """
+    meta = {"help": help, "env": env, "flag": flag, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta, repr=repr)
+    return field(default=default, metadata=meta, repr=repr)
+
+
 @dataclass(kw_only=True)
 class Settings:
-    """Everything a run needs to know. CLI options map one-to-one onto these fields.
+    """Everything a run needs to know, and the one declaration of `mmevol run`'s options.
+
+    Each field is declared with ``option(default, help, env=..., flag=..., cli=...)`` and
+    becomes the option ``--field-name`` of ``mmevol run`` (``cli.py`` builds the options
+    from these fields: type, default and help come from here). To add an option, add a
+    field here with its help text; to check its value, add a line to ``__post_init__``
+    (its ValueError becomes the CLI's one-line error). ``cli=False`` keeps a field off the
+    command line (the API key: it would land in shell history). ``tests/test_cli.py``
+    fails when the command and these fields disagree.
 
     Precedence: an explicit value (a CLI option) wins, then the environment variable
-    named in the field's description, then the default.
+    named by ``env``, then the default.
     """
 
-    run: str = field(default="default", metadata={"description": "Name of the run."})
-    checkpoints: Path = field(
-        default_factory=default_checkpoints_dir,
-        metadata={"description": "Folder holding one sub-folder per run (env MMEVOL_CHECKPOINTS)."},
+    run: str = option(
+        "default", "Run name: a folder under --checkpoints (letters, digits, '.', '_', '-')."
     )
-    images: Path = field(default=Path("."), metadata={"description": "Image root folder."})
-    model: str = field(default="gpt-4o-mini", metadata={"description": "Evolution model."})
-    scorer_model: str | None = field(
-        default=None, metadata={"description": "Judge model; the evolution model when unset."}
+    checkpoints: Path = option(
+        factory=default_checkpoints_dir,
+        help="Folder of runs.  [default: checkpoints]",
+        env="MMEVOL_CHECKPOINTS",
     )
-    base_url: str | None = field(
-        default=None,
-        metadata={"description": "Endpoint (env OPENAI_BASE_URL, else OpenAI's)."},
+    images: Path = option(Path("."), "Image root folder.")
+    rounds: int = option(3, "Evolution rounds.")
+    concurrency: int = option(16, "Samples in flight.")
+    workers: int = option(1, "Processes sharing the samples in flight (one core each).")
+    limit: int | None = option(None, "Only the first N rows of the seed.")
+    model: str = option("gpt-4o-mini", "Evolution model.")
+    scorer_model: str | None = option(None, "Judge model [default: --model].")
+    base_url: str | None = option(
+        None, "OpenAI-compatible endpoint [default: OpenAI's].", env="OPENAI_BASE_URL"
     )
-    api_key: str | None = field(
-        default=None,
-        repr=False,
-        metadata={"description": "API key (env OPENAI_API_KEY). Never stored."},
+    api_key: str | None = option(
+        None, "API key. Never stored.", env="OPENAI_API_KEY", cli=False, repr=False
     )
-    temperature: float = 1.0
-    max_tokens: int = 4096
-    timeout: float = field(
-        default=120.0, metadata={"description": "Seconds a model request may take."}
+    seed: int = option(0, "Seed of the operator choice.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    max_tokens: int = option(4096, "Output token limit per call.")
+    timeout: float = option(120.0, "Seconds a model request may take before it is given up.")
+    max_retries: int = option(
+        5,
+        "Retries of a request that timed out, lost its connection or got 429/5xx"
+        " (none once the run stops).",
+        flag="--retries",
     )
-    max_retries: int = field(
-        default=5,
-        metadata={
-            "description": "Retries of a request that timed out, lost its connection "
-            "or got 429/5xx (none once the run stops)."
-        },
+    max_attempts: int = option(3, "Evolution attempts per round.")
+    chunk_size: int = option(10, "Items per evolution or judge call.")
+    image_max_side: int = option(512, "Downscale images to this many pixels.")
+    image_detail: str = option("low", "Image detail: low, high or auto.")
+    jpeg_quality: int = option(85, "JPEG quality of the downscaled images.", cli=False)
+    structured_output: bool = option(
+        False, "Ask for JSON following the item schema (falls back if refused)."
     )
-    rounds: int = 3
-    max_attempts: int = field(
-        default=3, metadata={"description": "Evolution attempts per round before it ends empty."}
-    )
-    chunk_size: int = field(
-        default=10, metadata={"description": "Items per evolution or judge call."}
-    )
-    concurrency: int = field(default=16, metadata={"description": "Samples in flight."})
-    workers: int = field(
-        default=1,
-        metadata={"description": "Worker processes sharing the samples in flight (one core each)."},
-    )
-    seed: int = field(default=0, metadata={"description": "Seed of the operator choice."})
-    image_max_side: int = 512
-    image_detail: str = "low"
-    jpeg_quality: int = 85
-    limit: int | None = None
-    structured_output: bool = field(
-        default=False, metadata={"description": "Ask for JSON that follows the item schema."}
-    )
-    rpm: float | None = field(default=None, metadata={"description": "Requests per minute."})
-    tpm: float | None = field(
-        default=None, metadata={"description": "Tokens per minute (estimated before each call)."}
-    )
-    scorer_rpm: float | None = field(
-        default=None,
-        metadata={"description": "Judge requests per minute; shares --rpm when unset."},
-    )
-    scorer_tpm: float | None = field(
-        default=None, metadata={"description": "Judge tokens per minute; shares --tpm when unset."}
-    )
-    max_cost: float | None = field(
-        default=None, metadata={"description": "Stop cleanly once the run has spent this (USD)."}
-    )
-    max_calls: int | None = field(
-        default=None, metadata={"description": "Stop cleanly after this many model calls."}
-    )
-    prices: Path | None = field(
-        default=None, metadata={"description": "JSON price table (env MMEVOL_PRICES)."}
-    )
-    keep_history: bool = field(
-        default=False,
-        metadata={"description": "Keep every checkpoint of finished samples (for replay)."},
-    )
+    rpm: float | None = option(None, "Requests per minute (both models).")
+    tpm: float | None = option(None, "Tokens per minute (both models).")
+    scorer_rpm: float | None = option(None, "Judge's own requests/minute.")
+    scorer_tpm: float | None = option(None, "Judge's own tokens/minute.")
+    max_cost: float | None = option(None, "Stop cleanly at this spend (USD).")
+    max_calls: int | None = option(None, "Stop cleanly after N model calls.")
+    prices: Path | None = option(None, "JSON price table override.", env="MMEVOL_PRICES")
+    keep_history: bool = option(False, "Keep every checkpoint of finished samples (for replay).")
 
     def __post_init__(self) -> None:
         """Fill unset values from the environment and check ranges."""
+        for f in fields(self):
+            env = f.metadata.get("env")
+            if env and getattr(self, f.name) is None:
+                setattr(self, f.name, os.environ.get(env) or None)
         self.checkpoints = Path(self.checkpoints)
         self.images = Path(self.images)
-        if self.base_url is None:
-            self.base_url = os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
-        if self.api_key is None:
-            self.api_key = os.environ.get("OPENAI_API_KEY") or None
+        self.prices = Path(self.prices) if self.prices else None
+        self.base_url = self.base_url or OPENAI_DEFAULT_BASE_URL
         check_run_name(self.run)
         for name in (
             "rounds",
@@ -195,8 +201,9 @@ class Settings:
 
 
 def _option(name: str) -> str:
-    """Return the command-line option of a settings field (``max_retries`` is ``--retries``)."""
-    return "--" + {"max_retries": "retries"}.get(name, name).replace("_", "-")
+    """Return a field's command-line option: its ``flag`` (``--retries``), else ``--field-name``."""
+    flag = Settings.__dataclass_fields__[name].metadata.get("flag")
+    return flag or "--" + name.replace("_", "-")
 
 
 def _finite(value: object) -> bool:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from mmevol.cli import app
+from mmevol.graph.config import Settings
+from mmevol.graph.store import Store
 
 runner = CliRunner()
 
@@ -395,3 +399,66 @@ def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(seed16, reference16
     out = tmp_path / "out.json"
     assert invoke("export", "--run", "full", "-o", out, env=env).exit_code == 0
     assert json.loads(out.read_text()) == reference16[0]
+
+
+# Options of `run` that are not settings: they say how to run, not what the run is.
+RUN_ONLY = {"retry_failed", "help"}
+
+
+def click_params(name):
+    command = typer.main.get_command(app).commands[name]
+    return {p.name.removeprefix("settings__"): p for p in command.params}
+
+
+def test_run_options_and_settings_do_not_drift():
+    params = click_params("run")
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    on_cli = {n for n, f in fields.items() if f.metadata.get("cli", True)}
+    options = {n for n, p in params.items() if p.param_type_name == "option"} - RUN_ONLY
+    assert options == on_cli, "an option of `mmevol run` without a Settings field, or back"
+    for name in on_cli:
+        field, param = fields[name], params[name]
+        assert field.metadata.get("help") and param.help, f"--{name} has no help text"
+        flag = field.metadata.get("flag") or "--" + name.replace("_", "-")
+        assert flag.split("/")[0] in param.opts, (name, param.opts)
+        if field.default is not dataclasses.MISSING:
+            assert param.default == field.default, name
+    # The fields kept off the command line are the ones that must be (the key) or are
+    # not options yet.
+    assert "api_key" not in options
+
+
+def test_every_run_option_reaches_the_settings(sim, demo_seed, tmp_path):
+    seed_path, images = demo_seed
+    given = {
+        "--rounds": 1, "--concurrency": 2, "--workers": 1, "--limit": 1, "--model": "m1",
+        "--scorer-model": "m2", "--seed": 7, "--temperature": 0.5, "--max-tokens": 900,
+        "--max-attempts": 2, "--chunk-size": 4, "--image-max-side": 256,
+        "--image-detail": "high", "--rpm": 6000, "--tpm": 900000, "--scorer-rpm": 5000,
+        "--scorer-tpm": 800000, "--max-cost": 9, "--max-calls": 50, "--timeout": 30.0,
+        "--retries": 2,
+    }  # fmt: skip
+    args = [arg for pair in given.items() for arg in pair]
+    result = invoke(
+        "run", seed_path, "--images", images, "--run", "every", "--base-url", sim.base_url,
+        "--checkpoints", tmp_path, "--structured-output", "--keep-history", *args,
+        env={"OPENAI_API_KEY": "sim"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "every" / "results.db") as store:
+        recorded = store.get_meta("settings")
+    for flag, value in given.items():
+        name = {"--retries": "max_retries"}.get(flag, flag.removeprefix("--").replace("-", "_"))
+        assert recorded[name] == value, flag
+    assert recorded["structured_output"] is True and recorded["keep_history"] is True
+    assert (recorded["run"], recorded["base_url"]) == ("every", sim.base_url)
+    assert "api_key" not in recorded
+
+
+def test_estimate_takes_its_options_from_settings_too():
+    params = click_params("estimate")
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for name in ("rounds", "limit", "model", "scorer_model", "chunk_size", "prices"):
+        shown = params[name].help.replace("\\[", "[")  # rich escapes
+        assert shown.startswith(fields[name].metadata["help"]), name
+        assert params[name].default == fields[name].default, name

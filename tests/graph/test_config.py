@@ -1,0 +1,32 @@
+"""Settings: every option's one declaration, and the environment fallbacks it names."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from mmevol.graph.config import OPENAI_DEFAULT_BASE_URL, Settings
+
+
+def test_a_value_wins_over_the_environment_which_wins_over_the_default(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("MMEVOL_PRICES", raising=False)
+    assert Settings().base_url == OPENAI_DEFAULT_BASE_URL and Settings().prices is None
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://env/v1")
+    monkeypatch.setenv("MMEVOL_PRICES", "env-prices.json")
+    assert Settings().base_url == "http://env/v1"
+    assert Settings().prices == Path("env-prices.json")
+    given = Settings(base_url="http://given/v1", prices="given.json")
+    assert (given.base_url, given.prices) == ("http://given/v1", Path("given.json"))
+
+
+def test_every_setting_has_help_text():
+    for field in dataclasses.fields(Settings):
+        assert field.metadata.get("help"), field.name
+
+
+def test_the_key_is_never_an_option_nor_shown():
+    field = next(f for f in dataclasses.fields(Settings) if f.name == "api_key")
+    assert field.metadata["cli"] is False
+    assert "secret" not in repr(Settings(api_key="secret"))
+    assert "api_key" not in Settings(api_key="secret").public()
