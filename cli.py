@@ -147,6 +147,10 @@ def _existing_run(run: str, checkpoints: Path | None) -> Path:
     return path
 
 
+# Parameter names of the options built from Settings: apart from the command's own.
+_PREFIX = "settings__"
+
+
 def settings_options(*only: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one option per field of ``Settings`` (or of the fields named in ``only``).
 
@@ -197,9 +201,6 @@ def settings_options(*only: str) -> Callable[[Callable[..., Any]], Callable[...,
         return with_settings
 
     return decorate
-
-
-_PREFIX = "settings__"
 
 
 def _option(f: dataclasses.Field) -> Any:

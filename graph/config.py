@@ -61,12 +61,16 @@ class Settings:
     """Everything a run needs to know, and the one declaration of `mmevol run`'s options.
 
     Each field is declared with ``option(default, help, env=..., flag=..., cli=...)`` and
-    becomes the option ``--field-name`` of ``mmevol run`` (``cli.py`` builds the options
-    from these fields: type, default and help come from here). To add an option, add a
-    field here with its help text; to check its value, add a line to ``__post_init__``
-    (its ValueError becomes the CLI's one-line error). ``cli=False`` keeps a field off the
-    command line (the API key: it would land in shell history). ``tests/test_cli.py``
+    becomes the option ``--field-name`` of ``mmevol run``: ``cli.py`` builds the options
+    from these fields (type, default and help come from here), and ``tests/test_cli.py``
     fails when the command and these fields disagree.
+
+    To add an option, add a field with its help text, e.g.
+    ``timeout: float = option(120.0, "Seconds to wait for one model answer.")`` for
+    ``--timeout``, or ``option(5, "HTTP retries per call.", flag="--retries")`` for a flag
+    named apart from its field. To check its value, add a line to ``__post_init__``: its
+    ValueError becomes the CLI's one-line error. ``cli=False`` keeps a field off the
+    command line (the API key, which would land in shell history).
 
     Precedence: an explicit value (a CLI option) wins, then the environment variable
     named by ``env``, then the default.
