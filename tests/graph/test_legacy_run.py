@@ -111,7 +111,6 @@ def test_the_old_run_resumes_and_exports_what_a_fresh_run_exports(
     assert with_resume["requests"] < fresh_server.stats()["requests"]
     assert all(n == 1 for n in with_resume["bodies"].values())
 
-    store = Store(resumed.results_db)
-    statuses = store.statuses()
-    store.close()
+    with Store(resumed.results_db) as store:
+        statuses = store.statuses()
     assert [statuses[h] for h in DONE + INTERRUPTED] == ["done"] * 6
