@@ -219,11 +219,8 @@ def _check_file(path: Path) -> None:
 def _calls_recorded(results: Path) -> bool:
     from mmevol.graph.store import Store
 
-    store = Store(results)
-    try:
+    with Store(results) as store:
         return store.spent()["calls"] > 0
-    finally:
-        store.close()
 
 
 # -- budgets across resumes ------------------------------------------------------------------
@@ -242,11 +239,8 @@ def budget_spent(settings: Settings) -> StopReason | None:
     from mmevol.graph.runtime.prices import PriceTable
     from mmevol.graph.store import Store
 
-    store = Store(settings.results_db)
-    try:
+    with Store(settings.results_db) as store:
         tally = spent_so_far(store, PriceTable(settings.prices))
-    finally:
-        store.close()
     if settings.max_calls is not None and tally.calls_before >= settings.max_calls:
         return StopReason("max_calls", f"reached --max-calls {settings.max_calls}")
     if settings.max_cost is not None and tally.cost_before >= settings.max_cost:

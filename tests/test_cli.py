@@ -166,11 +166,8 @@ def test_round_counts_add_up(sim, demo_seed, tmp_path):
     out = tmp_path / "sums.json"
     invoke("export", "--run", "sums", "-o", out)
     exported = json.loads(out.read_text())
-    from mmevol.graph.store import Store
-
-    store = Store(tmp_path / "checkpoints" / "sums" / "results.db")
-    drops = list(store.db.query("select round, stage from dropped"))
-    store.close()
+    with Store(tmp_path / "checkpoints" / "sums" / "results.db") as store:
+        drops = store.rows("dropped")
     by_stage = {}
     for row in summary["dropped"]:
         by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["items"]

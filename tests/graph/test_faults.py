@@ -576,9 +576,8 @@ def test_an_outage_stops_the_run_and_the_next_run_exports_every_sample_once(
     assert first.stop.message.startswith("the endpoint keeps failing")
     assert "InternalServerError" in first.stop.message
     assert first.failed == 0 and first.interrupted >= 10
-    store = Store(settings.results_db)
-    assert "failed" not in set(store.statuses().values())
-    store.close()
+    with Store(settings.results_db) as store:
+        assert "failed" not in set(store.statuses().values())
 
     server.set_behaviour(None)  # the endpoint is back
     second = runner.run(settings, seed)

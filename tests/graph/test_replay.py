@@ -139,16 +139,11 @@ def replay_cli(settings, *extra):
 
 
 def branch_rows(settings, branch):
-    store = Store(settings.results_db)
-    try:
+    with Store(settings.results_db) as store:
         return {
-            table: store.db.execute(
-                f"select count(*) from {table} where hash_id = ? and branch = ?", [HASH, branch]
-            ).fetchone()[0]
+            table: store.count(table, hash_id=HASH, branch=branch)
             for table in ("rounds", "items", "dropped")
         }
-    finally:
-        store.close()
 
 
 def test_set_at_a_select_operator_step(sim, demo_seed, make_settings, monkeypatch):

@@ -189,7 +189,8 @@ def test_a_fresh_folder_and_a_results_db_without_calls_are_fine(tmp_path):
     check_databases(tmp_path / "new")
     from mmevol.graph.store import Store
 
-    Store(tmp_path / "new" / "results.db").close()  # created, nothing paid, no checkpoints yet
+    with Store(tmp_path / "new" / "results.db"):
+        pass  # created, nothing paid, no checkpoints yet
     check_databases(tmp_path / "new")
     (tmp_path / "new" / "results.db").write_bytes(b"")
     with pytest.raises(RunFolderProblem, match="empty"):

@@ -157,9 +157,8 @@ def test_sigterm_to_the_parent_stops_every_worker_cleanly(workers_run, reference
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert stderr.count("Stopping (interrupted by a signal)") == 1
-    store = Store(workers_run.checkpoints / "stopped" / "results.db")
-    statuses = set(store.statuses().values())
-    store.close()
+    with Store(workers_run.checkpoints / "stopped" / "results.db") as store:
+        statuses = set(store.statuses().values())
     assert "interrupted" in statuses and "failed" not in statuses
 
     assert workers_run.resume("stopped") == reference16[0]

@@ -135,9 +135,8 @@ def test_first_ctrl_c_stops_the_retries_of_calls_to_a_hanging_endpoint(
     # The calls in flight get at most --timeout; none is retried after the signal.
     assert time.monotonic() - signalled < 2 + 4
     assert sim.stats()["requests"] == 6
-    store = Store(checkpoints / "hung" / "results.db")
-    assert set(store.statuses().values()) == {"interrupted"}
-    store.close()
+    with Store(checkpoints / "hung" / "results.db") as store:
+        assert set(store.statuses().values()) == {"interrupted"}
     sim.set_behaviour(None)
     proc = cli_run(seed_path, images, sim, checkpoints, "hung", "--timeout", "2")
     stdout, stderr = proc.communicate(timeout=120)
