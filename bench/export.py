@@ -60,36 +60,35 @@ def build(folder: Path, n: int) -> Path:
         Image.effect_noise((64, 48), 40 + i).convert("RGB").save(buf, format="JPEG")
         pool.append(buf.getvalue())
     run_dir = folder / "checkpoints" / "bench"
-    store = Store(run_dir / "results.db")
-    store.set_meta(
-        "settings",
-        {"run": "bench", "images": str(images), "rounds": 3, "model": "gpt-4o-mini", "seed": 0},
-    )
-    store.set_meta("seed", str(folder / "seed.jsonl"))
-    for i in range(n):
-        image = f"{i:06d}.jpg"
-        # Bytes of its own per sample (a tail after the JPEG's end marker, which decoders
-        # ignore), as in a real seed: Parquet cannot fold repeated images together.
-        (images / image).write_bytes(pool[i % IMAGES] + i.to_bytes(4, "big"))
-        hash_id = f"{i}_{image}"
-        seed = {
-            "id": str(i),
-            "image": image,
-            "conversations_v0": [item(k, 0, None) for k in range(6)],
-            "caption": [],
-            "det": [],
-        }
-        store.start_sample(hash_id, i, str(i), seed)
-        for rnd in (1, 2, 3):
-            kept = [item(k, rnd, 5 + (i + k) % 5) for k in range(4)]
-            record = {"round": rnd, "operator": "perceptual", "attempts": 1,
-                      "candidates": 5, "kept": 4, "dropped": 1, "reason": None}  # fmt: skip
-            dropped = [
-                {"stage": "score", "reason": "not improved (score 3)", "item": item(9, rnd, 3)}
-            ]
-            store.save_round(hash_id, record, kept, dropped)
-        store.finish_sample(hash_id, 3)
-    store.close()
+    with Store(run_dir / "results.db") as store:
+        store.set_meta(
+            "settings",
+            {"run": "bench", "images": str(images), "rounds": 3, "model": "gpt-4o-mini", "seed": 0},
+        )
+        store.set_meta("seed", str(folder / "seed.jsonl"))
+        for i in range(n):
+            image = f"{i:06d}.jpg"
+            # Bytes of its own per sample (a tail after the JPEG's end marker, which decoders
+            # ignore), as in a real seed: Parquet cannot fold repeated images together.
+            (images / image).write_bytes(pool[i % IMAGES] + i.to_bytes(4, "big"))
+            hash_id = f"{i}_{image}"
+            seed = {
+                "id": str(i),
+                "image": image,
+                "conversations_v0": [item(k, 0, None) for k in range(6)],
+                "caption": [],
+                "det": [],
+            }
+            store.start_sample(hash_id, i, str(i), seed)
+            for rnd in (1, 2, 3):
+                kept = [item(k, rnd, 5 + (i + k) % 5) for k in range(4)]
+                record = {"round": rnd, "operator": "perceptual", "attempts": 1,
+                          "candidates": 5, "kept": 4, "dropped": 1, "reason": None}  # fmt: skip
+                dropped = [
+                    {"stage": "score", "reason": "not improved (score 3)", "item": item(9, rnd, 3)}
+                ]
+                store.save_round(hash_id, record, kept, dropped)
+            store.finish_sample(hash_id, 3)
     return folder / "checkpoints"
 
 

@@ -515,15 +515,12 @@ def export_records(
     if fmt == "hf":
         raise ValueError("--format hf is written by mmevol.graph.hfexport.export_hf")
     report = ExportReport(output=output, format=fmt)
-    store = Store(results_db)
-    try:
+    with Store(results_db) as store:
         root = image_root(store, options.images)
         records = iter_records(store, options, report, root)
         shape = llava_record if fmt == "llava" else sharegpt_record
         lines = output.suffix.lower() == ".jsonl"
         write_json_records(output, _shaped(records, shape, options, report), report, lines)
-    finally:
-        store.close()
     if fmt == "sharegpt":
         report.files.append(write_dataset_info(output, output.stem))
     return report

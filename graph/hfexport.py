@@ -355,31 +355,32 @@ def export_hf(
     tmp = part_path(output)
     if tmp.exists():
         shutil.rmtree(tmp)
-    store = Store(results_db)
-    try:
-        root = image_root(store, options.images)
-        writer = ShardWriter(tmp, features(options.steps), shard_bytes, group_records)
-        images = ImageBytes(options.image_max_side)
-        for row in _shaped(iter_records(store, options, report, root), hf_record, options, report):
-            try:
-                row["image"] = images(row["image"], row["image_path"])
-            except OSError as err:
-                # Counted as written by _shaped; take it back.
-                report.per_round[row["round"]] -= 1
-                report.items_per_round[row["round"]] -= len(row["messages"]) // 2
-                report.skip(
-                    RecordProblem("image unreadable", row["hash_id"], row["round"], f"image: {err}")
-                )
-                continue
-            writer.add(row, len(row["image"]["bytes"]) + 200 * len(row["messages"]))
-            report.written += 1
-        writer.close()
-        facts = run_facts(store)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        store.close()
+    with Store(results_db) as store:
+        try:
+            root = image_root(store, options.images)
+            writer = ShardWriter(tmp, features(options.steps), shard_bytes, group_records)
+            images = ImageBytes(options.image_max_side)
+            records = iter_records(store, options, report, root)
+            for row in _shaped(records, hf_record, options, report):
+                try:
+                    row["image"] = images(row["image"], row["image_path"])
+                except OSError as err:
+                    # Counted as written by _shaped; take it back.
+                    report.per_round[row["round"]] -= 1
+                    report.items_per_round[row["round"]] -= len(row["messages"]) // 2
+                    report.skip(
+                        RecordProblem(
+                            "image unreadable", row["hash_id"], row["round"], f"image: {err}"
+                        )
+                    )
+                    continue
+                writer.add(row, len(row["image"]["bytes"]) + 200 * len(row["messages"]))
+                report.written += 1
+            writer.close()
+            facts = run_facts(store)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     (tmp / "README.md").write_text(dataset_card(report, facts, options), encoding="utf-8")
     replace_dir(tmp, output)
     report.files.append(output / "README.md")
