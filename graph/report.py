@@ -220,8 +220,7 @@ def write_report(results_db: Path, output: Path, samples: int = 300, seed: int =
     """Write the report of the run at ``results_db`` to ``output``."""
     stats = compute_stats(results_db)
     pngs = chart_pngs(stats)
-    store = Store(results_db)
-    try:
+    with Store(results_db) as store:
         settings = store.get_meta("settings") or {}
         images = Path(settings["images"]) if settings.get("images") else None
         gallery = []
@@ -229,8 +228,6 @@ def write_report(results_db: Path, output: Path, samples: int = 300, seed: int =
             record = gallery_record(store, hash_id, images)
             if record is not None:
                 gallery.append(record)
-    finally:
-        store.close()
     title = f"mmevol run {stats['run']}"
     parts = {
         "title": html.escape(title),

@@ -118,11 +118,8 @@ class _VersionTally:
 
 def compute_stats(results_db: Path, run: str | None = None) -> dict:
     """Return the statistics of the run whose results database is ``results_db``."""
-    with_store = Store(results_db)
-    try:
-        return _compute(with_store, run or results_db.parent.name)
-    finally:
-        with_store.close()
+    with Store(results_db) as store:
+        return _compute(store, run or results_db.parent.name)
 
 
 def _compute(store: Store, run: str) -> dict:

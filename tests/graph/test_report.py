@@ -215,8 +215,7 @@ def hostile_run(demo_run, tmp_path):
     """A copy of the demo run whose first kept item and judge reason are HTML attacks."""
     folder = tmp_path / "checkpoints" / "demo"
     shutil.copytree(demo_run.checkpoints / "demo", folder)
-    store = Store(folder / "results.db")
-    try:
+    with Store(folder / "results.db") as store:
         sample = next(store.finished_samples())
         rnd = sample["rounds"][0]
         kept = [json.loads(i["item"]) | {"score": i["score"]} for i in sample["items"]
@@ -226,8 +225,6 @@ def hostile_run(demo_run, tmp_path):
         kept[0]["answer"] = "{data} </SCRIPT> <!-- " + INJECTION
         rnd["kept"] = len(kept)
         store.save_round(sample["hash_id"], rnd, kept, [], reasons=[INJECTION] * len(kept))
-    finally:
-        store.close()
     return folder / "results.db"
 
 
@@ -251,13 +248,10 @@ def test_model_text_cannot_inject_html(hostile_run, tmp_path):
 
 
 def test_gallery_is_stratified_over_outcomes_and_operators(demo_run):
-    store = Store(demo_run.results_db)
-    try:
+    with Store(demo_run.results_db) as store:
         chosen = choose_samples(store, 5)
         everything = choose_samples(store, 1000)
         statuses = {store.sample(h)["status"] for h in chosen}
-    finally:
-        store.close()
     assert len(chosen) == 5 and len(set(chosen)) == 5
     assert "failed" in statuses and "done" in statuses  # small strata are dealt in
     assert len(everything) == 12  # 8 done + 4 failed rows, nothing twice

@@ -126,18 +126,13 @@ def test_a_run_made_by_0_1_0_gets_the_judge_reason_columns_with_null(tmp_path):
     path = tmp_path / "results.db"
     shutil.copy(V010 / "results.db", path)
     assert "judge_reason" not in columns(path, "items")
-    store = Store(path)
-    try:
+    with Store(path) as store:
         assert [m.name for m in migrations.applied(store.db)][-1] == "m003_judge_reason"
-        kept = list(store.db.query("select judge_reason from items"))
-        judged = list(
-            store.db.query("select score, judge_reason from dropped where stage = 'judge'")
-        )
+        kept = store.rows("items")
+        judged = store.rows("dropped", stage="judge")
         assert kept and judged
         assert all(r["judge_reason"] is None for r in kept)
         assert all(r["score"] is None and r["judge_reason"] is None for r in judged)
-    finally:
-        store.close()
     assert {"judge_reason"} <= columns(path, "items")
     assert {"score", "judge_reason"} <= columns(path, "dropped")
 

@@ -6,17 +6,9 @@ from mmevol.graph.store import Store
 
 
 def test_every_verdict_keeps_the_judges_reason_and_score(demo_run):
-    store = Store(demo_run.results_db)
-    try:
-        kept = list(store.db.query("select score, judge_reason from items"))
-        judged_out = list(
-            store.db.query(
-                "select score, judge_reason, reason from dropped"
-                " where stage = 'judge' and kind = 'judged not improved'"
-            )
-        )
-    finally:
-        store.close()
+    with Store(demo_run.results_db) as store:
+        kept = store.rows("items")
+        judged_out = store.rows("dropped", stage="judge", kind="judged not improved")
     assert kept and judged_out
     # The sim's judge gives a reason with every verdict.
     assert all(r["judge_reason"] for r in kept)
