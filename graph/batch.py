@@ -105,8 +105,7 @@ async def run_rows(
     the results database recorded.
     """
     report = RunReport()
-    store = Store(settings.results_db)
-    try:
+    with Store(settings.results_db) as store:
         async with (
             ModelClient(
                 settings,
@@ -127,8 +126,6 @@ async def run_rows(
                     graph = compile_graph(saver)
                     await _run_rows(graph, ctx, rows, retry_failed, report, listener, stop)
         report.stop = stop.reason
-    finally:
-        store.close()
     return report
 
 

@@ -54,11 +54,8 @@ def run(
         if spent := runfolder.budget_spent(settings):  # stop before any model call
             return RunReport(stop=spent)
         eventloop.run(_prepare(settings))
-        store = Store(settings.results_db)
-        try:
+        with Store(settings.results_db) as store:
             record_run(store, settings, seed)
-        finally:
-            store.close()
         listener(Total(count_total(seed, settings.limit)))
         if min(settings.workers, settings.concurrency) > 1:
             return run_workers(settings, seed, retry_failed=retry_failed, listener=listener)
