@@ -56,7 +56,10 @@ def demo_seed(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def demo_run(demo_seed, tmp_path_factory) -> Settings:
-    """A finished run of ``demo_seed`` over real HTTP against the sim (read-only for tests)."""
+    """A finished run of ``demo_seed`` over real HTTP against the sim (read-only for tests).
+
+    Stats, report, plots and the training exports all read this one run.
+    """
     from mmevol.graph import runner
 
     seed_path, images = demo_seed
@@ -65,7 +68,8 @@ def demo_run(demo_seed, tmp_path_factory) -> Settings:
             run="demo", checkpoints=tmp_path_factory.mktemp("demo_run"), images=images,
             base_url=server.base_url, api_key="sim", concurrency=4,
         )  # fmt: skip
-        runner.run(settings, seed_path)
+        report = runner.run(settings, seed_path)
+    assert (report.done, report.failed) == (8, 4)
     return settings
 
 
@@ -147,22 +151,3 @@ def wait_for_requests():
             time.sleep(0.005)
 
     return wait
-
-
-# -- a finished run to export (tests/graph/test_formats.py, test_hfexport.py) ----------------
-
-
-@pytest.fixture(scope="session")
-def export_run(demo_seed, tmp_path_factory) -> Settings:
-    """A run of the demo seed (8 good rows, 4 bad) over real HTTP, finished (read-only)."""
-    from mmevol.graph import runner
-
-    seed_path, images = demo_seed
-    with SimServer(SimOptions(seed=0)) as server:
-        settings = Settings(
-            run="exp", checkpoints=tmp_path_factory.mktemp("export_run"), images=images,
-            base_url=server.base_url, api_key="sim", concurrency=4,
-        )  # fmt: skip
-        report = runner.run(settings, seed_path)
-    assert (report.done, report.failed) == (8, 4)
-    return settings

@@ -29,9 +29,9 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def authors(export_run, tmp_path_factory) -> list[dict]:
+def authors(demo_run, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("authors") / "evolved.json"
-    export_json(export_run.results_db, out)
+    export_json(demo_run.results_db, out)
     return json.loads(out.read_text())
 
 
@@ -78,15 +78,15 @@ def ids_of(expected):
     return [f"{h}_v{r}" for h, r in expected]
 
 
-def test_llava_json_and_jsonl_match_the_kept_rounds(export_run, authors, tmp_path):
+def test_llava_json_and_jsonl_match_the_kept_rounds(demo_run, authors, tmp_path):
     from datasets import load_dataset
 
     expected = kept_rounds(authors)
     assert len(expected) > 8  # several kept rounds per sample
 
-    report = export_training(export_run.results_db, tmp_path / "llava.json", "llava")
+    report = export_training(demo_run.results_db, tmp_path / "llava.json", "llava")
     records = json.loads((tmp_path / "llava.json").read_text())
-    check_llava(records, export_run.images)
+    check_llava(records, demo_run.images)
     assert [r["id"] for r in records] == ids_of(expected)  # seed order, round order
     assert report.written == len(expected) and not report.skipped
     assert report.samples == 8
@@ -97,7 +97,7 @@ def test_llava_json_and_jsonl_match_the_kept_rounds(export_run, authors, tmp_pat
         assert len(rec["conversations"]) == 2 * len(items)
         assert rec["image"] == sample["image"]
 
-    export_training(export_run.results_db, tmp_path / "llava.jsonl", "llava")
+    export_training(demo_run.results_db, tmp_path / "llava.jsonl", "llava")
     lines = [json.loads(line) for line in (tmp_path / "llava.jsonl").read_text().splitlines()]
     assert lines == records
 
@@ -108,13 +108,13 @@ def test_llava_json_and_jsonl_match_the_kept_rounds(export_run, authors, tmp_pat
     assert not list(tmp_path.glob("*.part"))
 
 
-def test_sharegpt_registers_itself_for_llamafactory(export_run, authors, tmp_path):
+def test_sharegpt_registers_itself_for_llamafactory(demo_run, authors, tmp_path):
     from datasets import load_dataset
 
     out = tmp_path / "data" / "mmevol_demo.json"
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "dataset_info.json").write_text('{"other": {"file_name": "x.json"}}')
-    report = export_training(export_run.results_db, out, "sharegpt")
+    report = export_training(demo_run.results_db, out, "sharegpt")
     info = json.loads((tmp_path / "data" / "dataset_info.json").read_text())
     assert info["other"] == {"file_name": "x.json"}  # other entries kept
     entry = info["mmevol_demo"]
@@ -138,12 +138,12 @@ def test_sharegpt_registers_itself_for_llamafactory(export_run, authors, tmp_pat
         assert Path(images[0]).is_absolute() and Path(images[0]).is_file()
 
 
-def test_rounds_min_score_and_steps(export_run, authors, tmp_path):
+def test_rounds_min_score_and_steps(demo_run, authors, tmp_path):
     # --rounds 0 adds one record of seed items per finished sample.
     opts = ExportOptions(rounds=parse_rounds("0-1"))
-    export_training(export_run.results_db, tmp_path / "r01.json", "llava", opts)
+    export_training(demo_run.results_db, tmp_path / "r01.json", "llava", opts)
     records = json.loads((tmp_path / "r01.json").read_text())
-    check_llava(records, export_run.images)
+    check_llava(records, demo_run.images)
     v0 = [r for r in records if r["id"].endswith("_v0")]
     assert [r["id"] for r in v0] == [f"{s['hash_id']}_v0" for s in authors]
     assert len(records) - len(v0) == len(kept_rounds(authors, rounds=(1,)))
@@ -153,7 +153,7 @@ def test_rounds_min_score_and_steps(export_run, authors, tmp_path):
     )
     cut = scores[len(scores) // 2]
     report = export_training(
-        export_run.results_db, tmp_path / "min.json", "llava", ExportOptions(min_score=cut)
+        demo_run.results_db, tmp_path / "min.json", "llava", ExportOptions(min_score=cut)
     )
     records = json.loads((tmp_path / "min.json").read_text())
     assert [r["id"] for r in records] == ids_of(kept_rounds(authors, min_score=cut))
@@ -163,9 +163,9 @@ def test_rounds_min_score_and_steps(export_run, authors, tmp_path):
     answers = {}
     for mode in ("inline", "none", "field"):
         out = tmp_path / f"steps-{mode}.json"
-        export_training(export_run.results_db, out, "llava", ExportOptions(steps=mode))
+        export_training(demo_run.results_db, out, "llava", ExportOptions(steps=mode))
         records = json.loads(out.read_text())
-        check_llava(records, export_run.images, steps_field=mode == "field")
+        check_llava(records, demo_run.images, steps_field=mode == "field")
         answers[mode] = {r["id"]: [t["value"] for t in r["conversations"][1::2]] for r in records}
         if mode == "field":
             for rec in records:
@@ -185,16 +185,16 @@ def test_rounds_min_score_and_steps(export_run, authors, tmp_path):
     assert with_steps  # the sim writes solving steps
 
 
-def test_missing_image_is_named_with_sample_and_round(export_run, authors, tmp_path):
+def test_missing_image_is_named_with_sample_and_round(demo_run, authors, tmp_path):
     images = tmp_path / "images"
-    shutil.copytree(export_run.images, images)
+    shutil.copytree(demo_run.images, images)
     victim = authors[2]
     (images / victim["image"]).unlink()
     lost = [r for h, r in kept_rounds(authors) if h == victim["hash_id"]]
     assert lost
 
     result = invoke(
-        "export", "--run", "exp", "--checkpoints", export_run.checkpoints,
+        "export", "--run", "demo", "--checkpoints", demo_run.checkpoints,
         "--format", "llava", "--images", images, "-o", tmp_path / "out.jsonl",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -208,12 +208,12 @@ def test_missing_image_is_named_with_sample_and_round(export_run, authors, tmp_p
     assert len(lines) == len(kept_rounds(authors)) - len(lost)
 
 
-def test_cli_formats_and_bad_options(export_run, tmp_path):
-    ck = export_run.checkpoints
-    result = invoke("export", "--run", "exp", "--checkpoints", ck, "-o", tmp_path / "a.json")
+def test_cli_formats_and_bad_options(demo_run, tmp_path):
+    ck = demo_run.checkpoints
+    result = invoke("export", "--run", "demo", "--checkpoints", ck, "-o", tmp_path / "a.json")
     assert result.exit_code == 0 and "wrote 8 samples" in result.output  # authors by default
     result = invoke(
-        "export", "--run", "exp", "--checkpoints", ck, "--format", "sharegpt",
+        "export", "--run", "demo", "--checkpoints", ck, "--format", "sharegpt",
         "--rounds", "2,3", "-o", tmp_path / "s.jsonl",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -228,7 +228,7 @@ def test_cli_formats_and_bad_options(export_run, tmp_path):
         (["--format", "llava", "--image-max-side", "64"], "apply to --format hf only"),
     ):
         result = invoke(
-            "export", "--run", "exp", "--checkpoints", ck, "-o", tmp_path / "x.json", *args
+            "export", "--run", "demo", "--checkpoints", ck, "-o", tmp_path / "x.json", *args
         )
         assert result.exit_code == 1, (args, result.output)
         assert message in result.output, (args, result.output)

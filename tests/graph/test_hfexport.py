@@ -24,19 +24,19 @@ def kept(authors, rounds=(1, 2, 3)):
 
 
 @pytest.fixture(scope="module")
-def authors(export_run, tmp_path_factory):
+def authors(demo_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("authors") / "evolved.json"
-    export_json(export_run.results_db, out)
+    export_json(demo_run.results_db, out)
     return json.loads(out.read_text())
 
 
-def test_hf_folder_loads_with_datasets_and_has_a_card(export_run, authors, tmp_path):
+def test_hf_folder_loads_with_datasets_and_has_a_card(demo_run, authors, tmp_path):
     from datasets import load_dataset
     from huggingface_hub import DatasetCard
 
     out = tmp_path / "mmevol-hf"
     opts = ExportOptions(rounds=(0, 1, 2, 3), image_max_side=32, steps="field")
-    report = export_training(export_run.results_db, out, "hf", opts)
+    report = export_training(demo_run.results_db, out, "hf", opts)
     expected = kept(authors, rounds=(0, 1, 2, 3)) + []
     # Round 0: every finished sample has seed items.
     assert report.per_round[0] == len(authors)
@@ -63,19 +63,19 @@ def test_hf_folder_loads_with_datasets_and_has_a_card(export_run, authors, tmp_p
     assert card.data.size_categories == [size_category(report.written)]
     assert "visual-question-answering" in card.data.task_categories
     facts = card.data.to_dict()["mmevol"]
-    assert facts["evolution_model"] == export_run.model
-    assert facts["rounds"] == 3 and facts["operator_seed"] == export_run.seed
+    assert facts["evolution_model"] == demo_run.model
+    assert facts["rounds"] == 3 and facts["operator_seed"] == demo_run.seed
     assert facts["records_per_round"] == {f"v{r}": n for r, n in sorted(report.per_round.items())}
     assert facts["cost_usd"] >= 0 and facts["calls"] > 0
     assert "arXiv:2409.05840" in card.text
     assert not (tmp_path / "mmevol-hf.part").exists()
 
 
-def test_full_size_images_and_several_shards(export_run, authors, tmp_path):
+def test_full_size_images_and_several_shards(demo_run, authors, tmp_path):
     from datasets import load_dataset
 
     out = tmp_path / "hf"
-    report = export_hf(export_run.results_db, out, ExportOptions(), shard_bytes=1, group_records=4)
+    report = export_hf(demo_run.results_db, out, ExportOptions(), shard_bytes=1, group_records=4)
     shards = sorted((out / "data").glob("*.parquet"))
     total = len(shards)
     assert total > 1
@@ -83,13 +83,13 @@ def test_full_size_images_and_several_shards(export_run, authors, tmp_path):
     assert [p.name for p in shards] == names
     loaded = load_dataset("parquet", data_dir=str(out / "data"), split="train")
     assert loaded["id"] == [f"{h}_v{r}" for h, r in kept(authors)]  # seed order
-    original = (export_run.images / authors[0]["image"]).read_bytes()
+    original = (demo_run.images / authors[0]["image"]).read_bytes()
     raw = loaded.cast_column("image", loaded.features["image"].__class__(decode=False))
     assert raw[0]["image"]["bytes"] == original  # embedded as-is
     assert report.written == loaded.num_rows
 
 
-def test_push_without_a_token_is_a_clear_error(export_run, tmp_path, monkeypatch):
+def test_push_without_a_token_is_a_clear_error(demo_run, tmp_path, monkeypatch):
     import huggingface_hub.constants as hub
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -98,7 +98,7 @@ def test_push_without_a_token_is_a_clear_error(export_run, tmp_path, monkeypatch
     monkeypatch.setattr(hub, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(hub, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
     result = invoke(
-        "export", "--run", "exp", "--checkpoints", export_run.checkpoints, "--format", "hf",
+        "export", "--run", "demo", "--checkpoints", demo_run.checkpoints, "--format", "hf",
         "--push-to-hub", "someone/mmevol-test", "-o", tmp_path / "hf",
     )  # fmt: skip
     assert result.exit_code == 1
@@ -108,12 +108,12 @@ def test_push_without_a_token_is_a_clear_error(export_run, tmp_path, monkeypatch
     assert not (tmp_path / "hf").exists()  # checked before anything is written
 
 
-def test_missing_extra_names_it(export_run, tmp_path, monkeypatch):
+def test_missing_extra_names_it(demo_run, tmp_path, monkeypatch):
     # A None entry in sys.modules makes `import datasets` raise ImportError, as it does
     # when the package is not installed.
     monkeypatch.setitem(sys.modules, "datasets", None)
     result = invoke(
-        "export", "--run", "exp", "--checkpoints", export_run.checkpoints, "--format", "hf",
+        "export", "--run", "demo", "--checkpoints", demo_run.checkpoints, "--format", "hf",
         "-o", tmp_path / "hf",
     )  # fmt: skip
     assert result.exit_code == 1
