@@ -51,6 +51,16 @@ SIBLING = StopReason("sibling", "stopped with the other workers")
 """Why a worker stops when another worker (or the parent) stopped the run."""
 
 
+def max_calls_reached(limit: int) -> StopReason:
+    """Return the stop of a run that made its ``--max-calls`` calls."""
+    return StopReason("max_calls", f"reached --max-calls {limit}")
+
+
+def max_cost_reached(budget: float, spent: float) -> StopReason:
+    """Return the stop of a run that spent its ``--max-cost`` budget."""
+    return StopReason("max_cost", f"reached --max-cost ${budget:g} (spent ${spent:.4f})")
+
+
 SampleKind = Literal["started", "done", "failed", "rejected", "skipped", "interrupted"]
 """What happened to a row: started; finished (done), failed on the way (failed), refused
 before any call as bad input (rejected), finished in an earlier run (skipped), or stopped

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmevol.graph.config import Settings
-from mmevol.graph.events import StopReason
+from mmevol.graph.events import StopReason, max_calls_reached, max_cost_reached
 
 LOCK_NAME = "run.lock"
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -242,12 +242,9 @@ def budget_spent(settings: Settings) -> StopReason | None:
     with Store(settings.results_db) as store:
         tally = spent_so_far(store, PriceTable(settings.prices))
     if settings.max_calls is not None and tally.calls_before >= settings.max_calls:
-        return StopReason("max_calls", f"reached --max-calls {settings.max_calls}")
+        return max_calls_reached(settings.max_calls)
     if settings.max_cost is not None and tally.cost_before >= settings.max_cost:
-        return StopReason(
-            "max_cost",
-            f"reached --max-cost ${settings.max_cost:g} (spent ${tally.cost_before:.4f})",
-        )
+        return max_cost_reached(settings.max_cost, tally.cost_before)
     return None
 
 

@@ -33,7 +33,7 @@ from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 
 from mmevol.graph.config import Settings
-from mmevol.graph.events import StopReason
+from mmevol.graph.events import StopReason, max_calls_reached, max_cost_reached
 from mmevol.graph.runtime.limits import (
     Governor,
     Outcome,
@@ -297,7 +297,7 @@ class ModelClient:
             raise RunStopped(str(key))
         limit = self.settings.max_calls
         if not self.tally.reserve_call(limit):
-            self.stop(StopReason("max_calls", f"reached --max-calls {limit}"))
+            self.stop(max_calls_reached(limit))
             raise RunStopped(str(key))
         role = "score" if key.node.startswith("score") else "evolve"
         chat = self.chats[role]
@@ -428,9 +428,7 @@ class ModelClient:
         spent = self.tally.add_cost(cost)
         budget = self.settings.max_cost
         if budget is not None and spent >= budget:
-            self.stop(
-                StopReason("max_cost", f"reached --max-cost ${budget:g} (spent ${spent:.4f})")
-            )
+            self.stop(max_cost_reached(budget, spent))
 
 
 def spent_so_far(store: Store, prices: PriceTable, context: object | None = None) -> Tally:
