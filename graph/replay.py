@@ -18,10 +18,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from mmevol.graph import runfolder
-from mmevol.graph.batch import compile_graph, thread_config
 from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.graph.config import Settings
 from mmevol.graph.context import RunContext
+from mmevol.graph.engine import compile_graph, thread_config
 from mmevol.graph.runtime.llm import ModelClient, error_name, preflight
 from mmevol.graph.state import OPERATORS, SampleState
 from mmevol.graph.store import Store

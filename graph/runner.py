@@ -1,8 +1,8 @@
 """Run (or resume) a seed: lock its folder, check the endpoint, record the run, run the rows.
 
 Re-running the same command resumes: finished samples are skipped and interrupted ones
-continue from their last checkpoint. What happens to the rows is ``graph.batch``'s (one
-process) or ``graph.workers``'s (``--workers``, each worker running ``graph.batch`` on the
+continue from their last checkpoint. What happens to the rows is ``graph.engine``'s (one
+process) or ``graph.workers``'s (``--workers``, each worker running ``graph.engine`` on the
 rows its parent deals it); both report through the same events and stop the same way
 (``graph.stop``).
 """
@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from mmevol.graph import eventloop, runfolder
-from mmevol.graph.batch import RunReport, run_rows
 from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.graph.config import Settings
+from mmevol.graph.engine import RunReport, run_rows
 from mmevol.graph.events import Listener, Notice, Total, ignore
 from mmevol.graph.runtime import images
 from mmevol.graph.runtime.llm import preflight

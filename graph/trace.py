@@ -16,8 +16,8 @@ from typing import Any
 
 from langgraph.types import StateSnapshot
 
-from mmevol.graph.batch import compile_graph
 from mmevol.graph.checkpoints import open_checkpointer
+from mmevol.graph.engine import compile_graph
 from mmevol.graph.state import SampleState
 from mmevol.graph.store import Store
 from mmevol.nodes.evolve import chunked, render_evolve_prompt

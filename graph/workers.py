@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from mmevol.graph import eventloop
-from mmevol.graph.batch import RunReport, finished_earlier, run_rows
 from mmevol.graph.config import Settings
+from mmevol.graph.engine import RunReport, finished_earlier, run_rows
 from mmevol.graph.events import (
     ENDS_A_ROW,
     SIBLING,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mmevol.graph import batch, runner
+from mmevol.graph import engine, runner
 from mmevol.graph.export import export_json
 from mmevol.graph.runtime.llm import EndpointProblem
 from mmevol.graph.store import Store
@@ -141,7 +141,7 @@ def test_a_hash_id_given_twice_fails_the_second_row_only(sim, make_settings, tmp
 
 def test_calls_are_tagged_by_run_and_sample_for_tracing(make_settings, sim, tmp_path):
     settings = make_settings(sim, tmp_path, run="trial")
-    config = batch.thread_config(settings, "7_a.jpg")
+    config = engine.thread_config(settings, "7_a.jpg")
     assert config["configurable"] == {"thread_id": "7_a.jpg"}
     assert {"run:trial", "sample:7_a.jpg"} <= set(config["tags"])
     assert config["metadata"] == {"mmevol_run": "trial", "hash_id": "7_a.jpg"}
