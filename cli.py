@@ -319,12 +319,18 @@ def status(
         out.print_json(json.dumps(summary))
         return
     samples = ", ".join(f"{k} {v}" for k, v in sorted(summary["samples"].items())) or "none"
-    out.print(f"run {run!r}: samples {samples}; cost ${summary['cost_usd']:.4f}", highlight=False)
+    cost = f"cost ${summary['cost_usd']:.4f}"
+    models = summary["models"]
+    if any(r["batch"] for r in models):
+        cost += f" (batch ${summary['batch_cost_usd']:.4f})"
+    else:  # the batch column only when some calls went through the Batch API
+        models = [{k: v for k, v in r.items() if k != "batch"} for r in models]
+    out.print(f"run {run!r}: samples {samples}; {cost}", highlight=False)
     for title, rows in (
         ("rounds", summary["rounds"]),
         ("calls", summary["calls"]),
         ("answers: how each model answer parsed", summary["answers"]),
-        ("models", summary["models"]),
+        ("models", models),
         ("dropped items", summary["dropped"]),
         ("failures", summary["failures"]),
     ):
@@ -584,7 +590,11 @@ def estimate_cmd(
     settings: Settings,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Estimate calls, tokens and cost per round of a seed, without calling any model."""
+    """Estimate calls, tokens and cost of a seed, online and in batch mode, calling no model.
+
+    Batch mode (the Batch API) costs the price table's batch factor of the online price
+    (half on OpenAI) and answers within 24 hours.
+    """
     from mmevol.graph.estimate import estimate
 
     result = guarded(estimate, settings, seed)
@@ -596,8 +606,20 @@ def estimate_cmd(
             "input tokens": round(r.input_tokens),
             "output tokens": round(r.output_tokens),
             "cost USD": round(r.cost, 2),
+            "batch cost USD": round(r.batch_cost, 2),
         }
         for r in result.rounds
+    ]
+    models = [
+        {
+            "model": m.model,
+            "calls": round(m.calls),
+            "input tokens": round(m.input_tokens),
+            "output tokens": round(m.output_tokens),
+            "cost USD": round(m.cost, 2),
+            "batch cost USD": round(m.batch_cost, 2),
+        }
+        for m in result.models
     ]
     if as_json:
         out.print_json(
@@ -606,18 +628,31 @@ def estimate_cmd(
                     "samples": result.samples,
                     "skipped": result.skipped,
                     "rounds": rows,
+                    "models": models,
                     "total_cost": round(result.total_cost, 2),
+                    "total_batch_cost": round(result.total_batch_cost, 2),
+                    "batch_within_hours": 24,
                     "unpriced": result.unpriced,
                 }
             )
         )
         return
     out.print(
-        f"{result.samples} samples ({result.skipped} invalid rows left out); "
-        f"expected cost ${result.total_cost:.2f} with {settings.model} / {settings.judge_model}",
+        f"{result.samples} samples ({result.skipped} invalid rows left out); expected cost "
+        f"${result.total_cost:.2f} online, ${result.total_batch_cost:.2f} in batch mode "
+        f"(--batch: answers within 24 h) with {settings.model} / {settings.judge_model}",
         highlight=False,
     )
     out.print(_table("per round", rows))
+    total = {
+        "model": "total",
+        "calls": sum(m["calls"] for m in models),
+        "input tokens": sum(m["input tokens"] for m in models),
+        "output tokens": sum(m["output tokens"] for m in models),
+        "cost USD": round(result.total_cost, 2),
+        "batch cost USD": round(result.total_batch_cost, 2),
+    }
+    out.print(_table("per model", [*models, total]))
     for model_name in result.unpriced:
         err.print(f"note: no price known for {model_name!r}; its cost counts as 0 (see --prices)")
 
@@ -645,11 +680,15 @@ def serve_sim(
         float, typer.Option(help="Share of answers cut at the token limit.")
     ] = 0.0,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
+    cached_share: Annotated[
+        float, typer.Option(help="Share of prompt tokens reported as cached (prompt caching).")
+    ] = 0.0,
 ) -> None:
     """Serve the simulated OpenAI-compatible endpoint on loopback (Ctrl-C stops it)."""
     from mmevol.sim.server import SimOptions, serve_forever
 
-    options = SimOptions(
+    options = guarded(
+        SimOptions,
         seed=seed,
         latency_ms=latency_ms,
         latency_dist="heavy" if heavy_tail else "fixed",
@@ -658,6 +697,7 @@ def serve_sim(
         garbage_rate=garbage_rate,
         truncate_rate=truncate_rate,
         api_key=api_key,
+        cached_share=cached_share,
     )
     serve_forever(options, "127.0.0.1", port)
 

@@ -6,6 +6,10 @@ the items kept by the round before: their count follows the authors' share of it
 judged improved (METHOD.md: 0.68 in round 1, 0.85 in round 2) and their size that of
 evolved items. Output sizes come from the authors' recorded GPT-4o-mini answers: about
 228 tokens per evolved item and 54 per judge verdict.
+
+Every cost is given twice: online (the chat completions API, no prompt-cache discount
+assumed) and in batch mode (the Batch API: the price table's batch factor, half on OpenAI,
+with answers within 24 hours).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class RoundEstimate:
     judge_in: float = 0.0
     judge_out: float = 0.0
     cost: float = 0.0
+    batch_cost: float = 0.0
+    """The same calls through the Batch API."""
 
     @property
     def calls(self) -> float:
@@ -60,18 +66,36 @@ class RoundEstimate:
 
 
 @dataclass
+class ModelEstimate:
+    """Expected work of one model over the whole run (both roles when they share it)."""
+
+    model: str
+    calls: float = 0.0
+    input_tokens: float = 0.0
+    output_tokens: float = 0.0
+    cost: float = 0.0
+    batch_cost: float = 0.0
+
+
+@dataclass
 class Estimate:
     """Expected work of a run."""
 
     samples: int = 0
     skipped: int = 0
     rounds: list[RoundEstimate] = field(default_factory=list)
+    models: list[ModelEstimate] = field(default_factory=list)
     unpriced: list[str] = field(default_factory=list)
 
     @property
     def total_cost(self) -> float:
-        """Return the expected dollars of the whole run."""
+        """Return the expected dollars of the whole run, online."""
         return sum(r.cost for r in self.rounds)
+
+    @property
+    def total_batch_cost(self) -> float:
+        """Return the expected dollars of the whole run through the Batch API."""
+        return sum(r.batch_cost for r in self.rounds)
 
 
 def estimate(settings: Settings, seed: Path) -> Estimate:
@@ -90,11 +114,23 @@ def estimate(settings: Settings, seed: Path) -> Estimate:
     result.unpriced = sorted(
         {m for m, p in ((settings.model, evolver), (settings.judge_model, judge)) if p is None}
     )
+    models = {m: ModelEstimate(m) for m in (settings.model, settings.judge_model)}
     for r in result.rounds:
-        if evolver:
-            r.cost += evolver.cost(r.evolve_in, r.evolve_out)
-        if judge:
-            r.cost += judge.cost(r.judge_in, r.judge_out)
+        for name, price, calls, tin, tout in (
+            (settings.model, evolver, r.evolve_calls, r.evolve_in, r.evolve_out),
+            (settings.judge_model, judge, r.judge_calls, r.judge_in, r.judge_out),
+        ):
+            online = price.cost(tin, tout) if price else 0.0
+            batch = price.cost(tin, tout, batch=True) if price else 0.0
+            r.cost += online
+            r.batch_cost += batch
+            m = models[name]
+            m.calls += calls
+            m.input_tokens += tin
+            m.output_tokens += tout
+            m.cost += online
+            m.batch_cost += batch
+    result.models = list(models.values())
     return result
 
 

@@ -225,9 +225,7 @@ def run_facts(store: Store) -> dict:
         prices = PriceTable(settings.get("prices"))
     except (OSError, ValueError):
         prices = PriceTable(None)
-    cost = sum(
-        prices.cost(m["model"], m["input_tokens"], m["output_tokens"]) for m in summary["models"]
-    )
+    cost = sum(prices.row_cost(m) for m in summary["models"])
     return {
         "run": settings.get("run"),
         "evolution_model": settings.get("model"),

@@ -236,31 +236,29 @@ def _compute(store: Store, run: str) -> dict:
     }
 
     prices = PriceTable(settings.get("prices") or None)
-    cost_total = 0.0
+    cost_total = batch_total = 0.0
     by_node: dict[str, dict] = {}
     models: dict[str, dict] = {}
     unpriced: set[str] = set()
+    counted = ("calls", "errors", "input_tokens", "cached_tokens", "output_tokens")
     for row in store.call_counts():
-        usd = prices.cost(row["model"] or "", row["input_tokens"], row["output_tokens"])
+        usd = prices.row_cost(row)
         if prices.get(row["model"] or "") is None:
             unpriced.add(row["model"] or "")
         cost_total += usd
+        batch_total += usd if row["batch"] else 0.0
         for table, key in ((by_node, row["node"]), (models, row["model"])):
-            entry = table.setdefault(
-                key or "", {"calls": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0}
-            )
+            entry = table.setdefault(key or "", dict.fromkeys(counted, 0))
             entry.setdefault("usd", 0.0)
-            for k in ("calls", "errors", "input_tokens", "output_tokens"):
+            for k in counted:
                 entry[k] += row[k] or 0
             entry["usd"] = round(entry["usd"] + usd, 6)
     kept_total = sum(r["kept"] for r in round_list)
-    totals = {
-        k: sum(v[k] for v in by_node.values())
-        for k in ("calls", "errors", "input_tokens", "output_tokens")
-    }
+    totals = {k: sum(v[k] for v in by_node.values()) for k in counted}
     cost = {
         **totals,
         "usd": round(cost_total, 6),
+        "batch_usd": round(batch_total, 6),
         "kept_items": kept_total,
         "usd_per_kept_item": round(cost_total / kept_total, 8) if kept_total else None,
         "tokens_per_kept_item": _mean(totals["input_tokens"] + totals["output_tokens"], kept_total),
@@ -405,11 +403,14 @@ def tables(stats: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     cost_rows = [
         ["calls (errors)", f"{c['calls']} ({c['errors']})"],
         ["input / output tokens", f"{c['input_tokens']} / {c['output_tokens']}"],
+        ["cached input tokens (at the cached price)", str(c["cached_tokens"])],
         ["cost (USD)", f"{c['usd']:.4f}"],
         ["kept items", str(c["kept_items"])],
         ["cost per kept item (USD)", _fmt(c["usd_per_kept_item"], 6)],
         ["tokens per kept item", _fmt(c["tokens_per_kept_item"], 1)],
     ]
+    if c["batch_usd"]:
+        cost_rows.insert(4, ["of which Batch API answers (USD)", f"{c['batch_usd']:.4f}"])
     if c["unpriced_models"]:
         cost_rows.append(["models with no price (cost 0)", ", ".join(c["unpriced_models"])])
 

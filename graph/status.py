@@ -20,16 +20,26 @@ def run_is_live(results_db: Path) -> bool:
 
 
 def run_summary(results_db: Path) -> dict:
-    """Return the counts `mmevol status` shows, with the cost per model and in total."""
+    """Return the counts `mmevol status` shows, with the cost per model and in total.
+
+    ``models`` has one row per model and mode (``batch`` 1: Batch API answers), with
+    its ``cached_tokens`` (part of ``input_tokens``) and ``cost_usd``; ``cost_usd`` is the
+    whole run's, ``batch_cost_usd`` the share of it answered in batch mode and
+    ``cached_tokens`` the prompt tokens the endpoint's prompt cache answered.
+    """
     with Store(results_db) as store:
         summary = store.summary(live=run_is_live(results_db))
         prices_path = (store.get_meta("settings") or {}).get("prices")
     prices = PriceTable(prices_path)
+    total = batch = 0.0
     for row in summary["models"]:
-        row["cost_usd"] = round(
-            prices.cost(row["model"], row["input_tokens"], row["output_tokens"]), 4
-        )
-    summary["cost_usd"] = round(sum(r["cost_usd"] for r in summary["models"]), 4)
+        cost = prices.row_cost(row)
+        total += cost
+        batch += cost if row["batch"] else 0.0
+        row["cost_usd"] = round(cost, 4)
+    summary["cost_usd"] = round(total, 4)
+    summary["batch_cost_usd"] = round(batch, 4)
+    summary["cached_tokens"] = sum(r["cached_tokens"] for r in summary["models"])
     return summary
 
 

@@ -133,6 +133,19 @@ def m003_judge_reason(db: Database) -> None:
             db[table].add_column(column, kind)
 
 
+@migrations()
+def m004_cached_and_batch_prices(db: Database) -> None:
+    """Record per call the prompt tokens the endpoint's prompt cache answered, and batch mode.
+
+    ``calls.cached_tokens`` (part of ``input_tokens``, priced at the cached-input price) and
+    ``calls.batch`` (1: answered by the Batch API at its price; 0 or NULL: online). Calls
+    recorded before this migration read as online with no cached tokens.
+    """
+    for column in ("cached_tokens", "batch"):
+        if column not in db["calls"].columns_dict:
+            db["calls"].add_column(column, int)
+
+
 def reason_kind(reason: str) -> str:
     """Return the category of a drop reason: its text before any colon, without the score."""
     return re.sub(r"\s*\(score \d+\)", "", reason.split(":", 1)[0]).strip()
@@ -489,14 +502,27 @@ class Store:
             )
         return cursor.lastrowid
 
+    # The token sums that price calls: per model and mode (batch 1, online 0), since the
+    # price depends on both. Calls before m004 have NULL cached_tokens and batch: 0.
+    _TOKENS = (
+        "coalesce(batch, 0) as batch, coalesce(sum(input_tokens), 0) as input_tokens,"
+        " coalesce(sum(cached_tokens), 0) as cached_tokens,"
+        " coalesce(sum(output_tokens), 0) as output_tokens"
+    )
+
     def spent(self) -> dict:
-        """Return the calls made so far and the tokens per model (for budgets across resumes)."""
+        """Return the calls made so far and their tokens (for budgets across resumes).
+
+        ``{"calls": n, "by_model": [{"model", "batch", "input_tokens", "cached_tokens",
+        "output_tokens"}, ...]}``: one entry per model and mode (``batch`` 0 or 1), each
+        priced by ``PriceTable.row_cost``.
+        """
         calls = next(self.db.query("select count(*) as n from calls"))["n"]
         by_model = [
-            (r["model"], r["i"] or 0, r["o"] or 0)
+            dict(r)
             for r in self.db.query(
-                "select model, sum(input_tokens) as i, sum(output_tokens) as o"
-                " from calls group by model"
+                f"select model, {self._TOKENS} from calls group by model, coalesce(batch, 0)"
+                " order by model, 2"
             )
         ]
         return {"calls": calls, "by_model": by_model}
@@ -598,8 +624,8 @@ class Store:
         models = [
             dict(r)
             for r in db.query(
-                "select model, count(*) as calls, coalesce(sum(input_tokens), 0) as input_tokens,"
-                " coalesce(sum(output_tokens), 0) as output_tokens from calls group by model"
+                f"select model, count(*) as calls, {self._TOKENS} from calls"
+                " group by model, coalesce(batch, 0) order by model, 3"
             )
         ]
         drops = [
@@ -696,14 +722,13 @@ class Store:
         ]
 
     def call_counts(self) -> list[dict]:
-        """Per model and node: calls, errors and tokens of the whole run."""
+        """Per model, node and mode (batch 0 or 1): calls, errors and tokens of the whole run."""
         return [
             dict(r)
             for r in self.db.query(
                 "select model, node, count(*) as calls, sum(error is not null) as errors,"
-                " coalesce(sum(input_tokens), 0) as input_tokens,"
-                " coalesce(sum(output_tokens), 0) as output_tokens"
-                " from calls group by model, node order by model, node"
+                f" {self._TOKENS} from calls group by model, node, coalesce(batch, 0)"
+                " order by model, node, 5"
             )
         ]
 

@@ -342,6 +342,7 @@ class _Parent:
         u.calls = sum(p["calls"] for p in parts)
         u.errors = sum(p["errors"] for p in parts)
         u.input_tokens = sum(p["input_tokens"] for p in parts)
+        u.cached_tokens = sum(p["cached_tokens"] for p in parts)
         u.output_tokens = sum(p["output_tokens"] for p in parts)
         u.cost = sum(p["cost"] for p in parts)
         u.unpriced = {m for p in parts for m in p["unpriced"]}
@@ -441,6 +442,7 @@ class _Forward:
             "calls": u.calls,
             "errors": u.errors,
             "input_tokens": u.input_tokens,
+            "cached_tokens": u.cached_tokens,
             "output_tokens": u.output_tokens,
             "cost": u.cost,
             "unpriced": sorted(u.unpriced),

@@ -35,11 +35,15 @@ class SimOptions:
     """Refuse ``response_format`` of type json_schema with HTTP 400, as some servers do."""
     model: str = "sim-gpt-4o-mini"
     """The model id /v1/models lists; any requested model is accepted anyway."""
+    cached_share: float = 0.0
+    """Share of every prompt's tokens reported as read from a prompt cache (rounded down),
+    in ``usage.prompt_tokens_details.cached_tokens`` as OpenAI reports it; 0 reports no
+    details. A fixed share, not a real cache: the same request always reports the same."""
 
     def __post_init__(self) -> None:
         """Check the rates and the latency distribution."""
         rates = ("error_rate", "rate_limit_rate", "garbage_rate", "truncate_rate",
-                 "verdict_mismatch_rate", "no_rate")  # fmt: skip
+                 "verdict_mismatch_rate", "no_rate", "cached_share")  # fmt: skip
         for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")

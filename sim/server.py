@@ -347,7 +347,10 @@ class SimServer:
         self._ids += 1
         message = {"role": "assistant", "content": content, "refusal": None}
         choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+        if self.options.cached_share:
+            cached = math.floor(prompt * self.options.cached_share)
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
         return web.json_response(
             {
                 "id": f"chatcmpl-sim{self._ids}",

@@ -174,6 +174,8 @@ class Usage:
     calls: int = 0
     errors: int = 0
     input_tokens: int = 0
+    cached_tokens: int = 0
+    """Part of ``input_tokens`` answered from the endpoint's prompt cache."""
     output_tokens: int = 0
     cost: float = 0.0
     cost_before: float = 0.0
@@ -352,10 +354,12 @@ class ModelClient:
         content = reply.content if isinstance(reply.content, str) else str(reply.content)
         tokens_in = usage.get("input_tokens") or 0
         tokens_out = usage.get("output_tokens") or 0
-        self._count(chat.model_name, tokens_in, tokens_out)
+        tokens_cached = cached_tokens(usage)
+        self._count(chat.model_name, tokens_in, tokens_out, tokens_cached)
         row.update(
             latency_ms=_ms(started),
             input_tokens=tokens_in,
+            cached_tokens=tokens_cached,
             output_tokens=tokens_out,
             finish_reason=finish,
             response=content,
@@ -415,15 +419,22 @@ class ModelClient:
             )
             return await chat.ainvoke([message])
 
-    def _count(self, model: str, tokens_in: int, tokens_out: int) -> None:
+    def _count(
+        self, model: str, tokens_in: int, tokens_out: int, cached: int = 0, batch: bool = False
+    ) -> None:
+        """Count an answer's tokens and money (the one place that prices calls) and the budget.
+
+        ``tokens_in`` includes the ``cached`` prompt tokens; ``batch``: a Batch API answer.
+        """
         self.usage.input_tokens += tokens_in
+        self.usage.cached_tokens += cached
         self.usage.output_tokens += tokens_out
         if self.prices.get(model) is None and model not in self.usage.unpriced:
             self.usage.unpriced.add(model)
             self.on_notice(
                 f"no price known for model {model!r}: its cost counts as 0 (see --prices)"
             )
-        cost = self.prices.cost(model, tokens_in, tokens_out)
+        cost = self.prices.cost(model, tokens_in, tokens_out, cached, batch)
         self.usage.cost += cost
         spent = self.tally.add_cost(cost)
         budget = self.settings.max_cost
@@ -437,8 +448,19 @@ def spent_so_far(store: Store, prices: PriceTable, context: object | None = None
     return Tally(
         context,
         calls_before=spent["calls"],
-        cost_before=sum(prices.cost(m, i, o) for m, i, o in spent["by_model"]),
+        cost_before=sum(prices.row_cost(row) for row in spent["by_model"]),
     )
+
+
+def cached_tokens(usage: dict) -> int:
+    """Return the prompt tokens an answer's usage says came from the prompt cache.
+
+    langchain-openai maps OpenAI's ``usage.prompt_tokens_details.cached_tokens`` to
+    ``usage_metadata["input_token_details"]["cache_read"]`` (``"priority_cache_read"``
+    or ``"flex_cache_read"`` on those service tiers); an endpoint that reports none gives 0.
+    """
+    details = usage.get("input_token_details") or {}
+    return sum(v or 0 for k, v in details.items() if k.endswith("cache_read"))
 
 
 def _buckets(settings: Settings) -> dict[str, tuple[TokenBucket | None, TokenBucket | None]]:
