@@ -31,6 +31,33 @@ def test_every_command_has_help_text():
         assert name in result.output
 
 
+def test_serve_sim_reports_the_cached_share_it_is_given():
+    import signal
+    import subprocess
+    import sys
+
+    import openai
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mmevol", "serve-sim", "--port", "0", "--cached-share", "0.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base_url = process.stdout.readline().strip()
+        reply = openai.OpenAI(
+            base_url=base_url, api_key="t", max_retries=0
+        ).chat.completions.create(model="m", messages=[{"role": "user", "content": "x" * 400}])
+        assert reply.usage.prompt_tokens_details.cached_tokens == reply.usage.prompt_tokens // 2
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+    result = invoke("serve-sim", "--cached-share", "2")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: cached_share must be between 0 and 1"
+
+
 def test_run_status_export(sim, demo_seed, tmp_path):
     seed_path, images = demo_seed
     env = {"OPENAI_API_KEY": "sim"}

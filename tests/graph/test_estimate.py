@@ -39,3 +39,33 @@ def test_estimate_cli_json_and_unpriced_model(tmp_path):
     result = CliRunner().invoke(app, ["estimate", str(seed_path), "--model", "local-qwen"])
     assert result.exit_code == 0, result.output
     assert "no price known for 'local-qwen'" in result.output
+
+
+def test_estimate_prices_online_and_batch_side_by_side_per_model_and_in_total(tmp_path):
+    seed_path, _ = make_demo_seed(tmp_path, n=40, seed=0)
+    settings = Settings(scorer_model="gpt-4o")
+    result = estimate(settings, seed_path)
+    evolver, judge = result.models
+    assert (evolver.model, judge.model) == ("gpt-4o-mini", "gpt-4o")
+    for model in result.models:
+        assert model.batch_cost == pytest.approx(model.cost / 2) and model.cost > 0
+    assert evolver.calls + judge.calls == pytest.approx(sum(r.calls for r in result.rounds))
+    assert result.total_cost == pytest.approx(evolver.cost + judge.cost)
+    assert result.total_batch_cost == pytest.approx(result.total_cost / 2)
+    price = PriceTable().get("gpt-4o")
+    assert judge.batch_cost == pytest.approx(
+        price.cost(judge.input_tokens, judge.output_tokens, batch=True)
+    )
+
+    args = ["estimate", str(seed_path), "--scorer-model", "gpt-4o"]
+    data = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    assert [m["model"] for m in data["models"]] == ["gpt-4o-mini", "gpt-4o"]
+    assert all(m["batch cost USD"] == pytest.approx(m["cost USD"] / 2, abs=0.01)
+               for m in data["models"] + data["rounds"])  # fmt: skip
+    assert data["total_batch_cost"] == round(result.total_batch_cost, 2)
+    assert data["batch_within_hours"] == 24
+    text = CliRunner().invoke(app, args, env={"COLUMNS": "200"}).output
+    assert f"${result.total_cost:.2f} online, ${result.total_batch_cost:.2f} in batch mode" in text
+    assert "within 24 h" in text and "per model" in text
+    total = next(line for line in text.splitlines() if "│ total" in line)
+    assert f"{result.total_cost:.2f}" in total and f"{result.total_batch_cost:.2f}" in total

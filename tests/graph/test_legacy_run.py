@@ -85,6 +85,32 @@ def test_status_export_and_trace_read_the_old_run(old_run, tmp_path):
     assert "select_operator" in text and "evolve" in text
 
 
+def test_the_old_run_is_priced_as_before(old_run):
+    # 0.1.0 recorded no cached tokens and no batch mode: its calls read as online, uncached.
+    from mmevol.graph.runtime.llm import spent_so_far
+    from mmevol.graph.runtime.prices import PriceTable
+    from mmevol.graph.stats import compute_stats
+
+    checkpoints = old_run / "checkpoints"
+    status = json.loads(cli("status", "--run", "v010", "--checkpoints", checkpoints, "--json"))
+    # What 0.1.0's own status said: 40240 input and 10905 output tokens of gpt-4o-mini.
+    by_hand = (40240 * 0.15 + 10905 * 0.60) / 1e6
+    assert status["models"] == [
+        {"model": "gpt-4o-mini", "calls": 30, "batch": 0, "input_tokens": 40240,
+         "cached_tokens": 0, "output_tokens": 10905, "cost_usd": round(by_hand, 4)},
+    ]  # fmt: skip
+    assert (status["cost_usd"], status["batch_cost_usd"], status["cached_tokens"]) == (
+        round(by_hand, 4), 0, 0,
+    )  # fmt: skip
+    results_db = checkpoints / "v010" / "results.db"
+    with Store(results_db) as store:
+        assert spent_so_far(store, PriceTable()).cost_before == pytest.approx(by_hand)
+        assert all(r["cached_tokens"] is None and r["batch"] is None for r in store.rows("calls"))
+    assert compute_stats(results_db)["cost"]["usd"] == pytest.approx(by_hand, abs=1e-6)
+    text = cli("status", "--run", "v010", "--checkpoints", checkpoints)
+    assert f"cost ${by_hand:.4f}" in text and "batch" not in text
+
+
 def test_the_old_run_resumes_and_exports_what_a_fresh_run_exports(
     old_run, sim_factory, tmp_path, make_settings
 ):

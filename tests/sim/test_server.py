@@ -255,6 +255,22 @@ def test_usage_counts_text_and_image_parts(sim):
     assert reply.model == "gpt-4o-mini"
 
 
+def test_cached_share_reports_cached_prompt_tokens_as_openai_does(sim, sim_factory):
+    assert ask(sim, "x" * 41).usage.prompt_tokens_details is None  # by default: no details
+    server = sim_factory(cached_share=0.5)
+    reply = ask(server, "x" * 41, images=2)
+    assert reply.usage.prompt_tokens == 181
+    assert reply.usage.prompt_tokens_details.cached_tokens == 90  # rounded down
+    # langchain-openai reads it where the model client looks for it.
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(base_url=server.base_url, api_key="t", model="gpt-4o-mini", max_retries=0)
+    usage = chat.invoke("x" * 400).usage_metadata
+    assert usage["input_token_details"]["cache_read"] == usage["input_tokens"] // 2 > 0
+    with pytest.raises(ValueError, match="cached_share"):
+        SimOptions(cached_share=1.5)
+
+
 def test_stats_script_and_reset_over_http(sim):
     queued = http(sim, "POST", "/sim/script", {"kind": "content", "content": "scripted!"})
     assert queued == {"queued": 1}

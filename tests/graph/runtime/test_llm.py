@@ -7,9 +7,14 @@ import json
 import signal
 import time
 
+import pytest
+
 from mmevol.graph import runner
 from mmevol.graph.events import Notice, StopReason
-from mmevol.graph.runtime.llm import CallKey, ModelClient
+from mmevol.graph.runtime.llm import CallKey, ModelClient, spent_so_far
+from mmevol.graph.runtime.prices import PriceTable
+from mmevol.graph.stats import compute_stats
+from mmevol.graph.status import run_summary
 from mmevol.graph.store import Store
 from mmevol.sim.demo_seed import make_demo_seed
 
@@ -43,6 +48,83 @@ def test_max_cost_uses_the_price_table(sim, demo_seed, make_settings, tmp_path):
     assert report.stop.message.startswith("reached --max-cost $0.05")
     spent = sum((c["input_tokens"] + c["output_tokens"]) * 5.0 / 1e6 for c in calls_of(settings))
     assert 0.05 <= spent < 0.05 + 4 * 0.02  # at most the calls in flight past the budget
+
+
+def hand_cost(rows, price_in, price_cached, price_out):
+    """Dollars of recorded calls, computed by hand from their token counts."""
+    return sum(
+        ((r["input_tokens"] or 0) - (r["cached_tokens"] or 0)) * price_in / 1e6
+        + (r["cached_tokens"] or 0) * price_cached / 1e6
+        + (r["output_tokens"] or 0) * price_out / 1e6
+        for r in rows
+    )
+
+
+def test_cached_tokens_are_recorded_and_priced_at_the_cached_rate(
+    sim_factory, demo_seed, make_settings
+):
+    seed_path, images = demo_seed
+    server = sim_factory(seed=0, cached_share=0.5)
+    settings = make_settings(server, images, limit=3)
+    assert runner.run(settings, seed_path).done == 3
+    rows = [r for r in calls_of(settings) if r["error"] is None]
+    assert rows and all(r["cached_tokens"] == r["input_tokens"] // 2 > 0 for r in rows)
+    assert all(r["batch"] is None for r in rows)  # online
+    # gpt-4o-mini: $0.15 input, $0.075 cached input, $0.60 output per million tokens.
+    expected = hand_cost(rows, 0.15, 0.075, 0.60)
+    assert expected < hand_cost(rows, 0.15, 0.15, 0.60)  # the discount is real
+    with Store(settings.results_db) as store:
+        assert spent_so_far(store, PriceTable()).cost_before == pytest.approx(expected, abs=1e-12)
+    summary = run_summary(settings.results_db)
+    assert summary["cost_usd"] == round(expected, 4)
+    assert summary["cached_tokens"] == sum(r["cached_tokens"] for r in rows)
+    assert summary["batch_cost_usd"] == 0
+    stats = compute_stats(settings.results_db)["cost"]
+    assert stats["usd"] == pytest.approx(expected, abs=1e-6)
+    assert stats["cached_tokens"] == summary["cached_tokens"] and stats["batch_usd"] == 0
+
+
+def test_max_cost_counts_cached_tokens_at_the_cached_price(
+    sim_factory, demo_seed, make_settings, tmp_path
+):
+    seed_path, images = demo_seed
+    server = sim_factory(seed=0, cached_share=0.75)
+    prices = tmp_path / "prices.json"
+    # Only uncached input costs: a call costs about a quarter of its full input price.
+    prices.write_text(
+        json.dumps({"gpt-4o-mini": {"input": 10.0, "output": 0.0, "cached_input": 0.0}})
+    )
+    settings = make_settings(server, images, limit=6, max_cost=0.02, prices=prices)
+    report = runner.run(settings, seed_path)
+    assert report.stop.kind == "max_cost"
+    rows = calls_of(settings)
+    spent = hand_cost(rows, 10.0, 0.0, 0.0)
+    largest = max(hand_cost([r], 10.0, 0.0, 0.0) for r in rows)
+    assert 0.02 <= spent < 0.02 + 4 * largest  # at most the calls in flight past the budget
+    full = hand_cost(rows, 10.0, 10.0, 0.0)
+    assert full > 2 * (0.02 + 4 * largest)  # counted at full price, it would have stopped early
+    # A resume counts what was spent the same way: with a budget above the cached spend
+    # (and below the full price of the same calls) it goes on calling.
+    before = server.stats()["requests"]
+    settings = make_settings(server, images, limit=6, max_cost=2 * spent, prices=prices)
+    assert 2 * spent < full
+    runner.run(settings, seed_path)
+    assert server.stats()["requests"] > before
+
+
+def test_a_batch_answer_costs_exactly_half_of_the_same_answer_online(sim, make_settings, tmp_path):
+    settings = make_settings(sim, tmp_path)
+
+    async def count() -> tuple[float, float]:
+        with Store(None) as store:
+            async with ModelClient(settings, store) as client:
+                client._count("gpt-4o-2024-08-06", 12_345, 678, 9_000)
+                online = client.usage.cost
+                client._count("gpt-4o-2024-08-06", 12_345, 678, 9_000, batch=True)
+                return online, client.usage.cost - online
+
+    online, batch = asyncio.run(count())
+    assert online > 0 and batch == online / 2
 
 
 def test_rate_limit_answers_back_off_and_shrink_concurrency(sim_factory, demo_seed, make_settings):
