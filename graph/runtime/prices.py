@@ -127,6 +127,21 @@ class PriceTable:
         )
 
 
+def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int]:
+    """Return (input, output, cached input) tokens of an OpenAI ``usage`` object as JSON.
+
+    For answers read without langchain (a Batch API output line's ``response.body.usage``);
+    the input tokens include the cached ones, as ``PriceTable.cost`` expects.
+    """
+    usage = usage or {}
+    details = usage.get("prompt_tokens_details") or {}
+    return (
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        int(details.get("cached_tokens") or 0),
+    )
+
+
 def _read_price(model: str, value: Any) -> Price:
     """Read one model's entry of a price file."""
     if not isinstance(value, dict):

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from mmevol.graph.runtime.prices import PriceTable
+from mmevol.graph.runtime.prices import PriceTable, usage_tokens
 
 
 def test_defaults_and_dated_snapshots():
@@ -92,3 +92,22 @@ def test_a_bad_price_entry_names_the_file_the_model_and_the_problem(tmp_path, en
         PriceTable(path)
     assert "'my-model'" in str(caught.value)
     assert re.search(problem, str(caught.value)), str(caught.value)
+
+
+def test_usage_tokens_reads_an_openai_usage_as_the_sim_sends_it(sim_factory):
+    import urllib.request
+
+    server = sim_factory(cached_share=0.5)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 400}]}
+    request = urllib.request.Request(
+        server.base_url + "/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer t"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        usage = json.load(answer)["usage"]
+    tokens_in, tokens_out, cached = usage_tokens(usage)
+    assert (tokens_in, tokens_out) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert cached == tokens_in // 2 > 0
+    assert usage_tokens({"prompt_tokens": 5, "completion_tokens": 2}) == (5, 2, 0)
+    assert usage_tokens(None) == (0, 0, 0)
