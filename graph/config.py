@@ -123,6 +123,23 @@ class Settings:
     max_calls: int | None = option(None, "Stop cleanly after N model calls.")
     prices: Path | None = option(None, "JSON price table override.", env="MMEVOL_PRICES")
     keep_history: bool = option(False, "Keep every checkpoint of finished samples (for replay).")
+    batch: bool = option(
+        False, "Send model calls through the Batch API: half the price, answers within 24 h."
+    )
+    batch_dir: Path | None = option(
+        None,
+        "Batch mode through a folder: write shards as batch JSONL files there and read the"
+        " result files placed beside them (vllm run-batch). Implies --batch.",
+    )
+    batch_flush: float = option(
+        600.0, "Submit a batch shard that has waited this many seconds for more requests."
+    )
+    batch_poll: float = option(30.0, "Seconds between checks of submitted batches.")
+    batch_fallback: float | None = option(
+        None, "Send batch requests still unanswered after this many hours through the online API."
+    )
+    batch_max_requests: int = option(50_000, "Requests per batch shard (OpenAI's limit).")
+    batch_max_bytes: int = option(200_000_000, "Bytes per batch shard file (OpenAI's limit).")
 
     def __post_init__(self) -> None:
         """Fill unset values from the environment and check ranges."""
@@ -133,6 +150,8 @@ class Settings:
         self.checkpoints = Path(self.checkpoints)
         self.images = Path(self.images)
         self.prices = Path(self.prices) if self.prices else None
+        self.batch_dir = Path(self.batch_dir) if self.batch_dir else None
+        self.batch = bool(self.batch or self.batch_dir)
         self.base_url = self.base_url or OPENAI_DEFAULT_BASE_URL
         check_run_name(self.run)
         for name in (
@@ -143,12 +162,28 @@ class Settings:
             "max_tokens",
             "workers",
             "image_max_side",
+            "batch_max_requests",
+            "batch_max_bytes",
         ):
             _at_least(name, getattr(self, name), 1)
         _at_least("limit", self.limit, 0)
         _at_least("max_retries", self.max_retries, 0)
         _at_least("max_calls", self.max_calls, 1)
-        for name in ("rpm", "tpm", "scorer_rpm", "scorer_tpm", "timeout"):
+        if self.batch and self.workers > 1:
+            raise ValueError(
+                "--batch runs in one process (it waits on the Batch API, not on a CPU):"
+                f" drop --workers {self.workers}"
+            )
+        for name in (
+            "rpm",
+            "tpm",
+            "scorer_rpm",
+            "scorer_tpm",
+            "timeout",
+            "batch_flush",
+            "batch_poll",
+            "batch_fallback",
+        ):
             value = getattr(self, name)
             if value is not None and not (_finite(value) and value > 0):
                 raise ValueError(f"{_option(name)} must be a positive number, got {value}")

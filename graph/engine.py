@@ -13,6 +13,7 @@ the endpoint, recording the run and choosing between the two is ``graph.runner``
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -26,10 +27,11 @@ from mmevol.graph.config import Settings
 from mmevol.graph.context import RunContext
 from mmevol.graph.events import Listener, Notice, SampleEvent, SampleKind, StopReason
 from mmevol.graph.runtime import images
+from mmevol.graph.runtime.batchapi import LineRefused, Parked, run_with
 from mmevol.graph.runtime.encoder import ImageEncoder
 from mmevol.graph.runtime.limits import Tally
 from mmevol.graph.runtime.llm import ModelClient, RunStopped, error_name
-from mmevol.graph.seed import SeedRow, row_key
+from mmevol.graph.seed import SeedRow, row_key, seed_row
 from mmevol.graph.stop import Stop
 from mmevol.graph.store import Store
 
@@ -43,6 +45,8 @@ class RunReport:
     skipped: int = 0
     interrupted: int = 0
     """Samples stopped mid-way by the run's stop; the next run resumes them."""
+    parked: int = 0
+    """Batch mode: samples still waiting for batch answers when the run stopped."""
     stop: StopReason | None = None
     """Why the run stopped before the seed was through (a signal, a budget, the breaker...)."""
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -124,9 +128,56 @@ async def run_rows(
             with stop.signals():
                 async with open_checkpointer(settings.graph_db) as saver:
                     graph = compile_graph(saver)
-                    await _run_rows(graph, ctx, rows, retry_failed, report, listener, stop)
+                    if client.batches is None:
+                        await _run_rows(graph, ctx, rows, retry_failed, report, listener, stop)
+                    else:
+                        await _run_batched(graph, ctx, rows, retry_failed, report, listener, stop)
         report.stop = stop.reason
     return report
+
+
+async def _run_batched(
+    graph: CompiledStateGraph,
+    ctx: RunContext,
+    rows: AsyncIterator[SeedRow],
+    retry_failed: bool,
+    report: RunReport,
+    notify: Listener,
+    stop: Stop,
+) -> None:
+    """Batch mode: run the rows, then the parked samples whose answers came, until none waits.
+
+    Each pass runs every sample that can go on until it finishes or parks on its next
+    call; the batches are polled all the while. When every sample waits, the shard being
+    filled is submitted and the run waits for a batch to finish.
+    """
+    queue, store = ctx.client.batches, ctx.store
+    assert queue is not None
+    await queue.start()
+
+    async def passes() -> None:
+        await _run_rows(graph, ctx, rows, retry_failed, report, notify, stop)
+        while not stop.stopping:
+            ready = store.ready_parked()
+            if ready:
+                await _run_rows(graph, ctx, _stored_rows(store, ready), False, report, notify, stop)
+            elif not store.count("samples", status="parked"):
+                break
+            else:
+                await queue.flush()
+                if not stop.stopping:
+                    await queue.wait(lambda: stop.stopping)
+
+    await run_with(queue, passes)
+    report.parked = store.count("samples", status="parked")
+
+
+async def _stored_rows(store: Store, hash_ids: list[str]) -> AsyncIterator[SeedRow]:
+    """Yield the seed rows of samples, as their start recorded them."""
+    for hash_id in hash_ids:
+        sample = store.sample(hash_id)
+        if sample is not None:
+            yield seed_row(sample["idx"], json.loads(sample["seed"]), None)
 
 
 async def _run_rows(
@@ -175,6 +226,8 @@ async def _run_rows(
                 row_key(row.index, None),
             )
             continue
+        if known is not None and known["status"] == "parked" and store.waiting(row.hash_id):
+            continue  # batch mode: its answers are not back yet
         if finished_earlier(known, retry_failed):
             report.skipped += 1
             notify(SampleEvent("skipped", row.hash_id))
@@ -235,12 +288,16 @@ async def _run_sample(
             final = await graph.ainvoke(
                 start, config, context=ctx, durability=durability(ctx.settings)
             )
+    except Parked:
+        store.park_sample(row.hash_id)
+        notify(SampleEvent("parked", row.hash_id))
+        return
     except RunStopped:
         store.interrupt_sample(row.hash_id)
         report.interrupted += 1
         notify(SampleEvent("interrupted", row.hash_id))
         return
-    except (openai.APIError, images.ImageProblem) as err:
+    except (openai.APIError, images.ImageProblem, LineRefused) as err:
         reason = f"row {row.index} ({row.hash_id}): {error_name(err)}: {err}"
         store.fail_sample(row.hash_id, reason)
         _count_failure(report, notify, "failed", row.hash_id, reason)

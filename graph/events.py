@@ -61,10 +61,11 @@ def max_cost_reached(budget: float, spent: float) -> StopReason:
     return StopReason("max_cost", f"reached --max-cost ${budget:g} (spent ${spent:.4f})")
 
 
-SampleKind = Literal["started", "done", "failed", "rejected", "skipped", "interrupted"]
+SampleKind = Literal["started", "done", "failed", "rejected", "skipped", "interrupted", "parked"]
 """What happened to a row: started; finished (done), failed on the way (failed), refused
 before any call as bad input (rejected), finished in an earlier run (skipped), or stopped
-mid-way by the run's stop (interrupted; the next run resumes it)."""
+mid-way by the run's stop (interrupted; the next run resumes it). In batch mode a sample
+also parks (parked) until its batch answers come, and is then started again."""
 
 ENDS_A_ROW: frozenset[SampleKind] = frozenset(
     {"done", "failed", "rejected", "skipped", "interrupted"}

@@ -31,6 +31,8 @@ class RunProgress:
         """Pick the display from whether stderr is a terminal."""
         self.console = console or Console(stderr=True)
         self.counts: Counter[str] = Counter()
+        self.parked: set[str] = set()
+        """Batch mode: the samples waiting for batch answers."""
         self.every = every
         self.total: int | None = None
         self.usage: Usage | None = None
@@ -73,8 +75,12 @@ class RunProgress:
                 )
             case Aborting():
                 self.console.print(ABORTING, highlight=False)
-            case SampleEvent(kind=kind):
+            case SampleEvent(kind=kind, hash_id=hash_id):
                 self.counts[kind] += 1
+                if kind == "parked":
+                    self.parked.add(hash_id)
+                elif kind == "started":
+                    self.parked.discard(hash_id)
                 if self._live is None and time.monotonic() - self._last >= self.every:
                     self._line()
 
@@ -82,7 +88,7 @@ class RunProgress:
         """Return the progress as one line."""
         c = self.counts
         finished = c["done"] + c["failed"] + c["rejected"] + c["skipped"]
-        in_flight = c["started"] - c["done"] - c["failed"] - c["interrupted"]
+        in_flight = c["started"] - c["done"] - c["failed"] - c["interrupted"] - c["parked"]
         elapsed = max(time.monotonic() - self.started, 1e-9)
         parts = [
             f"samples {finished}" + (f"/{self.total}" if self.total else ""),
@@ -91,6 +97,8 @@ class RunProgress:
             *([f"skipped {c['skipped']}"] if c["skipped"] else []),
             f"in flight {in_flight}" + self._by_round(),
         ]
+        if self.parked:
+            parts.append(f"parked {len(self.parked)}")
         if self.usage is not None:
             u = self.usage
             parts.append(f"calls {u.calls} ({u.calls / elapsed:.1f}/s)")

@@ -146,6 +146,59 @@ def m004_cached_and_batch_prices(db: Database) -> None:
             db["calls"].add_column(column, int)
 
 
+@migrations()
+def m006_batches(db: Database) -> None:
+    """Add the shards of batch mode and the requests each one carries (``--batch``)."""
+    if "batch_shards" not in db.table_names():
+        db["batch_shards"].create(
+            {
+                "id": int,
+                "name": str,
+                "mode": str,
+                "state": str,
+                "path": str,
+                "file_id": str,
+                "batch_id": str,
+                "status": str,
+                "requests": int,
+                "bytes": int,
+                "completed": int,
+                "failed": int,
+                "estimate": float,
+                "cost": float,
+                "fallback": int,
+                "error": str,
+                "created_at": float,
+                "submitted_at": float,
+                "finished_at": float,
+            },
+            pk="id",
+        )
+    if "batch_requests" not in db.table_names():
+        db["batch_requests"].create(
+            {
+                "key": str,
+                "shard": int,
+                "hash_id": str,
+                "branch": str,
+                "round": int,
+                "node": str,
+                "attempt": int,
+                "chunk": int,
+                "model": str,
+                "state": str,
+                "status": int,
+                "error": str,
+                "failures": int,
+                "estimate": float,
+                "updated_at": float,
+            },
+            pk="key",
+        )
+        db["batch_requests"].create_index(["hash_id", "state"])
+        db["batch_requests"].create_index(["shard", "state"])
+
+
 def reason_kind(reason: str) -> str:
     """Return the category of a drop reason: its text before any colon, without the score."""
     return re.sub(r"\s*\(score \d+\)", "", reason.split(":", 1)[0]).strip()
@@ -192,6 +245,8 @@ _ORDER = {
     "items": "hash_id, branch, round, position",
     "dropped": "id",
     "calls": "id",
+    "batch_shards": "id",
+    "batch_requests": "shard, key",
 }
 
 
@@ -545,6 +600,143 @@ class Store:
         """Record how a call's answer parsed (ok, repaired, unusable: ...)."""
         with self.db.conn:
             self.db.conn.execute("update calls set parse = ? where id = ?", [status, call_id])
+
+    # -- batch mode (--batch): shards, their requests, parked samples --------------------
+
+    def park_sample(self, hash_id: str) -> None:
+        """Mark a sample waiting for batch answers; it resumes once they are recorded."""
+        with self.db.conn:
+            self.db.conn.execute(
+                "update samples set status = 'parked', updated_at = ? where hash_id = ?",
+                [time.time(), hash_id],
+            )
+
+    def waiting(self, hash_id: str) -> bool:
+        """Whether a sample has batch requests still out (queued in a shard or submitted)."""
+        return (
+            self._one(
+                "select 1 as x from batch_requests where hash_id = ?"
+                " and state in ('queued', 'submitted') limit 1",
+                [hash_id],
+            )
+            is not None
+        )
+
+    def ready_parked(self) -> list[str]:
+        """Return the parked samples none of whose batch requests are still out, in seed order."""
+        return [
+            r[0]
+            for r in self.db.conn.execute(
+                "select hash_id from samples where status = 'parked'"
+                " and not exists (select 1 from batch_requests as r where r.hash_id ="
+                " samples.hash_id and r.state in ('queued', 'submitted')) order by idx"
+            )
+        ]
+
+    def new_shard(self, name: str, mode: str, path: str) -> int:
+        """Record a new shard being filled and return its id."""
+        with self.db.conn:
+            cursor = self.db.conn.execute(
+                "insert into batch_shards (name, mode, state, path, requests, bytes, estimate,"
+                " cost, fallback, created_at) values (?, ?, 'filling', ?, 0, 0, 0, 0, 0, ?)",
+                [name, mode, path, time.time()],
+            )
+        return cursor.lastrowid
+
+    def update_shard(self, shard: int, **fields: Any) -> None:
+        """Set some fields of a shard."""
+        names = ", ".join(f"{name} = ?" for name in fields)
+        with self.db.conn:
+            self.db.conn.execute(
+                f"update batch_shards set {names} where id = ?", [*fields.values(), shard]
+            )
+
+    def shard(self, shard: int) -> dict | None:
+        """Return one shard's row."""
+        return self._one("select * from batch_shards where id = ?", [shard])
+
+    def shards(self, *states: str) -> list[dict]:
+        """Return the shards in the given states (all when none is given), oldest first."""
+        if not states:
+            return self.rows("batch_shards")
+        marks = ", ".join("?" for _ in states)
+        return [
+            dict(r)
+            for r in self.db.query(
+                f"select * from batch_shards where state in ({marks}) order by id", list(states)
+            )
+        ]
+
+    def add_request(self, row: dict) -> None:
+        """Record a request queued in a shard (replacing the key's earlier request)."""
+        row = {"state": "queued", "updated_at": time.time(), **row}
+        with self.db.conn:
+            self._upsert("batch_requests", row, ("key",))
+
+    def request(self, key: str) -> dict | None:
+        """Return the batch request recorded under a call key, or None."""
+        return self._one("select * from batch_requests where key = ?", [key])
+
+    def set_request(self, key: str, **fields: Any) -> None:
+        """Set some fields of one request."""
+        names = ", ".join(f"{name} = ?" for name in fields)
+        with self.db.conn:
+            self.db.conn.execute(
+                f"update batch_requests set {names}, updated_at = ? where key = ?",
+                [*fields.values(), time.time(), key],
+            )
+
+    def shard_requests(self, shard: int, *states: str) -> list[dict]:
+        """Return a shard's requests in the given states (all when none is given)."""
+        marks = ", ".join("?" for _ in states)
+        where = f" and state in ({marks})" if states else ""
+        return [
+            dict(r)
+            for r in self.db.query(
+                f"select * from batch_requests where shard = ?{where} order by key",
+                [shard, *states],
+            )
+        ]
+
+    def move_requests(self, shard: int, from_state: str, to_state: str) -> int:
+        """Move a shard's requests from one state to another; return how many moved."""
+        with self.db.conn:
+            cursor = self.db.conn.execute(
+                "update batch_requests set state = ?, updated_at = ? where shard = ? and state = ?",
+                [to_state, time.time(), shard, from_state],
+            )
+        return cursor.rowcount
+
+    def drop_queued(self, shard: int) -> int:
+        """Forget the requests of a shard that was never submitted; return how many."""
+        with self.db.conn:
+            cursor = self.db.conn.execute(
+                "delete from batch_requests where shard = ? and state = 'queued'", [shard]
+            )
+        return cursor.rowcount
+
+    def outstanding_estimate(self) -> float:
+        """Return the estimated dollars of requests submitted and not answered yet."""
+        row = self._one(
+            "select coalesce(sum(estimate), 0) as dollars from batch_requests"
+            " where state = 'submitted'",
+            [],
+        )
+        return row["dollars"] if row else 0.0
+
+    def batch_summary(self) -> dict:
+        """Return the shards (for `mmevol status`) and how many samples are parked."""
+        parked = self.count("samples", status="parked")
+        waiting = self._one(
+            "select count(distinct hash_id) as n from batch_requests"
+            " where state in ('queued', 'submitted')",
+            [],
+        )
+        return {
+            "shards": self.rows("batch_shards") if "batch_shards" in self.db.table_names() else [],
+            "parked": parked,
+            "waiting": waiting["n"] if waiting else 0,
+        }
 
     # -- reading back -------------------------------------------------------------------
 

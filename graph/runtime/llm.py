@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import email.utils
 import functools
+import json
 import logging
 import random
 import time
@@ -34,6 +35,7 @@ from langchain_openai import ChatOpenAI
 
 from mmevol.graph.config import Settings
 from mmevol.graph.events import StopReason, max_calls_reached, max_cost_reached
+from mmevol.graph.runtime.batchapi import OUT, BatchQueue, LineRefused, Parked, Result
 from mmevol.graph.runtime.limits import (
     Governor,
     Outcome,
@@ -97,6 +99,8 @@ _PROBLEMS = {
 
 # The HTTP answers seen by the call running in this context (see ModelClient._observe).
 _SEEN: contextvars.ContextVar[list | None] = contextvars.ContextVar("mmevol_seen", default=None)
+
+_CALL_FIELDS = ("key", "hash_id", "branch", "round", "node", "attempt", "chunk", "model")
 
 
 def sample_at_fault(err: BaseException) -> bool:
@@ -242,9 +246,22 @@ class ModelClient:
         self.tally = tally or spent_so_far(store, self.prices)
         self.usage = Usage(calls_before=self.tally.calls_before, cost_before=self.tally.cost_before)
         self.structured = settings.structured_output
+        self.batches: BatchQueue | None = None
+        """Batch mode's queue (``--batch``): new calls go out in shards and their samples park."""
+        if settings.batch:
+            self.batches = BatchQueue(
+                settings,
+                store,
+                on_result=self.record_result,
+                spent=lambda: self.tally.add_cost(0.0),
+                on_stop=self.stop,
+                on_notice=self.on_notice,
+            )
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the batch queue, if any, and the connection pool."""
+        if self.batches is not None:
+            await self.batches.aclose()
         await self.http.aclose()
 
     async def __aenter__(self) -> ModelClient:
@@ -291,18 +308,23 @@ class ModelClient:
                 stopped while it waited to retry (recorded); the sample resumes later.
             openai.APIStatusError: the endpoint refused the request for what it holds
                 (``sample_at_fault``; recorded).
+            Parked: batch mode queued the call (or it is still out); the sample resumes
+                once the answer is recorded.
+            LineRefused: batch mode: the endpoint refused the request for what it holds.
         """
         found = self.store.find_call(str(key))
         if found is not None:
             return Answer(found["id"], found["response"] or "", found["finish_reason"], True)
         if self.stopping:
             raise RunStopped(str(key))
+        role = "score" if key.node.startswith("score") else "evolve"
+        chat = self.chats[role]
+        if self.batches is not None:
+            await self._queue(key, chat, text, image_url, schema)  # returns to go online
         limit = self.settings.max_calls
         if not self.tally.reserve_call(limit):
             self.stop(max_calls_reached(limit))
             raise RunStopped(str(key))
-        role = "score" if key.node.startswith("score") else "evolve"
-        chat = self.chats[role]
         self.usage.rounds[key.hash_id] = key.round
         estimate = (
             estimate_prompt_tokens(text, 1 if image_url else 0, self.settings.image_detail)
@@ -317,16 +339,7 @@ class ModelClient:
         if self.stopping:  # the stop may have come while this call waited its turn
             await self.governor.release()
             raise RunStopped(str(key))
-        row = {
-            "key": str(key),
-            "hash_id": key.hash_id,
-            "branch": key.branch,
-            "round": key.round,
-            "node": key.node,
-            "attempt": key.attempt,
-            "chunk": key.chunk,
-            "model": chat.model_name,
-        }
+        row = self._call_row(key, chat.model_name)
         started = time.perf_counter()
         self.usage.calls += 1
         try:
@@ -365,6 +378,107 @@ class ModelClient:
             response=content,
         )
         return Answer(self.store.log_call(row), content, finish, False)
+
+    async def _queue(
+        self, key: CallKey, chat: ChatOpenAI, text: str, image_url: str | None, schema: dict | None
+    ) -> None:
+        """Batch mode: put the call in the shard being filled and park its sample.
+
+        Returns (so that the call goes online) only for a request that ``--batch-fallback``
+        sent online, or one whose batch line failed more than ``--retries`` times.
+
+        Raises:
+            Parked: the request is queued or still out.
+            LineRefused: its batch line was refused for what it holds (400, 413, 422).
+            RunStopped: ``--max-calls`` is reached.
+        """
+        assert self.batches is not None
+        request = self.store.request(str(key))
+        state = request["state"] if request else None
+        if state in OUT:
+            raise Parked(str(key))
+        if state == "online":
+            return
+        failures = (request or {}).get("failures") or 0
+        if state == "failed":
+            if request["status"] in SAMPLE_FAULT_STATUSES:
+                raise LineRefused(f"{key}: {request['error']}")
+            if failures > self.settings.max_retries:
+                self.on_notice(
+                    f"{key}: its batch line failed {failures} times ({request['error']});"
+                    " asking online"
+                )
+                return
+        limit = self.settings.max_calls
+        if not self.tally.reserve_call(limit):
+            self.stop(max_calls_reached(limit))
+            raise RunStopped(str(key))
+        options = {"response_format": schema} if self.structured and schema is not None else {}
+        body = chat._get_request_payload(
+            [user_message(text, image_url, self.settings.image_detail)], **options
+        )
+        body.pop("stream", None)
+        tokens = estimate_prompt_tokens(text, 1 if image_url else 0, self.settings.image_detail)
+        estimate = self.prices.cost(chat.model_name, tokens, self.settings.max_tokens, batch=True)
+        self.usage.calls += 1
+        self.usage.rounds[key.hash_id] = key.round
+        await self.batches.put(
+            {**self._call_row(key, chat.model_name), "failures": failures}, body, estimate
+        )
+        raise Parked(str(key))
+
+    def record_result(self, request: dict, result: Result) -> tuple[str, float]:
+        """Record one line of a finished batch under its call key; return its state and cost.
+
+        An answer is recorded like an online one (flagged ``batch``, priced at the batch
+        price); a failed line is recorded as a failed call; a line whose request never ran
+        (the batch expired or was cancelled first) records nothing and is asked again.
+        """
+        if result.status is None:
+            return "missing", 0.0
+        row = {name: request[name] for name in _CALL_FIELDS} | {"batch": 1}
+        if result.status != 200:
+            self.usage.errors += 1
+            self.store.log_call(row | {"error": f"batch line: {result.error}"})
+            return "failed", 0.0
+        role = "score" if request["node"].startswith("score") else "evolve"
+        try:
+            generation = self.chats[role]._create_chat_result(result.body).generations[0]
+            reply = generation.message
+            content = reply.content if isinstance(reply.content, str) else str(reply.content)
+        except (ValueError, TypeError, AttributeError, LookupError) as err:
+            text = f"batch line: {type(err).__name__}: {json.dumps(result.body)[:200]}"
+            self.store.log_call(row | {"finish_reason": NOT_A_COMPLETION, "response": text})
+            return "answered", 0.0
+        usage = reply.usage_metadata or {}
+        tokens_in = usage.get("input_tokens") or 0
+        tokens_out = usage.get("output_tokens") or 0
+        cached = (usage.get("input_token_details") or {}).get("cache_read") or 0
+        cost = self._count(request["model"], tokens_in, tokens_out, cached, batch=True)
+        self.store.log_call(
+            row
+            | {
+                "input_tokens": tokens_in,
+                "output_tokens": tokens_out,
+                "cached_tokens": cached,
+                "finish_reason": (generation.generation_info or {}).get("finish_reason"),
+                "response": content,
+            }
+        )
+        return "answered", cost
+
+    @staticmethod
+    def _call_row(key: CallKey, model: str) -> dict:
+        return {
+            "key": str(key),
+            "hash_id": key.hash_id,
+            "branch": key.branch,
+            "round": key.round,
+            "node": key.node,
+            "attempt": key.attempt,
+            "chunk": key.chunk,
+            "model": model,
+        }
 
     def _outcome(self, ok: bool, error: str | None = None) -> None:
         tripped = self.governor.on_outcome(Outcome(ok, error))
@@ -421,7 +535,7 @@ class ModelClient:
 
     def _count(
         self, model: str, tokens_in: int, tokens_out: int, cached: int = 0, batch: bool = False
-    ) -> None:
+    ) -> float:
         """Count an answer's tokens and money (the one place that prices calls) and the budget.
 
         ``tokens_in`` includes the ``cached`` prompt tokens; ``batch``: a Batch API answer.
@@ -440,6 +554,7 @@ class ModelClient:
         budget = self.settings.max_cost
         if budget is not None and spent >= budget:
             self.stop(max_cost_reached(budget, spent))
+        return cost
 
 
 def spent_so_far(store: Store, prices: PriceTable, context: object | None = None) -> Tally:

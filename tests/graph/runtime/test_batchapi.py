@@ -1,0 +1,149 @@
+"""Batch mode over real HTTP: shards in a folder answered like `vllm run-batch` does."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mmevol.graph import runner
+from mmevol.graph.export import export_json
+from mmevol.graph.runtime.batchapi import read_results
+from mmevol.graph.store import Store
+
+
+class FolderAnswerer:
+    """Answer the shard files of a --batch-dir folder as `vllm run-batch -i X -o Y` would.
+
+    Each request goes to the simulated endpoint over HTTP; the result file is written
+    whole (to a temporary name, then renamed), in vllm's output shape.
+    """
+
+    def __init__(self, folder: Path, base_url: str, fail_first_shard: bool = False):
+        self.folder, self.base_url = folder, base_url
+        self.fail_first_shard = fail_first_shard
+        self.failed: list[str] = []
+        self.shards: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> FolderAnswerer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.is_set():
+                for path in sorted(self.folder.glob("mmevol-*.jsonl")):
+                    if path.name.endswith(".output.jsonl"):
+                        continue
+                    out = path.with_name(path.name[: -len(".jsonl")] + ".output.jsonl")
+                    if not out.exists():
+                        self._answer(http, path, out)
+                time.sleep(0.05)
+
+    def _answer(self, http: httpx.Client, path: Path, out: Path) -> None:
+        lines = []
+        fail = self.fail_first_shard and not self.shards
+        for raw in path.read_bytes().splitlines():
+            request = json.loads(raw)
+            key = request["custom_id"]
+            if fail:  # every line of the first shard fails, as a flaky server's would
+                self.failed.append(key)
+                response = {"status_code": 500, "body": {"error": {"message": "boom"}}}
+            else:
+                answer = http.post(f"{self.base_url}/chat/completions", json=request["body"])
+                response = {"status_code": answer.status_code, "body": answer.json()}
+            lines.append(
+                {"id": f"vllm-{key}", "custom_id": key, "response": response, "error": None}
+            )
+        part = out.with_suffix(".part")
+        part.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        part.replace(out)
+        self.shards.append(path.name)
+
+
+def _export(settings, tmp_path: Path, name: str) -> list[dict]:
+    out = tmp_path / f"{name}.json"
+    export_json(settings.results_db, out)
+    return json.loads(out.read_text())
+
+
+def test_batch_dir_run_exports_what_an_online_run_exports(
+    sim, make_settings, seed16, reference16, tmp_path
+):
+    seed_path, images = seed16
+    folder = tmp_path / "shards"
+    settings = make_settings(
+        sim, images, run="bdir", batch_dir=folder, batch_poll=0.05, batch_flush=30
+    )
+    with FolderAnswerer(folder, sim.base_url) as answerer:
+        report = runner.run(settings, seed_path)
+    assert (report.done, report.failed, report.parked, report.stop) == (16, 0, 0, None)
+    assert _export(settings, tmp_path, "bdir") == reference16[0]
+    with Store(settings.results_db) as store:
+        calls = store.rows("calls")
+        assert calls and all(c["batch"] == 1 for c in calls)
+        assert store.answered_calls()["answered"] == store.answered_calls()["keys"]
+        shards = store.rows("batch_shards")
+    # Each pass of the samples submits one shard: at least one per call of a sample's path.
+    assert len(shards) == len(answerer.shards) >= 6
+    assert all(s["state"] == "finished" for s in shards)
+    # No body was sent to the endpoint twice.
+    assert sim.stats()["requests"] == reference16[1]
+
+
+def test_failed_lines_go_out_again_in_a_later_shard(sim, make_settings, seed16, tmp_path):
+    seed_path, images = seed16
+    folder = tmp_path / "shards"
+    settings = make_settings(sim, images, run="bfail", batch_dir=folder, batch_poll=0.05, limit=4)
+    with FolderAnswerer(folder, sim.base_url, fail_first_shard=True) as answerer:
+        report = runner.run(settings, seed_path)
+    assert (report.done, report.failed) == (4, 0)
+    with Store(settings.results_db) as store:
+        errors = [c for c in store.rows("calls") if c["error"]]
+        assert sorted(c["key"] for c in errors) == sorted(answerer.failed)
+        assert answerer.failed and all("HTTP 500: boom" in c["error"] for c in errors)
+        # Each failed key was answered later, exactly once.
+        for call in errors:
+            answers = [c for c in store.rows("calls", key=call["key"]) if c["error"] is None]
+            assert len(answers) == 1
+        requests = {r["key"]: r for r in store.rows("batch_requests")}
+        assert all(requests[c["key"]]["failures"] == 1 for c in errors)
+
+
+def test_read_results_takes_openai_and_vllm_lines(tmp_path):
+    path = tmp_path / "out.jsonl"
+    lines = [
+        {
+            "custom_id": "a",
+            "response": {"status_code": 200, "body": {"choices": []}},
+            "error": None,
+        },
+        {"custom_id": "b", "response": {"status_code": 400, "body": {"error": {"message": "bad"}}}},
+        {"custom_id": "c", "response": None, "error": {"code": "batch_expired", "message": "late"}},
+        {"custom_id": "d", "error": {"code": "server_error", "message": "oops"}},
+        "not json",
+    ]
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    got = {r.key: (r.status, r.error) for r in read_results(path)}
+    assert got == {
+        "a": (200, None),
+        "b": (400, "HTTP 400: bad"),
+        "c": (None, "batch_expired: late"),
+        "d": (500, "server_error: oops"),
+    }
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_batch_refuses_workers(make_settings, sim, tmp_path, workers):
+    with pytest.raises(ValueError, match="--batch runs in one process"):
+        make_settings(sim, tmp_path, batch=True, workers=workers)
