@@ -268,6 +268,14 @@ def run(
             markup=False,
             soft_wrap=True,
         )
+    if report.parked:
+        err.print(
+            f"{report.parked} samples are parked waiting for batch answers; run the same "
+            "command again to collect them and go on (mmevol status lists the batches).",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if report.stop is not None or report.interrupted:
         err.print(_stop_advice(report), highlight=False, markup=False, soft_wrap=True)
         # Interrupted samples without a stop: the endpoint failed their calls; the next
@@ -333,6 +341,7 @@ def status(
         ("models", models),
         ("dropped items", summary["dropped"]),
         ("failures", summary["failures"]),
+        ("batches (--batch): shards submitted and their answers", summary["batches"]),
     ):
         if rows:
             out.print(_table(title, rows))

@@ -48,7 +48,9 @@ def run(
     images.check_root(settings.images, seed, settings.limit)  # a mistyped --images: one error
     listener = listener or ignore
     # Also before the lock: an unusable endpoint leaves no run folder behind.
-    eventloop.run(preflight(settings))
+    # A --batch-dir run talks to no endpoint, unless requests may fall back to it.
+    if settings.batch_dir is None or settings.batch_fallback is not None:
+        eventloop.run(preflight(settings))
     # One writer per run folder; worker processes write under this process's lock.
     with runfolder.writing(settings, on_notice=lambda text: listener(Notice(text))):
         if spent := runfolder.budget_spent(settings):  # stop before any model call

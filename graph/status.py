@@ -7,6 +7,7 @@ interrupted (the next run resumes them).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from mmevol.graph import runfolder
@@ -30,6 +31,7 @@ def run_summary(results_db: Path) -> dict:
     with Store(results_db) as store:
         summary = store.summary(live=run_is_live(results_db))
         prices_path = (store.get_meta("settings") or {}).get("prices")
+        summary["batches"] = batch_rows(store.batch_summary()["shards"])
     prices = PriceTable(prices_path)
     total = batch = 0.0
     for row in summary["models"]:
@@ -47,3 +49,31 @@ def failed_earlier(results_db: Path, since: float, limit: int | None) -> int:
     """Count samples that failed before ``since`` and were not run again."""
     with Store(results_db) as store:
         return store.failed_before(since, limit)
+
+
+def batch_rows(shards: list[dict]) -> list[dict]:
+    """Return batch mode's shards as `mmevol status` lists them (newest last)."""
+    now = time.time()
+    return [
+        {
+            "shard": s["name"],
+            "batch": s["batch_id"] or s["file_id"] or "",
+            "state": s["state"] if s["state"] != "submitted" else (s["status"] or "submitted"),
+            "requests": s["requests"],
+            "completed": s["completed"] or 0,
+            "failed": s["failed"] or 0,
+            "age": _age(now - (s["submitted_at"] or s["created_at"] or now)),
+            "cost_usd": round(s["cost"] or 0.0, 4),
+            "estimate_usd": round(s["estimate"] or 0.0, 4),
+        }
+        for s in shards
+        if s["state"] != "dropped"
+    ]
+
+
+def _age(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
