@@ -148,7 +148,7 @@ class ApiBackend:
         )
         return _fields(batch)
 
-    async def find(self, metadata: dict[str, str]) -> dict | None:
+    async def find(self, shard: dict, metadata: dict[str, str]) -> dict | None:
         """Return the recorded fields of the server's batch with this metadata, if any."""
         async for batch in self.client.batches.list(limit=100):
             if all((batch.metadata or {}).get(k) == v for k, v in metadata.items()):
@@ -236,6 +236,11 @@ class DirBackend:
                 dst.write(chunk)
         part.replace(target)
         return str(target)
+
+    async def find(self, shard: dict, metadata: dict[str, str]) -> dict | None:
+        """Return the shard's fields when its file is in the folder already, else None."""
+        placed = self.folder / f"{shard['name']}.jsonl"
+        return {"status": "submitted", "file_id": str(placed)} if placed.exists() else None
 
     async def check(self, shard: dict) -> dict:
         """Return the shard as "completed" once its result file is complete, else in progress."""
@@ -340,13 +345,15 @@ class BatchQueue:
         self.store.set_meta("batch_uid", self._uid)
         for shard in self.store.shards("filling", "closed", "uploading", "uploaded", "creating"):
             found = None
-            if shard["state"] == "creating" and self.backend.mode == "api":
-                found = await self.backend.find(self._metadata(shard))
+            if shard["state"] == "creating" or (
+                shard["state"] == "closed" and self.backend.mode == "dir"
+            ):
+                found = await self.backend.find(shard, self._metadata(shard))
             if found is not None:
                 self._submitted(shard, found)
                 self.on_notice(
-                    f"batch {found['batch_id']} (shard {shard['name']}) was created before the "
-                    "last run stopped; it is followed, not submitted again"
+                    f"batch shard {shard['name']} was submitted just before the last run "
+                    "stopped; it is followed, not submitted again"
                 )
                 continue
             await self.backend.forget(shard)
@@ -496,7 +503,7 @@ class BatchQueue:
     def _submitted(self, shard: dict, fields: dict) -> None:
         keep = {k: v for k, v in fields.items() if k in ("batch_id", "status", "error")}
         self.store.update_shard(
-            shard["id"], state="submitted", file_id=shard.get("file_id"),
+            shard["id"], state="submitted", file_id=fields.get("file_id") or shard.get("file_id"),
             submitted_at=time.time(), **keep,
         )  # fmt: skip
         self.store.move_requests(shard["id"], "queued", "submitted")

@@ -147,3 +147,96 @@ def test_read_results_takes_openai_and_vllm_lines(tmp_path):
 def test_batch_refuses_workers(make_settings, sim, tmp_path, workers):
     with pytest.raises(ValueError, match="--batch runs in one process"):
         make_settings(sim, tmp_path, batch=True, workers=workers)
+
+
+def test_batch_dir_needs_no_endpoint(seed16, reference16, tmp_path, sim):
+    """Shards answered offline: the run itself talks to no endpoint and needs no key."""
+    from mmevol.graph.config import Settings
+
+    seed_path, images = seed16
+    folder = tmp_path / "shards"
+    settings = Settings(
+        run="offline", checkpoints=tmp_path / "cp", images=images, concurrency=4,
+        base_url="http://127.0.0.1:9/v1", batch_dir=folder, batch_poll=0.05, limit=3,
+    )  # fmt: skip
+    with FolderAnswerer(folder, sim.base_url):
+        report = runner.run(settings, seed_path)
+    assert (report.done, report.failed) == (3, 0)
+    assert _export(settings, tmp_path, "offline") == reference16[0][:3]
+
+
+def test_fallback_sends_unanswered_requests_online(
+    sim, make_settings, seed16, reference16, tmp_path
+):
+    """Nobody runs the shards: after --batch-fallback they go through the online API."""
+    seed_path, images = seed16
+    settings = make_settings(
+        sim, images, run="fallback", batch_dir=tmp_path / "shards", batch_poll=0.05,
+        batch_fallback=0.0002, limit=3,
+    )  # fmt: skip
+    report = runner.run(settings, seed_path)
+    assert (report.done, report.failed) == (3, 0)
+    assert _export(settings, tmp_path, "fallback") == reference16[0][:3]
+    with Store(settings.results_db) as store:
+        calls = store.rows("calls")
+        requests = store.rows("batch_requests")
+    assert calls and not any(c["batch"] for c in calls)  # every answer came online
+    assert {r["state"] for r in requests} == {"online"}
+    assert len(requests) == len(calls)
+
+
+def test_shards_are_split_by_bytes(sim, make_settings, seed16, reference16, tmp_path):
+    seed_path, images = seed16
+    folder = tmp_path / "shards"
+    limit = 40_000
+    settings = make_settings(
+        sim, images, run="bytes", batch_dir=folder, batch_poll=0.05, batch_max_bytes=limit,
+        limit=6,
+    )  # fmt: skip
+    with FolderAnswerer(folder, sim.base_url) as answerer:
+        report = runner.run(settings, seed_path)
+    assert (report.done, report.failed) == (6, 0)
+    assert _export(settings, tmp_path, "bytes") == reference16[0][:6]
+    sizes = [(folder / name).stat().st_size for name in answerer.shards]
+    assert max(sizes) <= limit
+    with Store(settings.results_db) as store:
+        shards = store.rows("batch_shards")
+    # The first pass (6 samples' first evolve calls, each with an image) filled several.
+    first_pass = [s for s in shards if s["id"] <= 3]
+    assert len(shards) > len(answerer.shards) / 2 and sum(s["bytes"] for s in first_pass) > limit
+
+
+def test_kill_9_then_resume_pays_nothing_twice(sim, cli_run, seed16, reference16, tmp_path):
+    """SIGKILL a --batch-dir run at several points; resuming finishes with the same export."""
+    import signal
+    import subprocess
+    import sys
+
+    seed_path, images = seed16
+    folder, checkpoints = tmp_path / "shards", tmp_path / "cp"
+    extra = ["--batch-dir", str(folder), "--batch-poll", "0.05"]
+    with FolderAnswerer(folder, sim.base_url) as answerer:
+        for shards_before_kill in (1, 3, 5):
+            proc = cli_run(seed_path, images, sim, checkpoints, "kill", *extra)
+            deadline = time.monotonic() + 60
+            while len(answerer.shards) < shards_before_kill and proc.poll() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        proc = cli_run(seed_path, images, sim, checkpoints, "kill", *extra)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    results = checkpoints / "kill" / "results.db"
+    with Store(results) as store:
+        counted = store.answered_calls()
+    assert counted["answered"] == counted["keys"]  # no key answered twice on record
+    exported = tmp_path / "kill.json"
+    subprocess.run(
+        [sys.executable, "-m", "mmevol", "export", "--run", "kill", "--checkpoints",
+         str(checkpoints), "-o", str(exported)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert json.loads(exported.read_text()) == reference16[0]
+    # Every request the endpoint answered is on record: none was sent twice.
+    assert sim.stats()["requests"] == reference16[1]
