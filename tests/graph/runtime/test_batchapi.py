@@ -240,3 +240,27 @@ def test_kill_9_then_resume_pays_nothing_twice(sim, cli_run, seed16, reference16
     assert json.loads(exported.read_text()) == reference16[0]
     # Every request the endpoint answered is on record: none was sent twice.
     assert sim.stats()["requests"] == reference16[1]
+
+
+def test_max_cost_counts_what_submitted_batches_may_cost(sim, make_settings, seed16, tmp_path):
+    """A shard whose estimate would overrun --max-cost is not submitted; the run stops."""
+    seed_path, images = seed16
+    folder = tmp_path / "shards"
+    settings = make_settings(
+        sim, images, run="budget", batch_dir=folder, batch_poll=0.05, max_cost=0.001,
+        limit=4,
+    )  # fmt: skip
+    with FolderAnswerer(folder, sim.base_url) as answerer:
+        report = runner.run(settings, seed_path)
+    assert report.stop is not None and report.stop.kind == "max_cost"
+    assert "next batch shard" in report.stop.message
+    assert report.parked == 4 and answerer.shards == []
+    with Store(settings.results_db) as store:
+        (shard,) = store.rows("batch_shards")
+    # 4 image requests of 4096 output tokens at half gpt-4o-mini's price exceed $0.001.
+    assert shard["state"] == "closed" and shard["estimate"] > 0.001
+    # With a budget that fits, the same command collects and finishes.
+    settings = make_settings(sim, images, run="budget", batch_dir=folder, batch_poll=0.05, limit=4)
+    with FolderAnswerer(folder, sim.base_url):
+        report = runner.run(settings, seed_path)
+    assert (report.done, report.parked, report.stop) == (4, 0, None)
