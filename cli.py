@@ -232,7 +232,8 @@ def run(
       1    an error before any sample started (key, endpoint, seed, options)
       2    a usage error (an unknown option or a missing argument)
       3    stopped by --max-cost, --max-calls or a failing endpoint, or samples were
-           interrupted by endpoint errors (resumable: the same command resumes them)
+           interrupted by endpoint errors or still wait for batch answers (resumable:
+           the same command resumes them)
       4    the seed is through, but some samples failed (this time, or earlier and
            not retried: --retry-failed runs them again)
       5    another process is writing this run (its lock names it)
@@ -271,11 +272,14 @@ def run(
     if report.parked:
         err.print(
             f"{report.parked} samples are parked waiting for batch answers; run the same "
-            "command again to collect them and go on (mmevol status lists the batches).",
+            "command again to collect them and go on (with --batch, or the same --batch-dir; "
+            "mmevol status lists the batches).",
             highlight=False,
             markup=False,
             soft_wrap=True,
         )
+    if report.parked and report.stop is None and not report.interrupted:
+        raise typer.Exit(code=EXIT_STOPPED)
     if report.stop is not None or report.interrupted:
         err.print(_stop_advice(report), highlight=False, markup=False, soft_wrap=True)
         # Interrupted samples without a stop: the endpoint failed their calls; the next

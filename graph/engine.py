@@ -132,6 +132,9 @@ async def run_rows(
                         await _run_rows(graph, ctx, rows, retry_failed, report, listener, stop)
                     else:
                         await _run_batched(graph, ctx, rows, retry_failed, report, listener, stop)
+            # Batch mode's samples still waiting; an online run leaves them be (asking
+            # online what a batch will answer would pay twice).
+            report.parked = store.count("samples", status="parked")
         report.stop = stop.reason
     return report
 
@@ -169,7 +172,6 @@ async def _run_batched(
                     await queue.wait(lambda: stop.stopping)
 
     await run_with(queue, passes)
-    report.parked = store.count("samples", status="parked")
 
 
 async def _stored_rows(store: Store, hash_ids: list[str]) -> AsyncIterator[SeedRow]:

@@ -150,9 +150,12 @@ class ApiBackend:
 
     async def find(self, shard: dict, metadata: dict[str, str]) -> dict | None:
         """Return the recorded fields of the server's batch with this metadata, if any."""
+        oldest = (shard.get("created_at") or 0) - 86400  # the list is newest first
         async for batch in self.client.batches.list(limit=100):
             if all((batch.metadata or {}).get(k) == v for k, v in metadata.items()):
                 return _fields(batch)
+            if batch.created_at < oldest:
+                break
         return None
 
     async def check(self, shard: dict) -> dict:
@@ -593,8 +596,14 @@ class BatchQueue:
                 self.on_notice(f"checking the batches failed: {err}; trying again")
 
     async def wait(self, stopping: Callable[[], bool], step: float = 0.25) -> None:
-        """Wait until a shard finishes or the run stops."""
+        """Wait, with every sample parked, until a shard finishes or the run stops.
+
+        A request queued meanwhile (by a sample's last chunk, say) is submitted at once:
+        no sample runs that could fill its shard any further.
+        """
         while not stopping() and not self.progress.is_set():
+            if self.queued:
+                await self.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.progress.wait(), step)
         self.progress.clear()

@@ -259,7 +259,10 @@ def test_max_cost_counts_what_submitted_batches_may_cost(sim, make_settings, see
         (shard,) = store.rows("batch_shards")
     # 4 image requests of 4096 output tokens at half gpt-4o-mini's price exceed $0.001.
     assert shard["state"] == "closed" and shard["estimate"] > 0.001
-    # With a budget that fits, the same command collects and finishes.
+    # An online run leaves the parked samples alone (asking them online would pay twice).
+    report = runner.run(make_settings(sim, images, run="budget", limit=4), seed_path)
+    assert (report.done, report.parked) == (0, 4)
+    # With a budget that fits, the batch run collects and finishes.
     settings = make_settings(sim, images, run="budget", batch_dir=folder, batch_poll=0.05, limit=4)
     with FolderAnswerer(folder, sim.base_url):
         report = runner.run(settings, seed_path)
