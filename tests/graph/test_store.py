@@ -8,7 +8,10 @@ from mmevol.graph.store import Store, migrations
 
 V010 = Path(__file__).resolve().parents[1] / "fixtures" / "run_v0_1_0" / "checkpoints" / "v010"
 
-EXPECTED_TABLES = {"meta", "samples", "rounds", "items", "dropped", "calls", "_sqlite_migrations"}
+EXPECTED_TABLES = {
+    "meta", "samples", "rounds", "items", "dropped", "calls", "batch_shards", "batch_requests",
+    "_sqlite_migrations",
+}  # fmt: skip
 
 
 def test_migrate_blank():
@@ -29,6 +32,7 @@ def test_reopen_applies_nothing_twice(tmp_path):
             "m002_rejected_row_keys",
             "m003_judge_reason",
             "m004_cached_and_batch_prices",
+            "m006_batches",
         ]
 
 

@@ -267,3 +267,27 @@ def test_max_cost_counts_what_submitted_batches_may_cost(sim, make_settings, see
     with FolderAnswerer(folder, sim.base_url):
         report = runner.run(settings, seed_path)
     assert (report.done, report.parked, report.stop) == (4, 0, None)
+
+
+def test_a_batch_run_costs_half_the_online_run_of_the_same_calls(
+    sim, make_settings, seed16, tmp_path
+):
+    from mmevol.graph.runtime.prices import PriceTable
+
+    seed_path, images = seed16
+    online = make_settings(sim, images, run="online", limit=3)
+    assert runner.run(online, seed_path).done == 3
+    batch = make_settings(
+        sim, images, run="half", batch_dir=tmp_path / "b", batch_poll=0.05, limit=3
+    )
+    with FolderAnswerer(tmp_path / "b", sim.base_url):
+        assert runner.run(batch, seed_path).done == 3
+    prices = PriceTable()
+    cost = {}
+    for settings in (online, batch):
+        with Store(settings.results_db) as store:
+            spent = store.spent()["by_model"]
+        assert {bool(row["batch"]) for row in spent} == {settings is batch}
+        cost[settings.run] = sum(prices.row_cost(row) for row in spent)
+    assert cost["online"] > 0
+    assert cost["half"] == pytest.approx(cost["online"] / 2, rel=1e-12)
