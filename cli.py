@@ -594,9 +594,55 @@ def replay(
     )
 
 
+@app.command()
+def merge(
+    shard_dirs: Annotated[
+        list[Path], typer.Argument(help="Run folders of shards (mmevol run --shard I/N).")
+    ],
+    run: RunOpt = "default",
+    checkpoints: CheckpointsOpt = None,
+) -> None:
+    """Build (or bring up to date) one run from shard run folders of one seed.
+
+    Merging again adds the shards finished since and updates the samples that progressed.
+    Refused, writing nothing: folders holding one sample twice, shards of different seeds
+    or result-changing settings, a folder that is not a run.
+
+    Exit status: 0 merged (missing shards are named), 1 refused or an error,
+    2 a usage error, 5 a live process writes a shard folder or the target run.
+    """
+    from mmevol.graph.merge import merge as merge_runs
+
+    checkpoints = checkpoints or default_checkpoints_dir()
+    report = guarded(
+        merge_runs,
+        run,
+        checkpoints,
+        shard_dirs,
+        on_notice=lambda text: err.print(f"note: {text}", highlight=False, markup=False),
+    )
+    for part in report.folders:
+        out.print(
+            f"shard {part.shard} ({part.path}): {part.samples} samples, {part.added} added,"
+            f" {part.updated} updated, {part.unchanged} unchanged",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    merged = ", ".join(map(str, report.merged)) or "none"
+    missing = ", ".join(map(str, report.missing)) or "none"
+    out.print(
+        f"run {run!r}: shards {merged} of {report.count} merged; missing: {missing}"
+        f" -> {report.run_dir}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 @app.command("estimate")
 @settings_options(
-    "rounds", "limit", "model", "scorer_model", "chunk_size", "image_detail", "prices"
+    "rounds", "limit", "shard", "model", "scorer_model", "chunk_size", "image_detail", "prices"
 )
 def estimate_cmd(
     seed: Annotated[Path, typer.Argument(help="Seed: a JSON list, a JSONL file or a folder.")],

@@ -89,6 +89,11 @@ class Settings:
     concurrency: int = option(16, "Samples in flight.")
     workers: int = option(1, "Processes sharing the samples in flight (one core each).")
     limit: int | None = option(None, "Only the first N rows of the seed.")
+    shard: str | None = option(
+        None,
+        "Only shard I of N of the seed (e.g. 2/3): the rows whose key hashes into it"
+        " (of the first --limit rows).",
+    )
     model: str = option("gpt-4o-mini", "Evolution model.")
     scorer_model: str | None = option(None, "Judge model [default: --model].")
     base_url: str | None = option(
@@ -195,6 +200,8 @@ class Settings:
             raise ValueError(f"--temperature must be a number, 0 or more, got {self.temperature}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg-quality must be from 1 to 100, got {self.jpeg_quality}")
+        if self.shard is not None:
+            self.shard = "{}/{}".format(*parse_shard(self.shard))
         if self.image_detail not in ("low", "high", "auto"):
             raise ValueError(f"--image-detail must be low, high or auto, got {self.image_detail!r}")
 
@@ -211,6 +218,11 @@ class Settings:
             for name in ("rpm", "tpm", "scorer_rpm", "scorer_tpm")
         }
         return replace(self, concurrency=max(1, share), workers=1, **rates)
+
+    @property
+    def shard_of(self) -> tuple[int, int] | None:
+        """Return the shard as (I, N), or None for the whole seed."""
+        return parse_shard(self.shard) if self.shard is not None else None
 
     @property
     def judge_model(self) -> str:
@@ -237,6 +249,27 @@ class Settings:
         data = asdict(self)
         data.pop("api_key")
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+SHARD = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")
+
+
+def parse_shard(text: object) -> tuple[int, int]:
+    """Return shard ``"I/N"`` as (I, N), with I counting from 1.
+
+    Raises:
+        ValueError: the text is not two whole numbers ``I/N`` with 1 <= I <= N.
+    """
+    match = SHARD.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"--shard must be I/N, two whole numbers such as 2/3, got {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if not 1 <= index <= count:
+        raise ValueError(
+            f"--shard I/N needs 1 <= I <= N (shards count from 1: 1/{max(count, 1)} is the"
+            f" first), got {text!r}"
+        )
+    return index, count
 
 
 def _option(name: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from mmevol.graph.config import Settings
 from mmevol.graph.runtime.limits import estimate_prompt_tokens
 from mmevol.graph.runtime.prices import PriceTable
-from mmevol.graph.seed import read_seed
+from mmevol.graph.seed import raw_rows, seed_row, shard_rows
 from mmevol.graph.state import OPERATORS, SampleState
 from mmevol.nodes.evolve import chunked, render_evolve_prompt
 from mmevol.nodes.score import render_score_prompt
@@ -101,7 +101,8 @@ class Estimate:
 def estimate(settings: Settings, seed: Path) -> Estimate:
     """Render every sample's prompts and add up the expected calls, tokens and cost."""
     result = Estimate(rounds=[RoundEstimate(r) for r in range(1, settings.rounds + 1)])
-    for row in read_seed(seed):
+    for item in shard_rows(raw_rows(Path(seed)), settings.shard_of):
+        row = seed_row(*item)
         if settings.limit is not None and row.index >= settings.limit:
             break
         if row.sample is None:

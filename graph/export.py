@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from mmevol.graph.seed import count_rows, raw_rows
+from mmevol.graph.config import parse_shard
+from mmevol.graph.seed import count_rows, raw_rows, shard_rows
 from mmevol.graph.status import run_is_live
 from mmevol.graph.store import Store
 
@@ -121,16 +122,20 @@ def _left_out(store: Store, results_db: Path, written: int) -> ExportResult:
         unfinished=counts.get("interrupted", 0) + (0 if live else running),
         running=running if live else 0,
     )
-    total = _seed_rows(store.get_meta("seed"))
+    shard = (store.get_meta("settings") or {}).get("shard")
+    total = _seed_rows(store.get_meta("seed"), parse_shard(shard) if shard else None)
     known = sum(counts.values())
     result.never_started = None if total is None else max(total - known, 0)
     return result
 
 
-def _seed_rows(seed: str | None) -> int | None:
+def _seed_rows(seed: str | None, shard: tuple[int, int] | None = None) -> int | None:
+    """Count the rows of the seed (of the run's shard: each row's key is read then)."""
     if not seed:
         return None
     try:
+        if shard is not None:
+            return sum(1 for _ in shard_rows(raw_rows(Path(seed)), shard))
         total = count_rows(Path(seed))
         return total if total is not None else sum(1 for _ in raw_rows(Path(seed)))
     except (OSError, ValueError):

@@ -9,6 +9,7 @@ rows its parent deals it); both report through the same events and stop the same
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from mmevol.graph.engine import RunReport, run_rows
 from mmevol.graph.events import Listener, Notice, Total, ignore
 from mmevol.graph.runtime import images
 from mmevol.graph.runtime.llm import preflight
-from mmevol.graph.seed import SeedRow, count_rows, read_seed
+from mmevol.graph.seed import (
+    SeedRow,
+    count_rows,
+    fingerprint,
+    raw_rows,
+    seed_row,
+    shard_rows,
+)
 from mmevol.graph.stop import Stop
 from mmevol.graph.store import Store
 from mmevol.graph.workers import run_workers
@@ -58,10 +66,10 @@ def run(
         eventloop.run(_prepare(settings))
         with Store(settings.results_db) as store:
             record_run(store, settings, seed)
-        listener(Total(count_total(seed, settings.limit)))
+        listener(Total(count_total(seed, settings.limit, settings.shard_of)))
         if min(settings.workers, settings.concurrency) > 1:
             return run_workers(settings, seed, retry_failed=retry_failed, listener=listener)
-        rows = seed_rows(seed)
+        rows = seed_rows(seed, settings.shard_of)
         stop = Stop(listener)
         return eventloop.run(
             run_rows(settings, rows, stop, retry_failed=retry_failed, listener=listener)
@@ -80,20 +88,36 @@ async def _prepare(settings: Settings) -> None:
 
 
 def record_run(store: Store, settings: Settings, seed: Path) -> None:
-    """Record the run's settings (without the key) and its seed in the results database."""
+    """Record the run's settings (without the key) and its seed in the results database.
+
+    Also the seed's content fingerprint and, once, an id of the run folder: ``mmevol
+    merge`` uses both to tell shards of one seed, and one folder merged again.
+    """
     store.set_meta("settings", settings.public())
     store.set_meta("seed", str(seed.resolve()))
+    store.set_meta("seed_fingerprint", fingerprint(seed))
+    if store.get_meta("run_id") is None:
+        store.set_meta("run_id", uuid.uuid4().hex)
 
 
-def count_total(seed: Path, limit: int | None) -> int | None:
-    """Return the rows a run will go through (None if the seed cannot be counted cheaply)."""
+def count_total(
+    seed: Path, limit: int | None, shard: tuple[int, int] | None = None
+) -> int | None:
+    """Return the rows a run will go through (None if the seed cannot be counted cheaply).
+
+    A shard's rows are known only by reading every row's key, so a shard has no total.
+    """
+    if shard is not None and shard[1] > 1:
+        return None
     total = count_rows(seed)
     if limit is not None:
         total = limit if total is None else min(total, limit)
     return total
 
 
-async def seed_rows(seed: Path) -> AsyncIterator[SeedRow]:
-    """Yield the rows of a seed file, as ``run_rows`` takes them."""
-    for row in read_seed(seed):
-        yield row
+async def seed_rows(
+    seed: Path, shard: tuple[int, int] | None = None
+) -> AsyncIterator[SeedRow]:
+    """Yield the rows of a seed file (of one shard of it), as ``run_rows`` takes them."""
+    for index, raw, error in shard_rows(raw_rows(Path(seed)), shard):
+        yield seed_row(index, raw, error)

@@ -12,6 +12,7 @@ rows after it are still read.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import math
 import os
@@ -167,6 +168,58 @@ def row_key(index: int, raw: Any) -> str:
         elif given in (None, "") and isinstance(raw.get("image"), str) and raw["image"].strip():
             return hash_id_for(index, raw["image"])
     return f"{UNKEYED}row-{index}"
+
+
+def shard_index(key: str, count: int) -> int:
+    """Return the shard (1 to ``count``) a row's key falls in.
+
+    The first 8 bytes of the SHA-256 of the key (UTF-8), modulo ``count``: the same on every
+    machine and Python version (unlike ``hash()``, salted per process).
+    """
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
+
+
+def shard_rows(
+    rows: Iterator[tuple[int, Any, str | None]], shard: tuple[int, int] | None
+) -> Iterator[tuple[int, Any, str | None]]:
+    """Keep the raw rows (as ``raw_rows`` yields them) whose key falls in shard (I, N).
+
+    A row is sharded by the key it is known by (``row_key``), so a row rejected before it
+    starts (``#row-N``) belongs to one shard too, and two rows claiming one hash_id go to
+    the same shard, which sees the clash: N shards cover every row exactly once.
+    """
+    if shard is None:
+        yield from rows
+        return
+    index, count = shard
+    for row in rows:
+        if shard_index(row_key(row[0], row[1] if row[2] is None else None), count) == index:
+            yield row
+
+
+def fingerprint(path: Path) -> str:
+    """Return a digest of a seed's content (a folder: its ``*.json`` names and contents).
+
+    Two machines holding the same seed at different paths get the same fingerprint, which
+    is how ``mmevol merge`` tells that shards ran one seed.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.name.encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            if not stat.S_ISREG(file.stat().st_mode):  # never open a FIFO or a device
+                raise _NotAFile()
+            with open(file, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+        except (OSError, _NotAFile):
+            digest.update(b"\0unreadable")
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
 
 
 def prepare(index: int, raw: Any) -> SeedRow:

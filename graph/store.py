@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,29 @@ def m006_batches(db: Database) -> None:
         db["batch_requests"].create_index(["shard", "state"])
 
 
+@migrations()
+def m007_shards(db: Database) -> None:
+    """Add ``merged``: which shard run folder each sample of a merged run came from.
+
+    ``origin`` is the shard folder's run id (meta ``run_id``); ``updated_at``, ``calls`` and
+    ``last_call`` are the sample's progress in that folder when it was merged (its
+    ``updated_at``, its call count and its highest call id there), so that merging again
+    copies only the samples that progressed. Empty in a run made by ``mmevol run``.
+    """
+    if "merged" not in db.table_names():
+        db["merged"].create(
+            {
+                "hash_id": str,
+                "origin": str,
+                "shard": str,
+                "updated_at": float,
+                "calls": int,
+                "last_call": int,
+            },
+            pk="hash_id",
+        )
+
+
 def reason_kind(reason: str) -> str:
     """Return the category of a drop reason: its text before any colon, without the score."""
     return re.sub(r"\s*\(score \d+\)", "", reason.split(":", 1)[0]).strip()
@@ -247,7 +271,11 @@ _ORDER = {
     "calls": "id",
     "batch_shards": "id",
     "batch_requests": "shard, key",
+    "merged": "hash_id",
 }
+
+# The tables of one sample's results, copied by ``mmevol merge`` (``calls`` apart: new ids).
+_SAMPLE_TABLES = ("samples", "rounds", "items", "dropped")
 
 
 class Store:
@@ -1033,3 +1061,223 @@ class Store:
                 )
             sample.setdefault("topic_name", [])
             yield sample
+
+    # -- merging shard runs (mmevol merge, graph/merge.py) ------------------------------
+    # A shard's results.db is attached under an alias and only read. Checks run on an
+    # in-memory Store (``Store(None)``) so that a refused merge writes nothing.
+
+    @contextlib.contextmanager
+    def attached(self, path: Path | str, alias: str) -> Iterator[str]:
+        """Attach another results database (which must exist) as ``alias`` while in the block."""
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", alias):
+            raise ValueError(f"bad alias {alias!r}")
+        self.db.conn.execute(f"attach database ? as {alias}", [str(path)])
+        try:
+            yield alias
+        finally:
+            self.db.conn.execute(f"detach database {alias}")
+
+    def attached_meta(self, alias: str) -> dict[str, Any] | None:
+        """Return every meta value of an attached database, or None when it has no meta table."""
+        tables = {
+            r[0]
+            for r in self.db.conn.execute(
+                f"select name from {alias}.sqlite_master where type = 'table'"
+            )
+        }
+        if not {"meta", "samples", "calls"} <= tables:
+            return None
+        return {
+            key: json.loads(value)
+            for key, value in self.db.conn.execute(f"select key, value from {alias}.meta")
+        }
+
+    def attached_count(self, alias: str, table: str) -> int:
+        """Return how many rows a table of an attached database holds."""
+        if table not in _ORDER:
+            raise ValueError(f"no table {table!r} in the results database")
+        return self.db.conn.execute(f"select count(*) from {alias}.{table}").fetchone()[0]
+
+    def claim_samples(self, alias: str, source: int) -> tuple[str, int] | None:
+        """Note that source number ``source`` holds the samples of ``alias``.
+
+        Returns a sample another source noted already, and that source, else None (then
+        this source's samples are noted). The notes live in a temporary table.
+        """
+        conn = self.db.conn
+        conn.execute(
+            "create temp table if not exists claimed (hash_id text primary key, source int)"
+        )
+        clash = conn.execute(
+            f"select s.hash_id, c.source from {alias}.samples as s"
+            " join temp.claimed as c using (hash_id) order by s.idx limit 1"
+        ).fetchone()
+        if clash is not None:
+            return clash[0], clash[1]
+        with conn:
+            conn.execute(f"insert into temp.claimed select hash_id, ? from {alias}.samples", [source])
+        return None
+
+    def held_by_another(self, alias: str, target: str, origin: str) -> tuple[str, str | None] | None:
+        """Return a sample of ``alias`` that ``target`` holds from elsewhere, and from where.
+
+        ``target`` is a merged run attached too; a sample it merged from the same origin
+        (run id) is not a clash but an update. The second value is the other origin (None:
+        the target ran the sample itself).
+        """
+        return self.db.conn.execute(
+            f"select s.hash_id, m.origin from {alias}.samples as s"
+            f" join {target}.samples as t using (hash_id)"
+            f" left join {target}.merged as m using (hash_id)"
+            " where m.origin is null or m.origin != ? order by s.idx limit 1",
+            [origin],
+        ).fetchone()
+
+    def pick_progressed(self, alias: str) -> tuple[list[str], int]:
+        """Choose the samples of ``alias`` to copy here: new ones, and those that progressed.
+
+        A sample progressed when its ``updated_at``, its number of calls or its highest call
+        id differ from what ``merged`` noted. Fills the temporary tables ``pick`` (the
+        samples) and ``idmap`` (each of their calls' id there, and its id here: after every
+        id here, in the order of the shard's ids). Returns the picked keys and how many of
+        them this database holds already.
+        """
+        conn = self.db.conn
+        with conn:
+            conn.execute("drop table if exists temp.pick")
+            conn.execute("drop table if exists temp.idmap")
+            conn.execute(
+                "create temp table pick (hash_id text primary key, updated_at real,"
+                " calls int, last_call int)"
+            )
+            conn.execute(
+                "insert into temp.pick select s.hash_id, s.updated_at, count(c.id), max(c.id)"
+                f" from {alias}.samples as s left join {alias}.calls as c using (hash_id)"
+                " group by s.hash_id"
+            )
+            conn.execute(
+                "delete from temp.pick where exists (select 1 from main.merged as m"
+                " where m.hash_id = pick.hash_id and m.updated_at is pick.updated_at"
+                " and m.calls = pick.calls and m.last_call is pick.last_call)"
+            )
+            base = conn.execute("select coalesce(max(id), 0) from main.calls").fetchone()[0]
+            conn.execute("create temp table idmap (old integer primary key, new int, hash_id text)")
+            conn.execute(
+                "insert into temp.idmap select id, ? + row_number() over (order by id), hash_id"
+                f" from {alias}.calls where hash_id in (select hash_id from temp.pick)",
+                [base],
+            )
+        picked = [r[0] for r in conn.execute("select hash_id from temp.pick order by hash_id")]
+        known = conn.execute(
+            "select count(*) from temp.pick join main.samples using (hash_id)"
+        ).fetchone()[0]
+        return picked, known
+
+    def picked_call_ids(self, hash_id: str) -> dict[int, int]:
+        """Return a picked sample's call ids in the shard, each with its id here."""
+        return dict(
+            self.db.conn.execute(
+                "select old, new from temp.idmap where hash_id = ?", [hash_id]
+            ).fetchall()
+        )
+
+    def copy_picked(self, alias: str, origin: str, shard: str) -> None:
+        """Replace the picked samples' rows here with those of ``alias``, in one transaction.
+
+        Samples, rounds and items are copied as they are (``idx`` stays the seed's);
+        dropped items get new ids in their order there; calls get the ids ``idmap`` gave
+        them. Columns one side lacks (runs of another version) are left out.
+        """
+        conn = self.db.conn
+        where = "where hash_id in (select hash_id from temp.pick)"
+        with conn:
+            for table in (*_SAMPLE_TABLES, "calls", "merged"):
+                conn.execute(f"delete from main.{table} {where}")
+            for table in _SAMPLE_TABLES:
+                names = ", ".join(self._shared_columns(alias, table, skip=("id",)))
+                conn.execute(
+                    f"insert into main.{table} ({names}) select {names} from {alias}.{table}"
+                    f" {where} order by {_ORDER[table]}"
+                )
+            columns = self._shared_columns(alias, "calls", skip=("id",))
+            names = ", ".join(columns)
+            picked = ", ".join(f"c.{c}" for c in columns)
+            conn.execute(
+                f"insert into main.calls (id, {names}) select m.new, {picked}"
+                f" from {alias}.calls as c join temp.idmap as m on m.old = c.id order by m.new"
+            )
+            conn.execute(
+                "insert into main.merged (hash_id, origin, shard, updated_at, calls, last_call)"
+                " select hash_id, ?, ?, updated_at, calls, last_call from temp.pick",
+                [origin, shard],
+            )
+
+    def _shared_columns(self, alias: str, table: str, skip: Sequence[str] = ()) -> list[str]:
+        theirs = {
+            r[1] for r in self.db.conn.execute(f"pragma {alias}.table_info({table})").fetchall()
+        }
+        return [c for c in self.db[table].columns_dict if c in theirs and c not in skip]
+
+    def merged_origins(self) -> dict[str, int]:
+        """Return how many samples this merged run holds from each origin (run id)."""
+        return dict(
+            self.db.conn.execute("select origin, count(*) from merged group by origin").fetchall()
+        )
+
+
+class CheckpointRows:
+    """The raw rows of a LangGraph checkpoint database (``graph.sqlite``), for merging.
+
+    Rows are read and written as they are stored (``SqliteSaver``'s tables); the caller
+    decodes and re-encodes the values it changes. The tables must exist (the checkpointer's
+    ``setup`` creates them).
+    """
+
+    def __init__(self, path: Path | str):
+        """Open the checkpoint database at ``path``."""
+        self.conn = sqlite3.connect(str(path), timeout=60)
+        self.conn.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self) -> CheckpointRows:
+        """Return the open database."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the connection."""
+        self.close()
+
+    def threads(self) -> set[str]:
+        """Return the ids of the threads (samples) that have checkpoints."""
+        tables = {r[0] for r in self.conn.execute("select name from sqlite_master")}
+        if "checkpoints" not in tables:
+            return set()
+        return {r[0] for r in self.conn.execute("select distinct thread_id from checkpoints")}
+
+    def thread(self, thread_id: str) -> tuple[list[dict], list[dict]]:
+        """Return a thread's checkpoint rows and its pending-write rows."""
+        return tuple(  # type: ignore[return-value]
+            [
+                dict(r)
+                for r in self.conn.execute(
+                    f"select * from {table} where thread_id = ? order by rowid", [thread_id]
+                )
+            ]
+            for table in ("checkpoints", "writes")
+        )
+
+    def replace_threads(self, threads: dict[str, tuple[list[dict], list[dict]]]) -> None:
+        """Replace threads' rows with the given ones (no rows: the thread is deleted)."""
+        with self.conn:
+            for thread_id, tables in threads.items():
+                for table, rows in zip(("checkpoints", "writes"), tables, strict=True):
+                    self.conn.execute(f"delete from {table} where thread_id = ?", [thread_id])
+                    for row in rows:
+                        names = ", ".join(row)
+                        marks = ", ".join("?" for _ in row)
+                        self.conn.execute(
+                            f"insert into {table} ({names}) values ({marks})", list(row.values())
+                        )

@@ -64,7 +64,7 @@ from mmevol.graph.events import (
 from mmevol.graph.runtime.limits import Tally
 from mmevol.graph.runtime.llm import Usage, spent_so_far
 from mmevol.graph.runtime.prices import PriceTable
-from mmevol.graph.seed import SeedRow, raw_rows, row_key, seed_row
+from mmevol.graph.seed import SeedRow, raw_rows, row_key, seed_row, shard_rows
 from mmevol.graph.stop import Stop
 from mmevol.graph.store import Store
 
@@ -191,7 +191,7 @@ class _Parent:
         self.outstanding = [0] * count
         self.owner: dict[str, int] = {}
         """Which worker has the row of each key in flight."""
-        self.seed_rows = raw_rows(seed)
+        self.seed_rows = shard_rows(raw_rows(seed), settings.shard_of)
         self.limit = settings.limit
         self.retry_failed = retry_failed
         self.store = Store(settings.results_db)
