@@ -100,9 +100,7 @@ def record_run(store: Store, settings: Settings, seed: Path) -> None:
         store.set_meta("run_id", uuid.uuid4().hex)
 
 
-def count_total(
-    seed: Path, limit: int | None, shard: tuple[int, int] | None = None
-) -> int | None:
+def count_total(seed: Path, limit: int | None, shard: tuple[int, int] | None = None) -> int | None:
     """Return the rows a run will go through (None if the seed cannot be counted cheaply).
 
     A shard's rows are known only by reading every row's key, so a shard has no total.
@@ -115,9 +113,7 @@ def count_total(
     return total
 
 
-async def seed_rows(
-    seed: Path, shard: tuple[int, int] | None = None
-) -> AsyncIterator[SeedRow]:
+async def seed_rows(seed: Path, shard: tuple[int, int] | None = None) -> AsyncIterator[SeedRow]:
     """Yield the rows of a seed file (of one shard of it), as ``run_rows`` takes them."""
     for index, raw, error in shard_rows(raw_rows(Path(seed)), shard):
         yield seed_row(index, raw, error)

@@ -1115,10 +1115,14 @@ class Store:
         if clash is not None:
             return clash[0], clash[1]
         with conn:
-            conn.execute(f"insert into temp.claimed select hash_id, ? from {alias}.samples", [source])
+            conn.execute(
+                f"insert into temp.claimed select hash_id, ? from {alias}.samples", [source]
+            )
         return None
 
-    def held_by_another(self, alias: str, target: str, origin: str) -> tuple[str, str | None] | None:
+    def held_by_another(
+        self, alias: str, target: str, origin: str
+    ) -> tuple[str, str | None] | None:
         """Return a sample of ``alias`` that ``target`` holds from elsewhere, and from where.
 
         ``target`` is a merged run attached too; a sample it merged from the same origin
