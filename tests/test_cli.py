@@ -284,6 +284,12 @@ def test_a_spent_budget_says_to_raise_it_and_costs_nothing_more(sim, demo_seed):
         ("--max-tokens", 0, "--max-tokens must be at least 1"),
         ("--chunk-size", 0, "--chunk-size must be at least 1"),
         ("--image-detail", "huge", "--image-detail must be low, high or auto"),
+        ("--shard", "0/3", "--shard I/N needs 1 <= I <= N"),
+        ("--shard", "4/3", "--shard I/N needs 1 <= I <= N"),
+        ("--shard", "1/0", "--shard I/N needs 1 <= I <= N"),
+        ("--shard", "3", "--shard must be I/N, two whole numbers"),
+        ("--shard", "a/3", "--shard must be I/N, two whole numbers"),
+        ("--shard", "1.5/3", "--shard must be I/N, two whole numbers"),
     ],
 )
 def test_bad_values_are_one_line_and_nothing_is_written(option, value, words, demo_seed, tmp_path):

@@ -69,3 +69,15 @@ def test_estimate_prices_online_and_batch_side_by_side_per_model_and_in_total(tm
     assert "within 24 h" in text and "per model" in text
     total = next(line for line in text.splitlines() if "│ total" in line)
     assert f"{result.total_cost:.2f}" in total and f"{result.total_batch_cost:.2f}" in total
+
+
+def test_estimate_of_a_shard_counts_its_rows_only(tmp_path):
+    seed_path, _ = make_demo_seed(tmp_path, n=6, seed=0, bad=True)
+    parts = [estimate(Settings(shard=f"{i}/3"), seed_path) for i in (1, 2, 3)]
+    whole = estimate(Settings(), seed_path)
+    assert sum(p.samples for p in parts) == whole.samples
+    assert sum(p.skipped for p in parts) == whole.skipped
+    assert all(p.samples < whole.samples for p in parts)
+    result = CliRunner().invoke(app, ["estimate", str(seed_path), "--shard", "2/3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["samples"] == parts[1].samples

@@ -160,3 +160,38 @@ def test_the_api_key_is_written_nowhere(sim_factory, demo_seed, make_settings):
     assert {p.name for p in written} >= {"graph.sqlite", "results.db"}
     for path in written:
         assert key.encode() not in path.read_bytes(), path.name
+
+
+def test_a_shard_runs_its_rows_only_and_records_its_shard(sim, demo_seed, make_settings, tmp_path):
+    from mmevol.graph.events import Total
+    from mmevol.graph.seed import raw_rows, row_key, shard_index
+
+    seed_path, images = demo_seed
+    mine = [
+        (index, key)
+        for index, raw, error in raw_rows(seed_path)
+        if shard_index(key := row_key(index, raw if error is None else None), 2) == 2
+    ]
+    events = []
+    settings = make_settings(sim, images, run="half", shard="2/2")
+    report = runner.run(settings, seed_path, listener=events.append)
+    assert Total(None) in events  # a shard's size is not known without reading every row
+    with Store(settings.results_db) as store:
+        assert sorted(store.statuses()) == sorted(key for _, key in mine)
+        assert [r["idx"] for r in store.rows("samples")] == [i for i, _ in mine]
+        assert store.get_meta("settings")["shard"] == "2/2"
+        assert store.get_meta("seed_fingerprint").startswith("sha256:")
+        run_id = store.get_meta("run_id")
+    assert report.done + report.failed == len(mine)
+    # Resumed: nothing to do, and the run keeps its id.
+    assert runner.run(settings, seed_path).skipped == len(mine)
+    with Store(settings.results_db) as store:
+        assert store.get_meta("run_id") == run_id
+    # The export counts the shard's rows, not the seed's.
+    result = export_json(settings.results_db, tmp_path / "half.json")
+    assert result.never_started == 0
+    # --limit counts seed rows before sharding: shard 2/2 of the first 5 rows.
+    limited = make_settings(sim, images, run="limited", shard="2/2", limit=5)
+    runner.run(limited, seed_path)
+    with Store(limited.results_db) as store:
+        assert sorted(store.statuses()) == sorted(key for i, key in mine if i < 5)

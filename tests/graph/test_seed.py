@@ -367,3 +367,66 @@ def test_a_broken_json_list_counts_as_failed_and_runs_the_rest(
     report = runner.run(settings, path)
     assert (report.done, report.failed) == (3, 2)
     assert len(exported(settings, tmp_path)) == 3
+
+
+# -- shards (mmevol run --shard I/N) ----------------------------------------------------------
+
+
+def test_n_shards_cover_every_key_exactly_once():
+    import random
+
+    rng = random.Random(7)
+    alphabet = "abcxyz019_/.-é漢\U0001f600"
+    keys = (
+        {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(3000)}
+        | {f"#row-{n}" for n in range(200)}
+        | {hash_id_for(n, f"coco/{n}.jpg") for n in range(500)}
+    )
+    for count in (1, 2, 3, 5, 7, 16, 100):
+        shards = [seed.shard_index(k, count) for k in keys]
+        assert all(1 <= s <= count for s in shards)
+        if count <= 16:  # each shard gets its share, roughly
+            sizes = [shards.count(i) for i in range(1, count + 1)]
+            assert min(sizes) > len(keys) / count * 0.8, sizes
+
+
+def test_the_shard_of_a_key_is_fixed_on_every_machine():
+    # SHA-256 of the UTF-8 key, first 8 bytes big-endian, modulo N, plus 1: pinned so that a
+    # change of the function (which would split old shard runs differently) fails here.
+    assert [seed.shard_index("0_shapes_000000.jpg", n) for n in (1, 2, 3, 10)] == [1, 2, 1, 10]
+    assert [seed.shard_index(k, 3) for k in ("a", "b", "c", "#row-4")] == [2, 2, 3, 3]
+    assert [seed.shard_index(k, 7) for k in ("a", "b", "c", "#row-4", "é漢")] == [5, 1, 4, 6, 5]
+
+
+def test_shards_of_a_seed_take_every_row_good_or_bad_once(tmp_path):
+    from mmevol.sim.demo_seed import make_demo_seed
+
+    seed_path, _ = make_demo_seed(tmp_path, n=30, seed=1, bad=True)
+    (tmp_path / "extra.jsonl").write_text(
+        seed_path.read_text() + "not json\n" + json.dumps({**GOOD, "hash_id": "0_shapes"}) + "\n"
+    )
+    everything = list(seed.raw_rows(tmp_path / "extra.jsonl"))
+    for count in (1, 2, 3, 4, 9):
+        taken = [
+            row[0]
+            for i in range(1, count + 1)
+            for row in seed.shard_rows(iter(everything), (i, count))
+        ]
+        assert sorted(taken) == list(range(len(everything))), count
+    assert list(seed.shard_rows(iter(everything), None)) == everything
+
+
+def test_a_seed_fingerprint_is_its_content_not_its_path(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b" / "seed.jsonl"
+    b.parent.mkdir()
+    a.write_text(json.dumps(GOOD) + "\n")
+    b.write_text(json.dumps(GOOD) + "\n")
+    assert seed.fingerprint(a) == seed.fingerprint(b)
+    b.write_text(json.dumps({**GOOD, "id": "43"}) + "\n")
+    assert seed.fingerprint(a) != seed.fingerprint(b)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "0.json").write_text(json.dumps(GOOD))
+    first = seed.fingerprint(folder)
+    os.mkfifo(folder / "1.json")  # never opened
+    assert seed.fingerprint(folder) != first
