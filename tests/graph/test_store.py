@@ -10,7 +10,7 @@ V010 = Path(__file__).resolve().parents[1] / "fixtures" / "run_v0_1_0" / "checkp
 
 EXPECTED_TABLES = {
     "meta", "samples", "rounds", "items", "dropped", "calls", "batch_shards", "batch_requests",
-    "_sqlite_migrations",
+    "merged", "_sqlite_migrations",
 }  # fmt: skip
 
 
