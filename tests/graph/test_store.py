@@ -33,6 +33,7 @@ def test_reopen_applies_nothing_twice(tmp_path):
             "m003_judge_reason",
             "m004_cached_and_batch_prices",
             "m006_batches",
+            "m007_shards",
         ]
 
 
