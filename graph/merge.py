@@ -55,9 +55,17 @@ IGNORED_SETTINGS = frozenset(
         "max_calls",
         "prices",
         "keep_history",
+        "batch",
+        "batch_dir",
+        "batch_flush",
+        "batch_poll",
+        "batch_fallback",
+        "batch_max_requests",
+        "batch_max_bytes",
     }
 )
-"""Settings that may differ between shards: where and how fast they ran, not what they made.
+"""Settings that may differ between shards: where, how fast and how (online or in batch mode)
+they ran, not what they made.
 Every other setting recorded by both shards must be equal."""
 
 THREADS_PER_WRITE = 200
