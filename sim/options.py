@@ -39,11 +39,22 @@ class SimOptions:
     """Share of every prompt's tokens reported as read from a prompt cache (rounded down),
     in ``usage.prompt_tokens_details.cached_tokens`` as OpenAI reports it; 0 reports no
     details. A fixed share, not a real cache: the same request always reports the same."""
+    batch_turnaround: float = 0.0
+    """Seconds a batch takes: its lines are answered progressively over this time."""
+    batch_failed_lines: float = 0.0
+    """Share of batch lines that fail with a 500 (in the error file) instead of an answer."""
+    batch_expire_after: float | None = None
+    """Seconds after creation when a batch not done expires, keeping its partial output."""
+    batch_max_requests: int = 50_000
+    """Lines a batch input file may hold (OpenAI's limit)."""
+    batch_max_bytes: int = 200 * 2**20
+    """Bytes a batch input file may hold (OpenAI's 200 MB)."""
 
     def __post_init__(self) -> None:
         """Check the rates and the latency distribution."""
         rates = ("error_rate", "rate_limit_rate", "garbage_rate", "truncate_rate",
-                 "verdict_mismatch_rate", "no_rate", "cached_share")  # fmt: skip
+                 "verdict_mismatch_rate", "no_rate", "cached_share",
+                 "batch_failed_lines")  # fmt: skip
         for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
@@ -51,3 +62,7 @@ class SimOptions:
             raise ValueError('latency_dist must be "fixed" or "heavy"')
         if self.latency_ms < 0 or self.retry_after < 0:
             raise ValueError("latency_ms and retry_after must not be negative")
+        if self.batch_turnaround < 0 or (self.batch_expire_after or 0) < 0:
+            raise ValueError("batch_turnaround and batch_expire_after must not be negative")
+        if self.batch_max_requests < 1 or self.batch_max_bytes < 1:
+            raise ValueError("batch_max_requests and batch_max_bytes must be positive")

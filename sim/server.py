@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -12,12 +13,16 @@ import random
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from mmevol.graph.runtime.limits import estimate_prompt_tokens, estimate_tokens
 from mmevol.sim.answers import NOT_COMPLETIONS, build_reply, classify, make_rng, read_messages
+from mmevol.sim.batches import FilesAndBatches
+from mmevol.sim.errors import error_body, error_response
 from mmevol.sim.options import SimOptions
 
 SCRIPT_KINDS = ("status", "content", "hang", "drop", *NOT_COMPLETIONS)
@@ -25,18 +30,35 @@ SCRIPT_KINDS = ("status", "content", "hang", "drop", *NOT_COMPLETIONS)
 behaviour (``set_behaviour``), which never answers until the behaviour is cleared."""
 FAULTS = (
     "error", "rate_limit", "garbage", "truncate", "verdict_mismatch",
-    "unauthorized", "bad_request", "scripted", "behaviour",
+    "unauthorized", "bad_request", "scripted", "behaviour", "batch_failed",
 )  # fmt: skip
-_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 429: "requests"}
+BATCH_OPTIONS = (
+    "batch_turnaround", "batch_failed_lines", "batch_expire_after",
+    "batch_max_requests", "batch_max_bytes",
+)  # fmt: skip
+"""The ``SimOptions`` fields that ``set_batch`` (and ``POST /sim/batch``) change at run time."""
+_error = error_response
 
 
-def _error(
-    status: int, message: str, code: str | None = None, param: str | None = None, **kw: Any
-) -> web.Response:
-    """Build an OpenAI-style error response."""
-    kind = _ERROR_TYPES.get(status, "server_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return web.json_response(body, status=status, **kw)
+def body_digest(raw: bytes, body: Any) -> str:
+    """Name a request body: the same JSON body gets the same digest however it is spelled.
+
+    So a batch line and an online request of the same body are one body to the server.
+    """
+    if isinstance(body, dict):
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass
+class Outcome:
+    """One chat answer computed from a body: what an online request or a batch line gets."""
+
+    status: int
+    payload: dict[str, Any]
+    headers: dict[str, str] | None = None
+    delay: float = 0.0
+    """Seconds an online request waits before the answer is sent (batch lines do not)."""
 
 
 class SimServer:
@@ -62,6 +84,8 @@ class SimServer:
         self._behaviour: dict[str, Any] | None = None
         self._cleared: asyncio.Event | None = None
         self._in_flight = 0
+        self._clock_offset = 0.0
+        self._desk = FilesAndBatches(self)
         self.reset()
 
     @property
@@ -80,6 +104,7 @@ class SimServer:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         self._loop = asyncio.new_event_loop()
+        self._desk.open()
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -99,6 +124,7 @@ class SimServer:
         ready.wait()
         if failure:
             self._thread = None
+            self._desk.close()
             raise failure[0]
         return self
 
@@ -110,6 +136,9 @@ class SimServer:
         app.router.add_post("/sim/behaviour", self._set_behaviour)
         app.router.add_get("/sim/stats", self._stats)
         app.router.add_post("/sim/reset", self._reset)
+        app.router.add_post("/sim/batch", self._set_batch)
+        app.router.add_post("/sim/advance", self._advance)
+        self._desk.add_routes(app)
         # No access log: benchmarks push thousands of requests a second through here.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
         self._cleared = asyncio.Event()
@@ -121,10 +150,43 @@ class SimServer:
         if self._thread is None or self._loop is None or self._runner is None:
             return
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._desk.shutdown(), self._loop).result(60)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
         self._thread = self._loop = self._runner = None
+        self._desk.close()
+
+    @property
+    def files_dir(self) -> Path | None:
+        """The temporary folder holding the uploaded and produced files (None when stopped)."""
+        return self._desk.folder
+
+    def clock(self) -> float:
+        """The server's time for files and batches: the wall clock moved on by ``advance``."""
+        return time.time() + self._clock_offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the batches' clock forward, as if ``seconds`` had passed (turnaround, expiry)."""
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        self._clock_offset += seconds
+
+    def set_batch(self, **options: Any) -> None:
+        """Change batch options at run time; they apply to running batches from now on.
+
+        Args:
+            **options: Any of ``BATCH_OPTIONS``: batch_turnaround, batch_failed_lines,
+                batch_expire_after, batch_max_requests, batch_max_bytes.
+        """
+        unknown = set(options) - set(BATCH_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown batch options {sorted(unknown)}; use {BATCH_OPTIONS}")
+        self.options = dataclasses.replace(self.options, **options)
+
+    def _count_batch_api(self, name: str) -> None:
+        with self._lock:
+            self._batch_api[name] += 1
 
     def __enter__(self) -> SimServer:
         """Start the server."""
@@ -182,6 +244,12 @@ class SimServer:
         Also ``answered``, the chat requests answered 200 (whatever the content: these
         are the calls a client pays for, even when it is gone before the answer comes),
         and ``in_flight``, the chat requests being served right now (not reset).
+
+        Batch lines count as chat requests (``requests``, ``by_kind``, ``bodies``, and
+        ``answered`` when answered 200), and also in ``batch_lines_answered`` (200) or
+        ``batch_lines_failed`` (any other status; lines never run are in neither).
+        ``files_created`` counts uploads (not the output files), ``batches_created``
+        the batches created, valid or not.
         """
         with self._lock:
             return {
@@ -191,6 +259,9 @@ class SimServer:
                 "by_kind": dict(self._by_kind),
                 "faults": dict(self._faults),
                 "bodies": dict(self._bodies),
+                "batch_lines_answered": self._batch_lines_answered,
+                "batch_lines_failed": self._batch_lines_failed,
+                **self._batch_api,
             }
 
     def reset(self) -> None:
@@ -198,6 +269,9 @@ class SimServer:
         with self._lock:
             self._requests = 0
             self._answered = 0
+            self._batch_lines_answered = 0
+            self._batch_lines_failed = 0
+            self._batch_api = dict.fromkeys(("files_created", "batches_created"), 0)
             self._by_kind = dict.fromkeys(("evolve", "score", "other"), 0)
             self._faults = dict.fromkeys(FAULTS, 0)
             self._bodies: dict[str, int] = {}
@@ -225,20 +299,15 @@ class SimServer:
 
     async def _serve_chat(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        digest = hashlib.sha256(raw).hexdigest()
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
+        digest = body_digest(raw, body)
         body = body if isinstance(body, dict) else {}
         text, images = read_messages(body)
-        kind = classify(text)
         with self._lock:
-            self._requests += 1
-            self._by_kind[kind] += 1
-            seen = self._bodies.get(digest, 0)
-            self._bodies[digest] = seen + 1
-            self.recent.append(text)
+            seen = self._note(digest, text)
             script = self._queue.popleft() if self._queue else None
             standing = self._behaviour
         if script is not None:
@@ -257,29 +326,73 @@ class SimServer:
         if opts.api_key and request.headers.get("Authorization") != f"Bearer {opts.api_key}":
             self._count("unauthorized")
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        outcome = self._answer(body, digest, seen, text, images)
+        if outcome.delay:
+            await asyncio.sleep(outcome.delay)
+        return web.json_response(outcome.payload, status=outcome.status, headers=outcome.headers)
+
+    def _note(self, digest: str, text: str) -> int:
+        """Count a chat request (under the lock); return how often its body was seen before."""
+        self._requests += 1
+        self._by_kind[classify(text)] += 1
+        seen = self._bodies.get(digest, 0)
+        self._bodies[digest] = seen + 1
+        self.recent.append(text)
+        return seen
+
+    def answer_line(self, body: dict[str, Any], fail_rate: float = 0.0) -> Outcome:
+        """Answer one batch line's body as ``POST /v1/chat/completions`` answers it.
+
+        The line counts as a request like an online one (``requests``, ``bodies``, and
+        ``answered`` when it is answered 200). ``fail_rate`` is the share of lines that fail
+        with a 500 instead, drawn from the seed, the body and how often it was seen before,
+        so a retried line draws again.
+        """
+        digest = body_digest(b"", body)
+        text, images = read_messages(body)
+        with self._lock:
+            seen = self._note(digest, text)
+        if fail_rate and make_rng(self.options.seed, "batch", digest, seen).random() < fail_rate:
+            self._count("batch_failed")
+            message = "The server had an error while processing this request of the batch."
+            outcome = Outcome(500, error_body(500, message))
+        else:
+            outcome = self._answer(body, digest, seen, text, images)
+        with self._lock:
+            self._answered += outcome.status == 200
+            self._batch_lines_answered += outcome.status == 200
+            self._batch_lines_failed += outcome.status != 200
+        return outcome
+
+    def _answer(
+        self, body: dict[str, Any], digest: str, seen: int, text: str, images: int
+    ) -> Outcome:
+        """Compute the answer to a chat body: the one code path of online and batch answers."""
+        opts = self.options
         problem = self._problem(body)
         if problem:
             self._count("bad_request")
-            return _error(400, problem[1], problem[0], param=problem[0])
-        # A retry repeats the body byte for byte; counting earlier sightings lets it draw
-        # fresh faults while staying reproducible.
+            return Outcome(400, error_body(400, problem[1], problem[0], param=problem[0]))
+        # A retry repeats the body; counting earlier sightings lets it draw fresh faults
+        # while staying reproducible.
         rng = make_rng(opts.seed, digest, seen)
         delay = self._latency(rng)
         draw = rng.random()
         if draw < opts.rate_limit_rate:
             self._count("rate_limit")
             message = "Rate limit reached; try again shortly."
-            return _error(429, message, "rate_limit_exceeded", headers=self._retry_headers())
-        if delay:
-            await asyncio.sleep(delay)
+            payload = error_body(429, message, "rate_limit_exceeded")
+            return Outcome(429, payload, headers=self._retry_headers())
         if draw < opts.rate_limit_rate + opts.error_rate:
             self._count("error")
-            return _error(500, "The server had an error while processing your request.")
+            message = "The server had an error while processing your request."
+            return Outcome(500, error_body(500, message), delay=delay)
         reply = build_reply(text, body, opts, rng)
         if reply.fault:
             self._count(reply.fault)
         prompt = estimate_prompt_tokens(text, images)
-        return self._completion(body, reply.content, reply.finish_reason, prompt)
+        payload = self._completion(body, reply.content, reply.finish_reason, prompt)
+        return Outcome(200, payload, delay=delay)
 
     def _problem(self, body: dict[str, Any]) -> tuple[str, str] | None:
         """Return (parameter, message) when the request cannot be served, else None."""
@@ -328,7 +441,8 @@ class SimServer:
             return web.Response(status=200, text=text, content_type=content_type)
         if script["kind"] == "content":
             content = str(script.get("content", ""))
-            return self._completion(body, content, script.get("finish_reason", "stop"), prompt)
+            finish = script.get("finish_reason", "stop")
+            return web.json_response(self._completion(body, content, finish, prompt))
         status = int(script.get("status", 500))
         headers = dict(script.get("headers") or {})
         if status == 429 and not headers:
@@ -342,25 +456,25 @@ class SimServer:
 
     def _completion(
         self, body: dict[str, Any], content: str, finish_reason: str, prompt: int
-    ) -> web.Response:
+    ) -> dict[str, Any]:
         completion = estimate_tokens(content)
-        self._ids += 1
+        with self._lock:
+            self._ids += 1
+            number = self._ids
         message = {"role": "assistant", "content": content, "refusal": None}
         choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
         usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
         if self.options.cached_share:
             cached = math.floor(prompt * self.options.cached_share)
             usage["prompt_tokens_details"] = {"cached_tokens": cached}
-        return web.json_response(
-            {
-                "id": f"chatcmpl-sim{self._ids}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model") or self.options.model,
-                "choices": [choice],
-                "usage": {**usage, "total_tokens": prompt + completion},
-            }
-        )
+        return {
+            "id": f"chatcmpl-sim{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.options.model,
+            "choices": [choice],
+            "usage": {**usage, "total_tokens": prompt + completion},
+        }
 
     async def _models(self, request: web.Request) -> web.Response:
         with self._lock:
@@ -389,6 +503,21 @@ class SimServer:
         except (ValueError, TypeError) as exc:
             return _error(400, f"Bad behaviour: {exc}")
         return web.json_response({"behaviour": fields.get("kind")})
+
+    async def _set_batch(self, request: web.Request) -> web.Response:
+        try:
+            fields = await request.json()
+            self.set_batch(**fields)
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"Bad batch options: {exc}")
+        return web.json_response({name: getattr(self.options, name) for name in BATCH_OPTIONS})
+
+    async def _advance(self, request: web.Request) -> web.Response:
+        try:
+            self.advance(float((await request.json())["seconds"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            return _error(400, f'Bad advance: send {{"seconds": N}} ({exc})')
+        return web.json_response({"clock": self.clock()})
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
