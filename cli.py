@@ -742,6 +742,18 @@ def serve_sim(
     cached_share: Annotated[
         float, typer.Option(help="Share of prompt tokens reported as cached (prompt caching).")
     ] = 0.0,
+    batch_turnaround: Annotated[
+        float, typer.Option(help="Seconds a batch takes; its lines are answered over them.")
+    ] = 0.0,
+    batch_failed_lines: Annotated[
+        float, typer.Option(help="Share of batch lines that fail with a 500.")
+    ] = 0.0,
+    batch_expire_after: Annotated[
+        float | None, typer.Option(help="Seconds after which a batch not done expires.")
+    ] = None,
+    batch_max_requests: Annotated[int, typer.Option(help="Lines a batch may hold.")] = 50_000,
+    batch_max_bytes: Annotated[int, typer.Option(help="Bytes a batch input file may hold.")] = 200
+    * 2**20,
 ) -> None:
     """Serve the simulated OpenAI-compatible endpoint on loopback (Ctrl-C stops it)."""
     from mmevol.sim.server import SimOptions, serve_forever
@@ -757,6 +769,11 @@ def serve_sim(
         truncate_rate=truncate_rate,
         api_key=api_key,
         cached_share=cached_share,
+        batch_turnaround=batch_turnaround,
+        batch_failed_lines=batch_failed_lines,
+        batch_expire_after=batch_expire_after,
+        batch_max_requests=batch_max_requests,
+        batch_max_bytes=batch_max_bytes,
     )
     serve_forever(options, "127.0.0.1", port)
 

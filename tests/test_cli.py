@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import openai
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -492,3 +496,24 @@ def test_estimate_takes_its_options_from_settings_too():
         shown = params[name].help.replace("\\[", "[")  # rich escapes
         assert shown.startswith(fields[name].metadata["help"]), name
         assert params[name].default == fields[name].default, name
+
+
+def test_serve_sim_takes_the_batch_options():
+    command = [sys.executable, "-m", "mmevol", "serve-sim", "--port", "0"]
+    command += ["--batch-turnaround", "100", "--batch-expire-after", "10"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        base_url = process.stdout.readline().strip()
+        api = openai.OpenAI(base_url=base_url, api_key="t", max_retries=0)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        upload = api.files.create(file=("in.jsonl", json.dumps(line).encode()), purpose="batch")
+        batch = api.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.expires_at == batch.created_at + 10
+        assert api.batches.retrieve(batch.id).request_counts.completed == 0
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
