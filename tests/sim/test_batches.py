@@ -444,3 +444,18 @@ def test_stopping_in_the_middle_of_a_batch_stops_its_work():
     poll.join()
     answered = server.stats()["batch_lines_answered"]
     assert 0 < answered < len(requests) and not folder.exists() and cut
+
+
+def test_files_and_batches_need_the_api_key_when_one_is_set(sim_factory):
+    server = sim_factory(api_key="right")
+    wrong = openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.files.create(file=("in.jsonl", jsonl(bodies(1))), purpose="batch")
+    with pytest.raises(openai.AuthenticationError):
+        wrong.batches.list()
+    right = openai.OpenAI(base_url=server.base_url, api_key="right", max_retries=0)
+    upload = right.files.create(file=("in.jsonl", jsonl(bodies(1))), purpose="batch")
+    batch = right.batches.create(
+        input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h"
+    )
+    assert right.batches.retrieve(batch.id).id == batch.id
