@@ -18,14 +18,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 from aiohttp import web
 
 from mmevol.sim.errors import error_response
-
-if TYPE_CHECKING:
-    from mmevol.sim.server import SimServer
+from mmevol.sim.options import SimOptions
 
 ENDPOINT = "/v1/chat/completions"
 """The one endpoint batches may name: the only one the simulated server answers."""
@@ -39,6 +37,24 @@ WAIT_SECONDS = 2.0
 """How long a call that observes a batch waits for its due lines before answering."""
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 CHUNK = 1 << 20
+
+
+class Host(Protocol):
+    """What the Files and Batch APIs need of the server (``SimServer``)."""
+
+    options: SimOptions
+
+    def clock(self) -> float:
+        """Return the batches' time."""
+        ...
+
+    def answer_line(self, body: dict[str, Any], fail_rate: float = 0.0) -> Any:
+        """Answer one line's body as the chat route does; return its ``Outcome``."""
+        ...
+
+    def count_batch_api(self, name: str) -> None:
+        """Count a file upload ("files_created") or a batch ("batches_created")."""
+        ...
 
 
 def _new_id(prefix: str) -> str:
@@ -211,7 +227,7 @@ def _check_line(raw: bytes, seen: set[str]) -> tuple[str, str, str | None] | Non
 class FilesAndBatches:
     """The Files and Batch APIs of one ``SimServer``; lives on the server's event loop."""
 
-    def __init__(self, server: SimServer) -> None:
+    def __init__(self, server: Host) -> None:
         """Serve for ``server``, which answers the lines and keeps the counters."""
         self.server = server
         self.folder: Path | None = None
@@ -304,7 +320,7 @@ class FilesAndBatches:
             message = f"The purpose {purpose!r} is not one of {', '.join(FILE_PURPOSES)}."
             return error_response(400, message, "invalid_purpose", "purpose")
         stored = self._store(upload[1], upload[2], purpose, upload[0])
-        self.server._count_batch_api("files_created")
+        self.server.count_batch_api("files_created")
         return web.json_response(stored.view())
 
     async def _list_files(self, request: web.Request) -> web.Response:
@@ -393,7 +409,7 @@ class FilesAndBatches:
             handle=stored.path.open("rb"),
         )
         self.batches[batch.id] = batch
-        self.server._count_batch_api("batches_created")
+        self.server.count_batch_api("batches_created")
         view = batch.view(self._expires(batch))
         batch.task = asyncio.get_running_loop().create_task(self._validate(batch))
         return web.json_response(view)

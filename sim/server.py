@@ -149,8 +149,8 @@ class SimServer:
         """Stop serving and join the thread; calls still in flight are cut off."""
         if self._thread is None or self._loop is None or self._runner is None:
             return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         asyncio.run_coroutine_threadsafe(self._desk.shutdown(), self._loop).result(60)
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -184,7 +184,8 @@ class SimServer:
             raise ValueError(f"unknown batch options {sorted(unknown)}; use {BATCH_OPTIONS}")
         self.options = dataclasses.replace(self.options, **options)
 
-    def _count_batch_api(self, name: str) -> None:
+    def count_batch_api(self, name: str) -> None:
+        """Count an upload ("files_created") or a batch ("batches_created")."""
         with self._lock:
             self._batch_api[name] += 1
 
