@@ -752,8 +752,9 @@ def serve_sim(
         float | None, typer.Option(help="Seconds after which a batch not done expires.")
     ] = None,
     batch_max_requests: Annotated[int, typer.Option(help="Lines a batch may hold.")] = 50_000,
-    batch_max_bytes: Annotated[int, typer.Option(help="Bytes a batch input file may hold.")] = 200
-    * 2**20,
+    batch_max_bytes: Annotated[
+        int, typer.Option(help="Bytes a batch input file may hold (200 MiB).")
+    ] = 209_715_200,
 ) -> None:
     """Serve the simulated OpenAI-compatible endpoint on loopback (Ctrl-C stops it)."""
     from mmevol.sim.server import SimOptions, serve_forever
