@@ -557,7 +557,8 @@ class BatchQueue:
     async def _finish(self, shard: dict) -> int:
         """Record a finished shard's results; requests without one are asked again."""
         recorded, cost = 0, 0.0
-        for path in await self.backend.results(shard, self.folder):
+        paths = await self.backend.results(shard, self.folder)
+        for path in paths:
             for result in read_results(path):
                 request = self.store.request(result.key)
                 if request is None or request["shard"] != shard["id"]:
@@ -572,6 +573,9 @@ class BatchQueue:
                     result.key, state=state, status=result.status, error=result.error,
                     failures=failures,
                 )  # fmt: skip
+        if self.backend.mode == "api":  # downloads: the answers are recorded now
+            for path in paths:
+                path.unlink(missing_ok=True)
         left = "online" if shard.get("fallback") else "missing"
         unanswered = self.store.move_requests(shard["id"], "submitted", left)
         self.store.update_shard(

@@ -291,3 +291,179 @@ def test_a_batch_run_costs_half_the_online_run_of_the_same_calls(
         cost[settings.run] = sum(prices.row_cost(row) for row in spent)
     assert cost["online"] > 0
     assert cost["half"] == pytest.approx(cost["online"] / 2, rel=1e-12)
+
+
+# -- the Batch API of the simulated endpoint (/v1/files, /v1/batches) -----------------------
+
+
+def _recorded_batches(settings) -> list[dict]:
+    with Store(settings.results_db) as store:
+        return [s for s in store.rows("batch_shards") if s["batch_id"]]
+
+
+def test_batch_api_run_exports_what_an_online_run_exports(
+    sim_factory, make_settings, seed16, reference16, tmp_path
+):
+    sim = sim_factory(seed=0, batch_turnaround=0.2)
+    seed_path, images = seed16
+    settings = make_settings(sim, images, run="api", batch=True, batch_poll=0.05)
+    report = runner.run(settings, seed_path)
+    assert (report.done, report.failed, report.parked, report.stop) == (16, 0, 0, None)
+    assert _export(settings, tmp_path, "api") == reference16[0]
+    stats = sim.stats()
+    assert stats["requests"] == stats["batch_lines_answered"] == reference16[1]
+    batches = _recorded_batches(settings)
+    assert stats["batches_created"] == len(batches) >= 6
+    assert all(b["status"] == "completed" and b["state"] == "finished" for b in batches)
+    with Store(settings.results_db) as store:
+        assert all(c["batch"] == 1 for c in store.rows("calls"))
+        # Shard files are removed once the server has them.
+        assert not list((settings.run_dir / "batches").glob("*.jsonl"))
+        summary = store.batch_summary()
+    assert summary["parked"] == 0 and summary["waiting"] == 0
+
+
+def test_kill_9_during_batches_then_resume_creates_no_batch_twice(
+    sim_factory, cli_run, seed16, reference16, tmp_path
+):
+    """SIGKILL at random moments (submitting, polling, downloading); then resume."""
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    sim = sim_factory(seed=0, batch_turnaround=0.3)
+    seed_path, images = seed16
+    checkpoints = tmp_path / "cp"
+    rng = random.Random(7)
+    for _ in range(5):
+        proc = cli_run(
+            seed_path, images, sim, checkpoints, "kill", "--batch", "--batch-poll", "0.05"
+        )
+        time.sleep(rng.uniform(1.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc = cli_run(seed_path, images, sim, checkpoints, "kill", "--batch", "--batch-poll", "0.05")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    results = checkpoints / "kill" / "results.db"
+    with Store(results) as store:
+        counted = store.answered_calls()
+        batches = [s for s in store.rows("batch_shards") if s["batch_id"]]
+    assert counted["answered"] == counted["keys"]
+    stats = sim.stats()
+    # Every batch the server created is on record: none was created twice.
+    assert stats["batches_created"] == len(batches)
+    # No request was answered twice (a shard dropped before its batch existed cost nothing).
+    assert stats["batch_lines_answered"] == reference16[1]
+    exported = tmp_path / "kill.json"
+    subprocess.run(
+        [sys.executable, "-m", "mmevol", "export", "--run", "kill", "--checkpoints",
+         str(checkpoints), "-o", str(exported)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert json.loads(exported.read_text()) == reference16[0]
+
+
+def test_an_expired_batch_keeps_its_partial_output(
+    sim_factory, make_settings, seed16, reference16, tmp_path
+):
+    """The first batches expire half-way: what they answered is kept, the rest goes again."""
+    sim = sim_factory(seed=0, batch_turnaround=1.0, batch_expire_after=0.6)
+    seed_path, images = seed16
+    settings = make_settings(sim, images, run="expire", batch=True, batch_poll=0.05, limit=8)
+
+    def heal() -> None:  # once two batches expired, batches complete again
+        while sim.stats()["batches_created"] < 2:
+            time.sleep(0.02)
+        time.sleep(1.0)
+        sim.set_batch(batch_turnaround=0.1, batch_expire_after=None)
+
+    healer = threading.Thread(target=heal, daemon=True)
+    healer.start()
+    report = runner.run(settings, seed_path)
+    healer.join(5)
+    assert (report.done, report.failed) == (8, 0)
+    assert _export(settings, tmp_path, "expire") == reference16[0][:8]
+    expired = [b for b in _recorded_batches(settings) if b["status"] == "expired"]
+    assert expired and all(0 < b["completed"] < b["requests"] for b in expired)
+    # The answers an expired batch gave were kept: nothing was answered twice.
+    with Store(settings.results_db) as store:
+        counted = store.answered_calls()
+    assert counted["answered"] == counted["keys"] == sim.stats()["batch_lines_answered"]
+
+
+def test_failed_lines_are_retried_and_counted(
+    sim_factory, make_settings, seed16, reference16, tmp_path
+):
+    sim = sim_factory(seed=0, batch_turnaround=0.05, batch_failed_lines=0.3)
+    seed_path, images = seed16
+    settings = make_settings(sim, images, run="lines", batch=True, batch_poll=0.05, limit=8)
+    report = runner.run(settings, seed_path)
+    assert (report.done, report.failed) == (8, 0)
+    assert _export(settings, tmp_path, "lines") == reference16[0][:8]
+    with Store(settings.results_db) as store:
+        errors = [c for c in store.rows("calls") if c["error"]]
+        requests = store.rows("batch_requests")
+    stats = sim.stats()
+    assert errors and len(errors) == stats["batch_lines_failed"]
+    assert all(e["error"].startswith("batch line: HTTP 500") and e["batch"] == 1 for e in errors)
+    assert sum(r["failures"] or 0 for r in requests) == len(errors)
+
+
+def test_a_batch_created_but_not_recorded_is_adopted_not_created_again(
+    sim, make_settings, tmp_path, monkeypatch
+):
+    """The process dies right after the server created the batch, before it was recorded."""
+    import asyncio
+
+    from mmevol.graph.runtime import batchapi
+
+    settings = make_settings(sim, tmp_path, run="adopt", batch=True)
+    settings.run_dir.mkdir(parents=True)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+    request = {
+        "key": "s|r1|evolve|a1|c0", "hash_id": "s", "branch": "main", "round": 1,
+        "node": "evolve", "attempt": 1, "chunk": 0, "model": "gpt-4o-mini",
+    }  # fmt: skip
+
+    class Killed(BaseException):
+        pass
+
+    def make_queue(store):
+        return batchapi.BatchQueue(
+            settings, store, on_result=lambda r, res: ("answered", 0.0), spent=lambda: 0.0,
+            on_stop=lambda reason: None, on_notice=notices.append,
+        )  # fmt: skip
+
+    notices: list[str] = []
+
+    async def first_life():
+        with Store(settings.results_db) as store:
+            queue = make_queue(store)
+            await queue.start()
+            await queue.put(request, body, 0.0)
+            real = queue._submitted
+
+            def die(shard, fields):
+                raise Killed  # the batch exists on the server; the store says "creating"
+
+            queue._submitted = die
+            await queue.flush()
+            queue._submitted = real
+            (shard,) = store.shards()
+            assert shard["state"] == "creating" and shard["batch_id"] is None
+
+    async def second_life():
+        with Store(settings.results_db) as store:
+            queue = make_queue(store)
+            await queue.start()
+            (shard,) = store.shards()
+            assert shard["state"] == "submitted" and shard["batch_id"].startswith("batch_")
+            assert store.request(request["key"])["state"] == "submitted"
+            await queue.aclose()
+
+    asyncio.run(first_life())
+    asyncio.run(second_life())
+    assert sim.stats()["batches_created"] == 1
+    assert any("not submitted again" in n for n in notices)
