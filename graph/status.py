@@ -60,6 +60,7 @@ def batch_rows(shards: list[dict]) -> list[dict]:
             "batch": s["batch_id"] or s["file_id"] or "",
             "state": s["state"] if s["state"] != "submitted" else (s["status"] or "submitted"),
             "requests": s["requests"],
+            "mb": round((s["bytes"] or 0) / 2**20, 1),
             "completed": s["completed"] or 0,
             "failed": s["failed"] or 0,
             "age": _age(now - (s["submitted_at"] or s["created_at"] or now)),

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
     "overhead": ["overhead:"],
+    "batch": ["batch:"],
     "latency": ["latency:", "latency-cpu:"] * 2,  # one worker, then two
     "barrier": ["barrier-scheduling:", "barrier:"],
     "footprint": ["footprint:", "footprint:", "footprint-flat:"],
