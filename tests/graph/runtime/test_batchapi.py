@@ -259,6 +259,22 @@ def test_max_cost_counts_what_submitted_batches_may_cost(sim, make_settings, see
         (shard,) = store.rows("batch_shards")
     # 4 image requests of 4096 output tokens at half gpt-4o-mini's price exceed $0.001.
     assert shard["state"] == "closed" and shard["estimate"] > 0.001
+    # status lists the shard and the parked samples.
+    from typer.testing import CliRunner
+
+    from mmevol.cli import app
+    from mmevol.graph.status import run_summary
+
+    summary = run_summary(settings.results_db)
+    assert summary["samples"]["parked"] == 4
+    (row,) = summary["batches"]
+    assert row["state"] == "closed" and row["requests"] >= 4 and row["estimate_usd"] > 0.001
+    shown = CliRunner().invoke(
+        app,
+        ["status", "--run", "budget", "--checkpoints", str(settings.checkpoints)],
+        env={"COLUMNS": "250"},
+    )
+    assert shown.exit_code == 0 and "parked 4" in shown.output and row["shard"] in shown.output
     # An online run leaves the parked samples alone (asking them online would pay twice).
     report = runner.run(make_settings(sim, images, run="budget", limit=4), seed_path)
     assert (report.done, report.parked) == (0, 4)
