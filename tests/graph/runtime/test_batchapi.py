@@ -483,3 +483,32 @@ def test_a_batch_created_but_not_recorded_is_adopted_not_created_again(
     asyncio.run(second_life())
     assert sim.stats()["batches_created"] == 1
     assert any("not submitted again" in n for n in notices)
+
+
+def test_ctrl_c_while_batches_run_then_the_same_command_collects_them(
+    sim_factory, cli_run, seed16, tmp_path
+):
+    import signal
+
+    sim = sim_factory(seed=0, batch_turnaround=3.0)
+    seed_path, images = seed16
+    checkpoints = tmp_path / "cp"
+    extra = ("--batch", "--batch-poll", "0.05", "--limit", "4")
+    proc = cli_run(seed_path, images, sim, checkpoints, "ctrlc", *extra)
+    deadline = time.monotonic() + 60
+    while sim.stats()["batches_created"] < 1:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "4 samples are parked waiting for batch answers" in err
+    sim.set_batch(batch_turnaround=0.05)
+    proc = cli_run(seed_path, images, sim, checkpoints, "ctrlc", *extra)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "4 done" in out
+    assert sim.stats()["batches_created"] >= 6
+    with Store(checkpoints / "ctrlc" / "results.db") as store:
+        counted = store.answered_calls()
+    assert counted["answered"] == counted["keys"] == sim.stats()["batch_lines_answered"]
