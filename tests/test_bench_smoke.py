@@ -18,6 +18,7 @@ EXPECTED = {
     "barrier": ["barrier-scheduling:", "barrier:"],
     "footprint": ["footprint:", "footprint:", "footprint-flat:"],
     "export": ["export:"] * 8 + ["export-flat:"] * 4,
+    "scale": ["scale:", "scale:", "scale-ratio:"] * 2,  # no latency, then with latency
     "soak": ["soak-runs:", "soak-race:", "soak-outage:", "soak-export:", "soak-repeats:"],
 }
 STRICT = {"soak"}
