@@ -11,8 +11,11 @@ against the simulated endpoint in its own process, twice per worker count:
   real endpoint. Its rate is measured in steady state (``Result.steady_rate``) and over
   the whole run.
 
-Each line gives samples/s, samples/s per worker process and the client CPU per sample;
-the ratio lines give 2 workers over 1, measured in the same run. With 2 cores the
+Each line gives samples/s, samples/s per worker process and the client CPU per sample
+(process time of the parent, its workers and their image helpers), from which the samples/s
+one core would orchestrate if the process had it to itself (on a shared machine the rate
+falls with the CPU share the process gets; the CPU per sample much less); the ratio lines
+give 2 workers over 1, measured in the same run. With 2 cores the
 endpoint's process, the parent and the workers share them, so 2 workers cannot double
 anything here: the figures say what one process handles, which is what sizing a cluster
 job needs. No goal: the numbers are the result.
@@ -71,11 +74,13 @@ def report(
         rates[workers] = rate
         name = f"{workers} worker" + ("s" if workers > 1 else "")
         whole = f"; whole run {result.rate:.1f}" if kind != "whole run" else ""
+        per_core = 1000 / result.cpu_ms_per_sample if result.cpu_ms_per_sample else 0.0
         print(
             f"scale: {label}, {name}: {rate:.1f} samples/s ({kind}) = "
             f"{rate / workers:.1f} per worker process; client CPU "
-            f"{result.cpu_ms_per_sample:.1f} ms/sample, {result.cpu / result.seconds:.0%} of "
-            f"a core{whole} [{samples} samples in {result.seconds:.1f} s, concurrency "
+            f"{result.cpu_ms_per_sample:.1f} ms/sample -> one core orchestrates "
+            f"~{per_core:.0f} samples/s; used {result.cpu / result.seconds:.0%} of a core"
+            f"{whole} [{samples} samples in {result.seconds:.1f} s, concurrency "
             f"{concurrency}, calls/sample {result.calls_per_sample:.2f}, "
             f"sim CPU busy {result.sim_busy:.0%}]",
             flush=True,
