@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +46,12 @@ def test_shards_as_ray_tasks_with_a_killed_one_retried_merge_into_the_unsharded_
     seed_path, images = seed16
     sim = sim_factory(seed=0, latency_ms=150)
     checkpoints = tmp_path / "checkpoints"
-    env = {**os.environ, "OPENAI_API_KEY": "sim", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray's session folder (sockets, logs), removed after; short: a socket path has a limit.
+    ray_tmp = tempfile.mkdtemp(prefix="ray-")
+    env = {
+        **os.environ, "OPENAI_API_KEY": "sim", "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TMPDIR": ray_tmp,
+    }  # fmt: skip
     proc = subprocess.Popen(
         [
             sys.executable, str(SCRIPT), str(seed_path), "--images", str(images),
@@ -72,6 +79,7 @@ def test_shards_as_ray_tasks_with_a_killed_one_retried_merge_into_the_unsharded_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, output
     assert f"shard {killed}: mmevol run exited -9; Ray runs it again (it resumes)" in output
     for index in (1, 2, 3):
