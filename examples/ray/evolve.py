@@ -159,27 +159,29 @@ def main(argv: list[str] | None = None) -> int:
         url = args.base_url[(index - 1) % len(args.base_url)]
         label = f"shard {index}/{count}"
         command = shard_command(seed, images, args.run, index, count, url, checkpoints, extra)
-        pending[task.remote(label, command)] = label
-    unfinished: list[str] = []
+        pending[task.remote(label, command)] = index
+    unfinished: list[int] = []
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
-        label = pending.pop(ready[0])
+        index = pending.pop(ready[0])
+        label = f"shard {index}/{count}"
         try:
             status = ray.get(ready[0])
         except ray.exceptions.RayError as problem:
-            unfinished.append(label)
+            unfinished.append(index)
             cause = str(problem).strip().splitlines()[-1]
             print(f"{label}: still unfinished after {args.max_retries} retries ({cause})")
             continue
         outcome = {DONE: "done", FAILED_SAMPLES: "through, some samples failed"}
         print(f"{label}: {outcome.get(status, f'mmevol run exited {status}')}", flush=True)
         if status not in outcome:
-            unfinished.append(label)
+            unfinished.append(index)
     ray.shutdown()
     merged = merge(args.run, checkpoints, count)
     if unfinished:
         print(
-            f"{len(unfinished)} of {count} shards unfinished ({', '.join(unfinished)}): "
+            f"{len(unfinished)} of {count} shards unfinished "
+            f"({', '.join(f'shard {i}/{count}' for i in sorted(unfinished))}): "
             "run this command again to resume them and merge again",
             file=sys.stderr,
         )

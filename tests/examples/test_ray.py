@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,7 @@ def test_shards_as_ray_tasks_with_a_killed_one_retried_merge_into_the_unsharded_
     ray_tmp = tempfile.mkdtemp(prefix="ray-")
     env = {
         **os.environ, "OPENAI_API_KEY": "sim", "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_TMPDIR": ray_tmp,
+        "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0",  # every retry's line, not "repeated 2x"
     }  # fmt: skip
     proc = subprocess.Popen(
         [
@@ -88,3 +89,36 @@ def test_shards_as_ray_tasks_with_a_killed_one_retried_merge_into_the_unsharded_
     out = tmp_path / "merged.json"
     export_json(checkpoints / "evol" / "results.db", out)
     assert json.loads(out.read_text()) == reference16[0]
+
+
+def test_shards_still_failing_after_their_retries_are_named_and_the_run_says_to_resume(
+    tmp_path, seed16
+):
+    seed_path, images = seed16
+    with socket.socket() as sock:  # a port nothing listens on: every run exits 1 at its start
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    ray_tmp = tempfile.mkdtemp(prefix="ray-")
+    env = {
+        **os.environ, "OPENAI_API_KEY": "sim", "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0",  # every retry's line, not "repeated 2x"
+    }  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable, str(SCRIPT), str(seed_path), "--images", str(images),
+                "--run", "evol", "--shards", "2", "--base-url", dead,
+                "--checkpoints", str(tmp_path / "checkpoints"), "--num-cpus", "2",
+                "--max-retries", "1", "--", "--retries", "0",
+            ],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 3, output
+    for index in (1, 2):
+        # The first run and its one retry each exited 1; then the driver gives up on it.
+        assert output.count(f"shard {index}/2: mmevol run exited 1; Ray runs it again") == 2
+        assert f"shard {index}/2: still unfinished after 1 retries" in output
+    assert "2 of 2 shards unfinished (shard 1/2, shard 2/2): run this command again" in output
