@@ -180,7 +180,7 @@ def settings_options(*only: str) -> Callable[[Callable[..., Any]], Callable[...,
                 inspect.Parameter(
                     _PREFIX + f.name,
                     inspect.Parameter.KEYWORD_ONLY,
-                    annotation=Annotated[hints[f.name] | None, _option(f)],
+                    annotation=Annotated[_cli_type(f, hints[f.name]) | None, _option(f)],
                     default=None if f.default is dataclasses.MISSING else f.default,
                 )
             )
@@ -201,6 +201,11 @@ def settings_options(*only: str) -> Callable[[Callable[..., Any]], Callable[...,
         return with_settings
 
     return decorate
+
+
+def _cli_type(f: dataclasses.Field, hint: Any) -> Any:
+    """Return the option's type: a list of strings for an option given more than once."""
+    return list[str] if f.metadata.get("many") else hint
 
 
 def _option(f: dataclasses.Field) -> Any:

@@ -42,15 +42,17 @@ def option(
     env: str | None = None,
     flag: str | None = None,
     cli: bool = True,
+    many: bool = False,
     repr: bool = True,
 ) -> Any:
     """Declare one setting: its default, help text, environment fallback and CLI flag.
 
     ``env`` names the environment variable read when the value is unset (None);
     ``flag`` overrides the option name (``--`` + the field name with dashes); ``cli=False``
-    keeps the field off the command line. ``factory`` computes the default at construction.
+    keeps the field off the command line; ``many=True`` lets the option be given more than
+    once (the field then receives a list). ``factory`` computes the default at construction.
     """
-    meta = {"help": help, "env": env, "flag": flag, "cli": cli}
+    meta = {"help": help, "env": env, "flag": flag, "cli": cli, "many": many}
     if factory is not None:
         return field(default_factory=factory, metadata=meta, repr=repr)
     return field(default=default, metadata=meta, repr=repr)
@@ -97,7 +99,11 @@ class Settings:
     model: str = option("gpt-4o-mini", "Evolution model.")
     scorer_model: str | None = option(None, "Judge model [default: --model].")
     base_url: str | None = option(
-        None, "OpenAI-compatible endpoint [default: OpenAI's].", env="OPENAI_BASE_URL"
+        None,
+        "OpenAI-compatible endpoint [default: OpenAI's]; repeat it to spread calls over"
+        " several (the environment variable: URLs separated by spaces).",
+        env="OPENAI_BASE_URL",
+        many=True,
     )
     api_key: str | None = option(
         None, "API key. Never stored.", env="OPENAI_API_KEY", cli=False, repr=False
@@ -157,7 +163,7 @@ class Settings:
         self.prices = Path(self.prices) if self.prices else None
         self.batch_dir = Path(self.batch_dir) if self.batch_dir else None
         self.batch = bool(self.batch or self.batch_dir)
-        self.base_url = self.base_url or OPENAI_DEFAULT_BASE_URL
+        self.base_url = " ".join(split_urls(self.base_url)) or OPENAI_DEFAULT_BASE_URL
         check_run_name(self.run)
         for name in (
             "rounds",
@@ -225,6 +231,11 @@ class Settings:
         return parse_shard(self.shard) if self.shard is not None else None
 
     @property
+    def base_urls(self) -> tuple[str, ...]:
+        """Return the endpoints of the run, in the order given (one for most runs)."""
+        return tuple(self.base_url.split())
+
+    @property
     def judge_model(self) -> str:
         """Return the model that scores items."""
         return self.scorer_model or self.model
@@ -248,6 +259,8 @@ class Settings:
         """Return the settings as JSON-ready values, without the API key."""
         data = asdict(self)
         data.pop("api_key")
+        if len(self.base_urls) > 1:  # one endpoint stays a string, as 0.1.0 recorded it
+            data["base_url"] = list(self.base_urls)
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
 
 
@@ -270,6 +283,18 @@ def parse_shard(text: object) -> tuple[int, int]:
             f" first), got {text!r}"
         )
     return index, count
+
+
+def split_urls(value: str | list | tuple | None) -> list[str]:
+    """Return the endpoint URLs of a ``base_url`` value, each once, in the order given.
+
+    The value is one URL, several separated by whitespace (``OPENAI_BASE_URL``, a recorded
+    run), or a list of them (a repeated ``--base-url``, a run recorded with several).
+    """
+    if value is None:
+        return []
+    parts = value.split() if isinstance(value, str) else [u for v in value for u in str(v).split()]
+    return list(dict.fromkeys(parts))
 
 
 def _option(name: str) -> str:

@@ -148,6 +148,16 @@ def m004_cached_and_batch_prices(db: Database) -> None:
 
 
 @migrations()
+def m005_call_endpoint(db: Database) -> None:
+    """Record which endpoint each call went to (the base URL, without credentials or query).
+
+    A run made before this migration gets the column with NULL: it had one endpoint.
+    """
+    if "endpoint" not in db["calls"].columns_dict:
+        db["calls"].add_column("endpoint", str)
+
+
+@migrations()
 def m006_batches(db: Database) -> None:
     """Add the shards of batch mode and the requests each one carries (``--batch``)."""
     if "batch_shards" not in db.table_names():
@@ -624,6 +634,17 @@ class Store:
         )
         return {"answered": row["answered"], "keys": row["keys"]}
 
+    def endpoint_counts(self) -> list[dict]:
+        """Per endpoint: calls made, calls that failed, calls answered (runs before m005: none)."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select endpoint, count(*) as calls, sum(error is not null) as errors,"
+                " sum(error is null) as answered, round(avg(latency_ms), 1) as mean_latency_ms"
+                " from calls where endpoint is not null group by endpoint order by min(id)"
+            )
+        ]
+
     def set_parse(self, call_id: int, status: str) -> None:
         """Record how a call's answer parsed (ok, repaired, unusable: ...)."""
         with self.db.conn:
@@ -867,6 +888,7 @@ class Store:
             "samples": by_status,
             "rounds": rounds,
             "calls": calls,
+            "endpoints": self.endpoint_counts(),
             "answers": answers,
             "models": models,
             "dropped": drops,

@@ -32,6 +32,7 @@ def test_reopen_applies_nothing_twice(tmp_path):
             "m002_rejected_row_keys",
             "m003_judge_reason",
             "m004_cached_and_batch_prices",
+            "m005_call_endpoint",
             "m006_batches",
             "m007_shards",
         ]
@@ -167,3 +168,29 @@ def test_answered_calls_count_recorded_answers_and_their_keys():
     assert store.answered_calls() == {"answered": 2, "keys": 2}
     store.log_call({"key": "j", "response": "[]", "finish_reason": "stop"})
     assert store.answered_calls() == {"answered": 3, "keys": 2}
+
+
+def test_a_run_made_by_0_1_0_gets_the_call_endpoint_column_with_null(tmp_path):
+    path = tmp_path / "results.db"
+    shutil.copy(V010 / "results.db", path)
+    assert "endpoint" not in columns(path, "calls")
+    with Store(path) as store:
+        assert "m005_call_endpoint" in [m.name for m in migrations.applied(store.db)]
+        calls = store.rows("calls")
+        assert calls and all(r["endpoint"] is None for r in calls)
+        # One endpoint, never named: no per-endpoint counts.
+        assert store.summary()["endpoints"] == []
+    assert "endpoint" in columns(path, "calls")
+
+
+def test_calls_are_counted_per_endpoint():
+    with Store(None) as store:
+        for endpoint, error in (("http://a/v1", None), ("http://b/v1", "APIConnectionError: x"),
+                                ("http://b/v1", None), ("http://a/v1", None)):  # fmt: skip
+            store.log_call({"key": "k", "endpoint": endpoint, "error": error, "latency_ms": 2.0})
+        assert store.endpoint_counts() == [
+            {"endpoint": "http://a/v1", "calls": 2, "errors": 0, "answered": 2,
+             "mean_latency_ms": 2.0},
+            {"endpoint": "http://b/v1", "calls": 2, "errors": 1, "answered": 1,
+             "mean_latency_ms": 2.0},
+        ]  # fmt: skip
