@@ -44,7 +44,7 @@ def run(
     (``graph.events``); the report's ``stop`` says why the run stopped early, if it did.
 
     Raises:
-        EndpointProblem: the key is missing or the endpoint unreachable (before any sample).
+        EndpointProblem: the key is missing or no endpoint is usable (before any sample).
         FileNotFoundError: the seed does not exist.
         RunBusy: another process writes the run folder.
         RunFolderProblem: the run folder's databases are damaged or do not belong together.
@@ -58,7 +58,8 @@ def run(
     # Also before the lock: an unusable endpoint leaves no run folder behind.
     # A --batch-dir run talks to no endpoint, unless requests may fall back to it.
     if settings.batch_dir is None or settings.batch_fallback is not None:
-        eventloop.run(preflight(settings))
+        for warning in eventloop.run(preflight(settings)):  # endpoints that start rested
+            listener(Notice(warning))
     # One writer per run folder; worker processes write under this process's lock.
     with runfolder.writing(settings, on_notice=lambda text: listener(Notice(text))):
         if spent := runfolder.budget_spent(settings):  # stop before any model call

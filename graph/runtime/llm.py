@@ -13,6 +13,12 @@ refused what this request holds, e.g. an image it cannot read or a prompt over t
 context window): the API error goes up and the sample *fails*. A 200 answer that is not
 a chat completion (a proxy's HTML page, ``{"choices": []}``) is recorded as an unusable
 answer of that call (``NOT_A_COMPLETION``), which the node asks again like any other.
+
+With several endpoints (``--base-url`` given more than once) each call goes to one of them
+(``graph.runtime.endpoints``); a call that an endpoint fails goes on on another usable one
+at once and the failing endpoint rests. Only when no other endpoint is usable does the
+failure count as the call's (``EndpointFailed``, the failure breaker). Every call records
+its endpoint (``calls.endpoint``, without credentials).
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from langchain_openai import ChatOpenAI
 
 from mmevol.graph.config import Settings
 from mmevol.graph.events import StopReason, max_calls_reached, max_cost_reached
+from mmevol.graph.runtime import endpoints
 from mmevol.graph.runtime.batchapi import OUT, BatchQueue, LineRefused, Parked, Result
+from mmevol.graph.runtime.endpoints import EndpointPool, Slot
 from mmevol.graph.runtime.limits import (
     Governor,
     Outcome,
@@ -144,12 +152,17 @@ class Answer:
     reused: bool
 
 
-def make_chat(settings: Settings, model: str, http_client: object | None = None) -> ChatOpenAI:
-    """Build the ChatOpenAI client for one model from the settings."""
+def make_chat(
+    settings: Settings,
+    model: str,
+    http_client: object | None = None,
+    base_url: str | None = None,
+) -> ChatOpenAI:
+    """Build the ChatOpenAI client for one model (at ``base_url``: the run's first endpoint)."""
     return ChatOpenAI(
         http_async_client=http_client,
         model=model,
-        base_url=settings.base_url,
+        base_url=base_url or settings.base_urls[0],
         api_key=settings.api_key or "unset",
         temperature=settings.temperature,
         max_tokens=settings.max_tokens,
@@ -216,7 +229,7 @@ class ModelClient:
         on_notice: Callable[[str], None] | None = None,
         tally: Tally | None = None,
     ):
-        """Build one ChatOpenAI per model role, sharing one connection pool of this run.
+        """Build one ChatOpenAI per model role and endpoint, sharing one connection pool.
 
         langchain-openai otherwise shares a process-wide async HTTP client, which stays
         bound to the event loop of the first run and breaks the next ``asyncio.run``.
@@ -237,10 +250,14 @@ class ModelClient:
             timeout=settings.timeout,
             event_hooks={"response": [self._observe]},
         )
-        self.chats = {
-            "evolve": make_chat(settings, settings.model, self.http),
-            "score": make_chat(settings, settings.judge_model, self.http),
+        self.endpoints = EndpointPool(settings.base_urls, on_notice=self.on_notice)
+        self._chats = {
+            (role, url): make_chat(settings, model, self.http, url)
+            for role, model in (("evolve", settings.model), ("score", settings.judge_model))
+            for url in settings.base_urls
         }
+        self.chats = {role: chat for (role, _), chat in reversed(self._chats.items())}
+        """The ChatOpenAI of each role on the first endpoint."""
         self.buckets = _buckets(settings)
         self.prices = PriceTable(settings.prices)
         self.tally = tally or spent_so_far(store, self.prices)
@@ -340,25 +357,48 @@ class ModelClient:
             await self.governor.release()
             raise RunStopped(str(key))
         row = self._call_row(key, chat.model_name)
-        started = time.perf_counter()
-        self.usage.calls += 1
+        message = user_message(text, image_url, self.settings.image_detail)
+        tried: list = []  # the endpoints that failed this call
         try:
-            reply = await self._call(
-                chat, user_message(text, image_url, self.settings.image_detail), schema
-            )
-        except openai.APIError as err:
-            self.usage.errors += 1
-            row.update(latency_ms=_ms(started), error=f"{error_name(err)}: {err}")
-            self.store.log_call(row)
-            self._outcome(False, row["error"])
-            if sample_at_fault(err):
-                raise
-            raise EndpointFailed(f"{key}: {row['error']}") from err
-        except NotACompletion as err:
-            # Recorded as an answer (found again on resume), unusable by its finish reason.
-            self._outcome(False, f"not a chat completion: {err}")
-            row.update(latency_ms=_ms(started), finish_reason=NOT_A_COMPLETION, response=str(err))
-            return Answer(self.store.log_call(row), str(err), NOT_A_COMPLETION, False)
+            while True:
+                slot = self.endpoints.take(tried)
+                chat = self._chats[role, slot.endpoint.url]
+                row.update(model=chat.model_name, endpoint=slot.endpoint.name)
+                started = time.perf_counter()
+                self.usage.calls += 1
+                try:
+                    reply = await self._call(
+                        chat, message, schema, lambda err, s=slot: self._elsewhere(err, s, tried)
+                    )
+                except openai.APIError as err:
+                    self.usage.errors += 1
+                    row.update(latency_ms=_ms(started), error=f"{error_name(err)}: {err}")
+                    self.store.log_call(row)
+                    if sample_at_fault(err):
+                        self.endpoints.release(slot)  # it answered
+                        self._outcome(False, row["error"])
+                        raise
+                    self.endpoints.release(slot, row["error"], done=not self.stopping)
+                    tried.append(slot.endpoint)
+                    if self._go_on(key, tried):
+                        del row["error"]
+                        continue  # on another endpoint, at once
+                    self._outcome(False, row["error"])
+                    raise EndpointFailed(f"{key}: {row['error']}") from err
+                except NotACompletion as err:
+                    # Recorded as an answer (found again on resume), unusable by its finish
+                    # reason.
+                    self.endpoints.release(slot)
+                    self._outcome(False, f"not a chat completion: {err}")
+                    row.update(
+                        latency_ms=_ms(started), finish_reason=NOT_A_COMPLETION, response=str(err)
+                    )
+                    return Answer(self.store.log_call(row), str(err), NOT_A_COMPLETION, False)
+                except BaseException:
+                    self.endpoints.release(slot, done=False)
+                    raise
+                self.endpoints.release(slot)
+                break
         finally:
             await self.governor.release()
         self._outcome(True)
@@ -480,18 +520,51 @@ class ModelClient:
             "model": model,
         }
 
+    def _elsewhere(self, err: openai.APIError, slot: Slot, tried: list) -> bool:
+        """Whether a failed request goes on on another endpoint rather than retried here.
+
+        With several endpoints, a lost connection, a timeout or a 5xx answer is not retried
+        on the same endpoint while another one is usable; 408, 409 and 429 (the endpoint
+        asks to be called later) spend the call's retries on that endpoint first.
+        """
+        if not self.endpoints.several:
+            return False
+        if isinstance(err, openai.APIStatusError) and err.status_code < 500:
+            return False
+        return bool(self.endpoints.usable([slot.endpoint, *tried]))
+
+    def _go_on(self, key: CallKey, tried: list) -> bool:
+        """Whether a call that an endpoint failed goes on on another one (a new call).
+
+        It does while the run goes on and another endpoint is usable; reaching
+        ``max_calls`` here stops the run (the sample resumes later).
+        """
+        if self.stopping or not self.endpoints.usable(tried):
+            return False
+        if not self.tally.reserve_call(self.settings.max_calls):
+            self.stop(max_calls_reached(self.settings.max_calls))
+            raise RunStopped(str(key))
+        return True
+
     def _outcome(self, ok: bool, error: str | None = None) -> None:
         tripped = self.governor.on_outcome(Outcome(ok, error))
         if tripped:
             self.stop(StopReason("breaker", f"the endpoint keeps failing: {tripped}"))
 
-    async def _call(self, chat: ChatOpenAI, message: HumanMessage, schema: dict | None) -> object:
+    async def _call(
+        self,
+        chat: ChatOpenAI,
+        message: HumanMessage,
+        schema: dict | None,
+        elsewhere: Callable[[openai.APIError], bool] = lambda err: False,
+    ) -> object:
         """Call the model, retrying what the endpoint may answer better later.
 
         Timeouts, lost connections, 408, 409, 429 and 5xx answers are retried up to
         ``settings.max_retries`` times, after the ``Retry-After`` the endpoint asks for (up
         to a minute) or an exponential backoff. Once the run stops, nothing is retried: a
-        call waiting to retry gives up at once.
+        call waiting to retry gives up at once; nor is a failure that ``elsewhere`` sends
+        to another endpoint.
 
         Raises:
             openai.APIError: the last failure.
@@ -504,7 +577,12 @@ class ModelClient:
             try:
                 return await self._invoke(chat, message, schema)
             except openai.APIError as err:
-                if retry == self.settings.max_retries or self.stopping or not _retryable(err):
+                if (
+                    retry == self.settings.max_retries
+                    or self.stopping
+                    or not _retryable(err)
+                    or elsewhere(err)
+                ):
                     raise
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), _retry_delay(err, retry))
@@ -655,20 +733,44 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-async def preflight(settings: Settings) -> None:
-    """Fail with one clear sentence when the key is missing or the endpoint unusable.
+async def preflight(settings: Settings) -> list[str]:
+    """Check the key and every endpoint; fail with one clear sentence when none can work.
 
     Unusable: unreachable, refusing the key, or answering ``/models`` with something that
-    is not an API answer (a proxy's or a portal's web page, JSON of another shape).
+    is not an API answer (a proxy's or a portal's web page, JSON of another shape). With
+    several endpoints, the unusable ones start the run rested (see
+    ``graph.runtime.endpoints``) and a warning for each is returned; the run refuses to
+    start only when none is usable.
+
+    Raises:
+        EndpointProblem: the key is missing, or no endpoint is usable.
     """
     if not settings.api_key:
         raise EndpointProblem(
             "OPENAI_API_KEY is not set. Export it (any value, e.g. EMPTY, for a local "
             "vLLM or SGLang server) and run again."
         )
-    client = openai.AsyncOpenAI(
-        base_url=settings.base_url, api_key=settings.api_key, max_retries=1, timeout=15
-    )
+    urls = settings.base_urls
+    found = await asyncio.gather(*(_endpoint_problem(settings, url) for url in urls))
+    problems = {url: problem for url, problem in zip(urls, found, strict=True) if problem}
+    if len(problems) == len(urls):
+        if len(urls) == 1:
+            raise EndpointProblem(problems[urls[0]])
+        raise EndpointProblem(
+            f"none of the {len(urls)} endpoints is usable: " + "; ".join(problems.values())
+        )
+    for url, problem in problems.items():
+        endpoints.note_unusable(url, problem)
+    return [
+        f"{problem}; the run goes on with the other endpoints and tries it again later"
+        for problem in problems.values()
+    ]
+
+
+async def _endpoint_problem(settings: Settings, url: str) -> str | None:
+    """Say in one sentence why one endpoint cannot work, or return None."""
+    name = endpoints.display_url(url)
+    client = openai.AsyncOpenAI(base_url=url, api_key=settings.api_key, max_retries=1, timeout=15)
     try:
         answer = (await client.models.with_raw_response.list()).http_response
         try:
@@ -676,19 +778,18 @@ async def preflight(settings: Settings) -> None:
         except ValueError:
             body = None
         if not (isinstance(body, dict) and isinstance(body.get("data"), list)):
-            raise EndpointProblem(
-                f"the endpoint {settings.base_url} does not answer like an OpenAI-compatible "
+            return (
+                f"the endpoint {name} does not answer like an OpenAI-compatible "
                 f"API: GET /models gave {_describe(answer)}"
             )
     except openai.AuthenticationError as err:
-        raise EndpointProblem(
-            f"the endpoint {settings.base_url} rejected the API key ({err.status_code})"
-        ) from err
+        return f"the endpoint {name} rejected the API key ({err.status_code})"
     except (openai.APIConnectionError, openai.APITimeoutError) as err:
-        raise EndpointProblem(f"cannot reach the endpoint {settings.base_url}: {err}") from err
+        return f"cannot reach the endpoint {name}: {err}"
     except openai.APIStatusError:
         # Some OpenAI-compatible proxies do not serve /models; the endpoint answered, so
         # it is reachable and the first real call will tell the rest.
         pass
     finally:
         await client.close()
+    return None
