@@ -328,6 +328,7 @@ def status(
     the items that passed parsing and the checks and went to the judge: candidates =
     kept + judged out. Items dropped before judging are counted apart (dropped_parse,
     dropped_check, over every attempt); the dropped table lists every drop by stage.
+    A run with several endpoints also shows calls, errors and answers per endpoint.
     """
     from mmevol.graph.status import run_summary
 
@@ -346,6 +347,8 @@ def status(
     for title, rows in (
         ("rounds", summary["rounds"]),
         ("calls", summary["calls"]),
+        # One endpoint says nothing the calls table does not: shown from two on.
+        ("endpoints", summary["endpoints"] if len(summary["endpoints"]) > 1 else []),
         ("answers: how each model answer parsed", summary["answers"]),
         ("models", models),
         ("dropped items", summary["dropped"]),

@@ -88,6 +88,50 @@ def test_run_status_export(sim, demo_seed, tmp_path):
     assert len(json.loads(out.read_text())) == 3
 
 
+def test_run_takes_base_url_more_than_once_and_status_counts_each(sim_factory, demo_seed, tmp_path):
+    seed_path, images = demo_seed
+    a, b = sim_factory(seed=0, latency_ms=5), sim_factory(seed=1, latency_ms=5)
+    result = invoke(
+        "run", seed_path, "--images", images, "--run", "two", "--limit", 4,
+        "--base-url", a.base_url, "--base-url", b.base_url, env={"OPENAI_API_KEY": "sim"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "checkpoints" / "two" / "results.db") as store:
+        assert store.get_meta("settings")["base_url"] == [a.base_url, b.base_url]
+    summary = json.loads(invoke("status", "--run", "two", "--json").output)
+    rows = {r["endpoint"]: r for r in summary["endpoints"]}
+    assert set(rows) == {a.base_url, b.base_url}
+    assert sum(r["calls"] for r in rows.values()) == sum(c["calls"] for c in summary["calls"])
+    assert all(r["answered"] > 0 for r in rows.values())
+    shown = invoke("status", "--run", "two").output
+    assert "endpoints" in shown and a.base_url in shown and b.base_url in shown
+
+
+def test_status_of_a_one_endpoint_run_has_no_endpoint_table(sim, demo_seed):
+    seed_path, images = demo_seed
+    result = invoke(
+        "run", seed_path, "--images", images, "--run", "one", "--limit", 1,
+        "--base-url", sim.base_url, env={"OPENAI_API_KEY": "sim"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(invoke("status", "--run", "one", "--json").output)
+    assert [r["endpoint"] for r in summary["endpoints"]] == [sim.base_url]
+    shown = invoke("status", "--run", "one").output
+    assert "calls" in shown and "endpoints" not in shown
+
+
+def test_base_urls_come_from_the_environment_separated_by_spaces(sim_factory, demo_seed):
+    seed_path, images = demo_seed
+    a, b = sim_factory(seed=0), sim_factory(seed=1)
+    result = invoke(
+        "run", seed_path, "--images", images, "--run", "env", "--limit", 2,
+        env={"OPENAI_API_KEY": "sim", "OPENAI_BASE_URL": f" {a.base_url}  {b.base_url}\n"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(invoke("status", "--run", "env", "--json").output)
+    assert {r["endpoint"] for r in summary["endpoints"]} == {a.base_url, b.base_url}
+
+
 def test_a_budget_stop_exits_3_and_says_why(sim, demo_seed, tmp_path):
     seed_path, images = demo_seed
     result = invoke(

@@ -30,3 +30,25 @@ def test_the_key_is_never_an_option_nor_shown():
     assert field.metadata["cli"] is False
     assert "secret" not in repr(Settings(api_key="secret"))
     assert "api_key" not in Settings(api_key="secret").public()
+
+
+def test_several_endpoints_from_a_list_or_from_urls_separated_by_spaces(monkeypatch):
+    listed = Settings(base_url=["http://a/v1", "http://b/v1", "http://a/v1"])
+    assert listed.base_urls == ("http://a/v1", "http://b/v1")  # each once, in order
+    monkeypatch.setenv("OPENAI_BASE_URL", "  http://a/v1\thttp://b/v1\n")
+    assert Settings().base_urls == ("http://a/v1", "http://b/v1")
+    assert Settings(base_url="http://c/v1").base_urls == ("http://c/v1",)
+    monkeypatch.setenv("OPENAI_BASE_URL", "   ")
+    assert Settings().base_urls == (OPENAI_DEFAULT_BASE_URL,)
+
+
+def test_one_endpoint_is_recorded_as_a_string_and_several_as_a_list():
+    one = Settings(base_url=["http://a/v1"])
+    assert one.public()["base_url"] == one.base_url == "http://a/v1"
+    several = Settings(base_url=["http://a/v1", "http://b/v1"])
+    assert several.public()["base_url"] == ["http://a/v1", "http://b/v1"]
+    # Both come back as they were, and a worker's settings keep every endpoint.
+    for settings in (one, several):
+        again = Settings(**{k: v for k, v in settings.public().items()})
+        assert again.base_urls == settings.base_urls
+    assert several.for_worker(0, 2).base_urls == several.base_urls

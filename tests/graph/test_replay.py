@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from mmevol.cli import app
 from mmevol.graph import runner
-from mmevol.graph.replay import ReplayProblem, parse_sets
+from mmevol.graph.config import Settings
+from mmevol.graph.replay import ReplayProblem, parse_sets, replay_settings
 from mmevol.graph.store import Store
 from mmevol.graph.trace import UnknownSample, trace_sample
 
@@ -229,3 +230,13 @@ def test_adopt_an_existing_fork(sim, demo_seed, make_settings, monkeypatch, tmp_
     result = replay_cli(settings, "--adopt", "main")
     assert result.exit_code == 0, result.output
     assert exported(tmp_path, settings.run) == original
+
+
+def test_replay_settings_read_a_run_recorded_with_several_endpoints(tmp_path):
+    recorded = Settings(run="r", checkpoints=tmp_path, base_url=["http://a/v1", "http://b/v1"])
+    with Store(tmp_path / "results.db") as store:
+        store.set_meta("settings", recorded.public())
+    again = replay_settings(tmp_path / "results.db", tmp_path, "r")
+    assert again.base_urls == ("http://a/v1", "http://b/v1")
+    only = replay_settings(tmp_path / "results.db", tmp_path, "r", base_url="http://c/v1")
+    assert only.base_urls == ("http://c/v1",)
