@@ -256,7 +256,8 @@ class ModelClient:
             for role, model in (("evolve", settings.model), ("score", settings.judge_model))
             for url in settings.base_urls
         }
-        self.chats = {role: chat for (role, _), chat in reversed(self._chats.items())}
+        first = settings.base_urls[0]
+        self.chats = {role: self._chats[role, first] for role in ("evolve", "score")}
         """The ChatOpenAI of each role on the first endpoint."""
         self.buckets = _buckets(settings)
         self.prices = PriceTable(settings.prices)
