@@ -120,9 +120,9 @@ class ApiBackend:
     mode = "api"
 
     def __init__(self, settings: Settings):
-        """Open a client on the run's endpoint (the SDK retries its own management calls)."""
+        """Open a client on the run's (first) endpoint (the SDK retries its management calls)."""
         self.client = openai.AsyncOpenAI(
-            base_url=settings.base_url,
+            base_url=settings.base_urls[0],
             api_key=settings.api_key or "unset",
             timeout=max(settings.timeout, 600.0),
             max_retries=settings.max_retries,

@@ -512,3 +512,18 @@ def test_ctrl_c_while_batches_run_then_the_same_command_collects_them(
     with Store(checkpoints / "ctrlc" / "results.db") as store:
         counted = store.answered_calls()
     assert counted["answered"] == counted["keys"] == sim.stats()["batch_lines_answered"]
+
+
+def test_the_batch_api_of_a_run_with_several_endpoints_is_the_first_ones(
+    sim_factory, make_settings, demo_seed
+):
+    seed_path, images = demo_seed
+    first, second = sim_factory(seed=0, batch_turnaround=0.1), sim_factory(seed=1)
+    settings = make_settings(
+        first, images, base_url=[first.base_url, second.base_url], limit=2, batch=True,
+        batch_poll=0.05,
+    )  # fmt: skip
+    report = runner.run(settings, seed_path)
+    assert (report.done, report.failed) == (2, 0)
+    assert first.stats()["batches_created"] >= 6
+    assert second.stats()["batches_created"] == 0 and second.stats()["requests"] == 0
