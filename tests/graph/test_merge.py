@@ -82,8 +82,13 @@ def without_call_ids(steps: list[dict]) -> list[dict]:
 
 
 def without_latency(summary: dict) -> dict:
-    calls = [{k: v for k, v in c.items() if k != "mean_latency_ms"} for c in summary["calls"]]
-    return {**summary, "calls": calls}
+    return {
+        **summary,
+        **{
+            table: [{k: v for k, v in c.items() if k != "mean_latency_ms"} for c in summary[table]]
+            for table in ("calls", "endpoints")
+        },
+    }
 
 
 def test_three_shards_merged_export_what_one_run_exports(sharded, tmp_path):
