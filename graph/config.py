@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -259,9 +260,18 @@ class Settings:
         """Return the settings as JSON-ready values, without the API key."""
         data = asdict(self)
         data.pop("api_key")
-        if len(self.base_urls) > 1:  # one endpoint stays a string, as 0.1.0 recorded it
-            data["base_url"] = list(self.base_urls)
+        urls = [without_credentials(url) for url in self.base_urls]
+        # One endpoint stays a string, as 0.1.0 recorded it.
+        data["base_url"] = urls if len(urls) > 1 else urls[0]
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+def without_credentials(url: str) -> str:
+    """Return a URL without the user name and password it may carry (never recorded)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 SHARD = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")

@@ -52,3 +52,11 @@ def test_one_endpoint_is_recorded_as_a_string_and_several_as_a_list():
         again = Settings(**{k: v for k, v in settings.public().items()})
         assert again.base_urls == settings.base_urls
     assert several.for_worker(0, 2).base_urls == several.base_urls
+
+
+def test_recorded_settings_hold_no_credentials_of_a_url():
+    settings = Settings(base_url="https://user:s3cret@proxy.example/v1 http://h2:8000/v1")
+    recorded = settings.public()
+    assert recorded["base_url"] == ["https://proxy.example/v1", "http://h2:8000/v1"]
+    assert "s3cret" not in str(recorded)
+    assert Settings(base_url="http://k:p@h/v1").public()["base_url"] == "http://h/v1"
