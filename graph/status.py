@@ -52,13 +52,18 @@ def failed_earlier(results_db: Path, since: float, limit: int | None) -> int:
 
 
 def batch_rows(shards: list[dict]) -> list[dict]:
-    """Return batch mode's shards as `mmevol status` lists them (newest last)."""
+    """Return batch mode's shards as `mmevol status` lists them (newest last).
+
+    ``state`` is the batch's status on the server (validating, in_progress, completed,
+    expired, cancelled, failed; "submitted" for a --batch-dir shard not answered yet)
+    once submitted, else the run's own step (filling, closed, uploading, creating).
+    """
     now = time.time()
     return [
         {
-            "shard": s["name"],
-            "batch": s["batch_id"] or s["file_id"] or "",
-            "state": s["state"] if s["state"] != "submitted" else (s["status"] or "submitted"),
+            "shard": s["id"],
+            "batch": s["batch_id"] or Path(s["file_id"] or "").name,
+            "state": s["status"] if s["state"] in ("submitted", "finished") else s["state"],
             "requests": s["requests"],
             "mb": round((s["bytes"] or 0) / 2**20, 1),
             "completed": s["completed"] or 0,
