@@ -339,10 +339,7 @@ class ModelClient:
         chat = self.chats[role]
         if self.batches is not None:
             await self._queue(key, chat, text, image_url, schema)  # returns to go online
-        limit = self.settings.max_calls
-        if not self.tally.reserve_call(limit):
-            self.stop(max_calls_reached(limit))
-            raise RunStopped(str(key))
+        self._reserve_call(key)
         self.usage.rounds[key.hash_id] = key.round
         estimate = (
             estimate_prompt_tokens(text, 1 if image_url else 0, self.settings.image_detail)
@@ -450,10 +447,7 @@ class ModelClient:
                     " asking online"
                 )
                 return
-        limit = self.settings.max_calls
-        if not self.tally.reserve_call(limit):
-            self.stop(max_calls_reached(limit))
-            raise RunStopped(str(key))
+        self._reserve_call(key)
         options = {"response_format": schema} if self.structured and schema is not None else {}
         body = chat._get_request_payload(
             [user_message(text, image_url, self.settings.image_detail)], **options
@@ -542,10 +536,19 @@ class ModelClient:
         """
         if self.stopping or not self.endpoints.usable(tried):
             return False
-        if not self.tally.reserve_call(self.settings.max_calls):
-            self.stop(max_calls_reached(self.settings.max_calls))
-            raise RunStopped(str(key))
+        self._reserve_call(key)
         return True
+
+    def _reserve_call(self, key: CallKey) -> None:
+        """Count one more call against ``--max-calls``, or stop the run when it is reached.
+
+        Raises:
+            RunStopped: the run has made its ``--max-calls`` calls; no call is made.
+        """
+        limit = self.settings.max_calls
+        if not self.tally.reserve_call(limit):
+            self.stop(max_calls_reached(limit))
+            raise RunStopped(str(key))
 
     def _outcome(self, ok: bool, error: str | None = None) -> None:
         tripped = self.governor.on_outcome(Outcome(ok, error))

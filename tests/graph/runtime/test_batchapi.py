@@ -77,6 +77,20 @@ def _export(settings, tmp_path: Path, name: str) -> list[dict]:
     return json.loads(out.read_text())
 
 
+def _cli_export(checkpoints: Path, run: str, tmp_path: Path) -> list[dict]:
+    """Export a run with `mmevol export` in a process of its own; return the records."""
+    import subprocess
+    import sys
+
+    out = tmp_path / f"{run}.json"
+    subprocess.run(
+        [sys.executable, "-m", "mmevol", "export", "--run", run, "--checkpoints",
+         str(checkpoints), "-o", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return json.loads(out.read_text())
+
+
 def test_batch_dir_run_exports_what_an_online_run_exports(
     sim, make_settings, seed16, reference16, tmp_path
 ):
@@ -209,8 +223,6 @@ def test_shards_are_split_by_bytes(sim, make_settings, seed16, reference16, tmp_
 def test_kill_9_then_resume_pays_nothing_twice(sim, cli_run, seed16, reference16, tmp_path):
     """SIGKILL a --batch-dir run at several points; resuming finishes with the same export."""
     import signal
-    import subprocess
-    import sys
 
     seed_path, images = seed16
     folder, checkpoints = tmp_path / "shards", tmp_path / "cp"
@@ -231,13 +243,7 @@ def test_kill_9_then_resume_pays_nothing_twice(sim, cli_run, seed16, reference16
     with Store(results) as store:
         counted = store.answered_calls()
     assert counted["answered"] == counted["keys"]  # no key answered twice on record
-    exported = tmp_path / "kill.json"
-    subprocess.run(
-        [sys.executable, "-m", "mmevol", "export", "--run", "kill", "--checkpoints",
-         str(checkpoints), "-o", str(exported)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    assert json.loads(exported.read_text()) == reference16[0]
+    assert _cli_export(checkpoints, "kill", tmp_path) == reference16[0]
     # Every request the endpoint answered is on record: none was sent twice.
     assert sim.stats()["requests"] == reference16[1]
 
@@ -345,8 +351,6 @@ def test_kill_9_during_batches_then_resume_creates_no_batch_twice(
     """SIGKILL at random moments (submitting, polling, downloading); then resume."""
     import random
     import signal
-    import subprocess
-    import sys
 
     sim = sim_factory(seed=0, batch_turnaround=0.3)
     seed_path, images = seed16
@@ -372,13 +376,7 @@ def test_kill_9_during_batches_then_resume_creates_no_batch_twice(
     assert stats["batches_created"] == len(batches)
     # No request was answered twice (a shard dropped before its batch existed cost nothing).
     assert stats["batch_lines_answered"] == reference16[1]
-    exported = tmp_path / "kill.json"
-    subprocess.run(
-        [sys.executable, "-m", "mmevol", "export", "--run", "kill", "--checkpoints",
-         str(checkpoints), "-o", str(exported)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    assert json.loads(exported.read_text()) == reference16[0]
+    assert _cli_export(checkpoints, "kill", tmp_path) == reference16[0]
 
 
 def test_an_expired_batch_keeps_its_partial_output(
