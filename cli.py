@@ -1,4 +1,4 @@
-r"""The mmevol command line: each command parses options, calls graph/ or sim/, and prints.
+r"""The mmevol command line: each command parses options, calls the library once, and prints.
 
 Example:
     mmevol serve-sim --port 8765 &
@@ -72,8 +72,8 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from mmevol.graph.runfolder import RunBusy
-    from mmevol.graph.runtime.llm import EndpointProblem
+    from mmevol.run.runfolder import RunBusy
+    from mmevol.runtime.llm import EndpointProblem
 
     return (EndpointProblem, RunBusy, OSError, sqlite3.OperationalError, ValueError)
 
@@ -89,7 +89,7 @@ _SQLITE_WRITE_ERRORS = {
 
 def _one_line(problem: BaseException) -> tuple[str, int] | None:
     """Return the line and exit status of an expected error, or None for a bug."""
-    from mmevol.graph.runfolder import RunBusy
+    from mmevol.run.runfolder import RunBusy
 
     if isinstance(problem, RunBusy):
         return str(problem), EXIT_BUSY
@@ -136,7 +136,7 @@ def guarded(call, *args, **kwargs):
 
 
 def _existing_run(run: str, checkpoints: Path | None) -> Path:
-    from mmevol.graph.runfolder import check_databases
+    from mmevol.run.runfolder import check_databases
 
     checkpoints = checkpoints or default_checkpoints_dir()
     guarded(check_run_name, run)
@@ -248,9 +248,9 @@ def run(
     """
     import time
 
-    from mmevol.graph import runner
-    from mmevol.graph.progress import RunProgress
-    from mmevol.graph.status import failed_earlier
+    from mmevol.inspection.status import failed_earlier
+    from mmevol.run import runner
+    from mmevol.run.progress import RunProgress
 
     run = settings.run
     started = time.time()
@@ -330,7 +330,7 @@ def status(
     dropped_check, over every attempt); the dropped table lists every drop by stage.
     A run with several endpoints also shows calls, errors and answers per endpoint.
     """
-    from mmevol.graph.status import run_summary
+    from mmevol.inspection.status import run_summary
 
     summary = guarded(run_summary, _existing_run(run, checkpoints))
     if as_json:
@@ -404,7 +404,7 @@ def export(
     ] = None,
 ) -> None:
     """Write finished samples: the authors' format, or training records (llava, sharegpt, hf)."""
-    from mmevol.graph import formats, training
+    from mmevol.outputs import formats, training
 
     path = _existing_run(run, checkpoints)
     if fmt == "authors":
@@ -412,7 +412,7 @@ def export(
         if any(v is not None for v in given):
             fail("--rounds, --min-score, --steps, --images, --image-max-side and --push-to-hub"
                  " apply to --format llava, sharegpt or hf")  # fmt: skip
-        from mmevol.graph.export import export_json
+        from mmevol.outputs.authors import export_json
 
         result = guarded(export_json, path, output)
         message = f"wrote {result.written} samples to {output}"
@@ -458,12 +458,12 @@ def stats(
     ] = None,
 ) -> None:
     """Compare a run with the paper: per round, per item version, per operator, cost."""
-    from mmevol.graph.stats import compute_stats, tables
+    from mmevol.outputs.stats import compute_stats, tables
 
     path = _existing_run(run, checkpoints)
     result = guarded(compute_stats, path, run)
     if plots is not None:
-        from mmevol.graph.plots import write_plots
+        from mmevol.outputs.plots import write_plots
 
         written = guarded(write_plots, result, plots)
         err.print(f"wrote {len(written)} charts to {plots}", highlight=False)
@@ -487,7 +487,7 @@ def report(
     samples: Annotated[int, typer.Option("--samples", min=0, help="Samples in the gallery.")] = 300,
 ) -> None:
     """Write one self-contained HTML report: statistics, charts and a gallery of samples."""
-    from mmevol.graph.report import write_report
+    from mmevol.outputs.report import write_report
 
     path = _existing_run(run, checkpoints)
     info = guarded(write_report, path, output, samples)
@@ -510,8 +510,8 @@ def trace(
     """Show one sample's path through the graph, step by step, from its checkpoints."""
     import asyncio
 
-    from mmevol.graph.store import Store
-    from mmevol.graph.trace import UnknownSample, format_steps, trace_sample
+    from mmevol.inspection.trace import UnknownSample, format_steps, trace_sample
+    from mmevol.store.results import Store
 
     results = _existing_run(run, checkpoints)
     with guarded(Store, results) as store:
@@ -561,10 +561,10 @@ def replay(
     """
     import asyncio
 
-    from mmevol.graph.replay import adopt as adopt_branch
-    from mmevol.graph.replay import parse_sets, replay_settings
-    from mmevol.graph.replay import replay as replay_sample
-    from mmevol.graph.trace import UnknownSample
+    from mmevol.inspection.replay import adopt as adopt_branch
+    from mmevol.inspection.replay import parse_sets, replay_settings
+    from mmevol.inspection.replay import replay as replay_sample
+    from mmevol.inspection.trace import UnknownSample
 
     checkpoints = checkpoints or default_checkpoints_dir()
     results = _existing_run(run, checkpoints)
@@ -619,7 +619,7 @@ def merge(
     Exit status: 0 merged (missing shards are named), 1 refused or an error,
     2 a usage error, 5 a live process writes a shard folder or the target run.
     """
-    from mmevol.graph.merge import merge as merge_runs
+    from mmevol.run.merge import merge as merge_runs
 
     checkpoints = checkpoints or default_checkpoints_dir()
     report = guarded(
@@ -662,7 +662,7 @@ def estimate_cmd(
     Batch mode (the Batch API) costs the price table's batch factor of the online price
     (half on OpenAI) and answers within 24 hours.
     """
-    from mmevol.graph.estimate import estimate
+    from mmevol.inspection.estimate import estimate
 
     result = guarded(estimate, settings, seed)
     rows = [

@@ -25,12 +25,12 @@ from types import SimpleNamespace
 import openai
 from langchain_openai._compat import httpx  # the httpx flavour this openai SDK uses
 
-from mmevol.graph.runtime import images
-from mmevol.graph.seed import read_seed
 from mmevol.nodes.evolve import render_evolve_prompt
 from mmevol.nodes.parsing import UnusableAnswer, extract_json
 from mmevol.nodes.score import render_score_prompt
 from mmevol.nodes.select_operator import pick_operator
+from mmevol.run.seed import read_seed
+from mmevol.runtime import images
 
 
 @dataclass

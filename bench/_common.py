@@ -275,15 +275,15 @@ def timed(label: str, samples_fn, sim: SimProcess | None, fn) -> Result:
     """Call ``fn()`` and time it (wall, own and ended children's CPU, server CPU).
 
     When ``fn()`` returns a coroutine it is run on a fresh loop with mmevol's loop and
-    garbage-collector settings (``graph.eventloop``), so that the bare loop and mmevol
+    garbage-collector settings (``run.eventloop``), so that the bare loop and mmevol
     run on the same loop and a ratio measures orchestration alone. The CPU of mmevol's
     worker processes, when it has any, is what their reports say (``worker_cpu`` in
     the result's ``extra``), added to this process's own.
     """
     import inspect
 
-    from mmevol.graph import eventloop
-    from mmevol.graph.workers import cpu_with_children
+    from mmevol.run import eventloop
+    from mmevol.run.workers import cpu_with_children
 
     if sim is not None:
         sim.reset()
@@ -319,8 +319,8 @@ def run_mmevol(
 
     ``workers=N`` in ``settings`` runs N worker processes, as ``mmevol run --workers N``.
     """
-    from mmevol.graph import runner
     from mmevol.graph.config import Settings
+    from mmevol.run import runner
 
     checkpoints = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
     config = Settings(
@@ -355,7 +355,7 @@ def run_mmevol(
 
 def count_calls(results_db: Path) -> int:
     """Return the number of model calls a run recorded."""
-    from mmevol.graph.store import Store
+    from mmevol.store.results import Store
 
     with Store(results_db) as store:
         return store.count("calls")
@@ -363,7 +363,7 @@ def count_calls(results_db: Path) -> int:
 
 def finish_times(results_db: Path) -> list[float]:
     """Return when each finished sample of a run finished (``time.time()``)."""
-    from mmevol.graph.store import Store
+    from mmevol.store.results import Store
 
     with Store(results_db) as store:
         return store.finish_times()

@@ -47,7 +47,7 @@ def keep_shards() -> None:
     """Copy each shard file aside before it is uploaded (and then removed)."""
     import shutil
 
-    from mmevol.graph.runtime import batchapi
+    from mmevol.runtime import batchapi
 
     upload = batchapi.ApiBackend.upload
 
@@ -80,7 +80,7 @@ def main() -> int:
             sim, sim.base_url, seed, images, work, concurrency=args.concurrency, label="online"
         )
         run_dir = batch.extra["run_dir"]
-        from mmevol.graph.store import Store
+        from mmevol.store.results import Store
 
         with Store(run_dir / "results.db") as store:
             shards = store.rows("batch_shards")

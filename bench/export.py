@@ -50,7 +50,7 @@ def build(folder: Path, n: int) -> Path:
     """Write checkpoints/bench/results.db with n finished samples; return the run folder."""
     from PIL import Image
 
-    from mmevol.graph.store import Store
+    from mmevol.store.results import Store
 
     images = folder / "images"
     images.mkdir(parents=True)
@@ -95,8 +95,8 @@ def build(folder: Path, n: int) -> Path:
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from mmevol.graph.export import export_json
-from mmevol.graph.training import export_training
+from mmevol.outputs.authors import export_json
+from mmevol.outputs.training import export_training
 db, fmt, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 start = time.perf_counter()
 if fmt == "authors":

@@ -34,7 +34,7 @@ def watch_image_helper() -> list[float]:
     Read from /proc before it exits: the kernel's ``RUSAGE_CHILDREN`` figure would count
     the pages the helper shared with this process between fork and exec.
     """
-    from mmevol.graph.runtime.encoder import ImageEncoder
+    from mmevol.runtime.encoder import ImageEncoder
 
     peaks: list[float] = []
     close = ImageEncoder.aclose
@@ -54,7 +54,7 @@ def child(args: argparse.Namespace) -> int:
     """Run one seed in this process and print what it cost as one JSON line."""
     from _common import run_mmevol  # imports graph/ and nodes/ before the baseline
 
-    import mmevol.graph.runner  # noqa: F401
+    import mmevol.run.runner  # noqa: F401
 
     helper_peaks = watch_image_helper()
     before = rss_mb()

@@ -191,7 +191,7 @@ class Soak:
 
     def statuses(self) -> dict[str, str]:
         """The status of every sample on record (no run may be alive)."""
-        from mmevol.graph.store import Store
+        from mmevol.store.results import Store
 
         if not self.results_db.exists():
             return {}
@@ -203,7 +203,7 @@ class Soak:
 
     def lost_now(self) -> int:
         """Answers lost since the last look: paid at the endpoint, not on record."""
-        from mmevol.graph.store import Store
+        from mmevol.store.results import Store
 
         self.settle()
         answered = self.sim.stats()["answered"]
@@ -485,7 +485,7 @@ def main() -> int:
 
 
 def _answered(soak: Soak) -> dict[str, int]:
-    from mmevol.graph.store import Store
+    from mmevol.store.results import Store
 
     store = Store(soak.results_db)
     try:

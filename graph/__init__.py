@@ -1,1 +1,1 @@
-"""Graph state, wiring, the batch runner and persistence."""
+"""The LangGraph graph (state, context, wiring, checkpointer); may import nodes, runtime, store."""

@@ -217,7 +217,7 @@ class Settings:
 
         Samples in flight and the request and token rates are split as evenly as they go;
         the budgets are not split but counted across workers (see
-        ``mmevol.graph.runtime.limits.Tally``).
+        ``mmevol.runtime.limits.Tally``).
         """
         share = self.concurrency // count + (1 if index < self.concurrency % count else 0)
         rates = {

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmevol.graph.config import Settings
-from mmevol.graph.runtime.encoder import ImageEncoder
-from mmevol.graph.runtime.llm import ModelClient
-from mmevol.graph.store import Store
+from mmevol.runtime.encoder import ImageEncoder
+from mmevol.runtime.llm import ModelClient
+from mmevol.store.results import Store
 
 
 @dataclass

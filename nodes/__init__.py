@@ -1,1 +1,1 @@
-"""Graph nodes (one module each), prompts, the model client and output parsing."""
+"""What happens to one sample (the graph's nodes and their prompts); may import graph, runtime."""

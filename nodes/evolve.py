@@ -10,9 +10,9 @@ from langgraph.runtime import Runtime
 
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem
-from mmevol.graph.runtime.llm import CallKey
 from mmevol.graph.state import Box, SampleState
 from mmevol.nodes import prompts
+from mmevol.runtime.llm import CallKey
 
 
 async def evolve(state: SampleState, runtime: Runtime[RunContext]) -> dict:

@@ -9,11 +9,11 @@ from langgraph.runtime import Runtime
 
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem, Verdict
-from mmevol.graph.runtime.llm import CallKey, answer_problem
 from mmevol.graph.state import SampleState
 from mmevol.nodes import prompts
 from mmevol.nodes.evolve import chunked, items_json
 from mmevol.nodes.parsing import UnusableAnswer, parse_verdicts
+from mmevol.runtime.llm import CallKey, answer_problem
 
 
 async def score(state: SampleState, runtime: Runtime[RunContext]) -> dict:

@@ -6,10 +6,10 @@ from langgraph.runtime import Runtime
 
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem
-from mmevol.graph.runtime.llm import answer_problem
 from mmevol.graph.state import Dropped, SampleState
 from mmevol.nodes.checks import screen
 from mmevol.nodes.parsing import UnusableAnswer, parse_items
+from mmevol.runtime.llm import answer_problem
 
 
 async def validate(state: SampleState, runtime: Runtime[RunContext]) -> dict:

@@ -1,1 +1,1 @@
-"""The simulated OpenAI-compatible endpoint and the synthetic demo data."""
+"""The simulated endpoint and the demo; may import graph, nodes, runtime, store, run, outputs."""

@@ -6,12 +6,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmevol.graph import runner
 from mmevol.graph.config import Settings
-from mmevol.graph.export import export_json
-from mmevol.graph.store import Store
+from mmevol.outputs.authors import export_json
+from mmevol.run import runner
 from mmevol.sim.demo_seed import make_demo_seed
 from mmevol.sim.server import SimOptions, SimServer
+from mmevol.store.results import Store
 
 DEMO_RUN = "demo"
 TRACE_EXAMPLE = "1_shapes_000001.jpg"

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mmevol.graph.runtime.limits import estimate_prompt_tokens, estimate_tokens
+from mmevol.runtime.limits import estimate_prompt_tokens, estimate_tokens
 from mmevol.sim.answers import NOT_COMPLETIONS, build_reply, classify, make_rng, read_messages
 from mmevol.sim.batches import FilesAndBatches
 from mmevol.sim.errors import error_body, error_response

@@ -60,7 +60,7 @@ def demo_run(demo_seed, tmp_path_factory) -> Settings:
 
     Stats, report, plots and the training exports all read this one run.
     """
-    from mmevol.graph import runner
+    from mmevol.run import runner
 
     seed_path, images = demo_seed
     with SimServer(SimOptions(seed=0)) as server:
@@ -105,8 +105,8 @@ def seed16(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def reference16(seed16, tmp_path_factory) -> tuple[list[dict], int]:
     """The export and the request count of a run of ``seed16`` never interrupted."""
-    from mmevol.graph import runner
-    from mmevol.graph.export import export_json
+    from mmevol.outputs.authors import export_json
+    from mmevol.run import runner
 
     seed_path, images = seed16
     tmp = tmp_path_factory.mktemp("ref16")

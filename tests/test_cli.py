@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from mmevol.cli import app
 from mmevol.graph.config import Settings
-from mmevol.graph.store import Store
+from mmevol.store.results import Store
 
 runner = CliRunner()
 

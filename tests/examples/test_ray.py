@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mmevol.graph.export import export_json
+from mmevol.outputs.authors import export_json
 
 pytest.importorskip(
     "ray", reason="ray is not installed: pip install 'mmevol[ray]' to test examples/ray"

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from mmevol.graph.export import export_json
+from mmevol.outputs.authors import export_json
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "examples" / "slurm"

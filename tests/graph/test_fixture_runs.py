@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mmevol.graph import runner
-from mmevol.graph.export import export_json
+from mmevol.outputs.authors import export_json
+from mmevol.run import runner
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RUNS = [("run_v0_1_0", "v010"), ("run_v0_2_0", "v020")]

@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from mmevol.cli import app
-from mmevol.graph import runner
 from mmevol.graph.checkpoints import make_serde
-from mmevol.graph.export import export_json
 from mmevol.graph.items import QAItem
-from mmevol.graph.store import Store
+from mmevol.outputs.authors import export_json
+from mmevol.run import runner
+from mmevol.store.results import Store
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run_v0_1_0"
 DONE = ["0_shapes_000000.jpg", "1_shapes_000001.jpg", "2_shapes_000002.jpg"]
@@ -87,9 +87,9 @@ def test_status_export_and_trace_read_the_old_run(old_run, tmp_path):
 
 def test_the_old_run_is_priced_as_before(old_run):
     # 0.1.0 recorded no cached tokens and no batch mode: its calls read as online, uncached.
-    from mmevol.graph.runtime.llm import spent_so_far
-    from mmevol.graph.runtime.prices import PriceTable
-    from mmevol.graph.stats import compute_stats
+    from mmevol.outputs.stats import compute_stats
+    from mmevol.runtime.llm import spent_so_far
+    from mmevol.runtime.prices import PriceTable
 
     checkpoints = old_run / "checkpoints"
     status = json.loads(cli("status", "--run", "v010", "--checkpoints", checkpoints, "--json"))

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from mmevol.cli import app
 from mmevol.graph import context as run_context
-from mmevol.graph.seed import read_seed
-from mmevol.graph.store import Store
+from mmevol.run.seed import read_seed
+from mmevol.store.results import Store
 
 ROOT = Path(__file__).parents[2]
 

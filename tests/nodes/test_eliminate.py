@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmevol.graph.store import Store
+from mmevol.store.results import Store
 
 
 def test_every_verdict_keeps_the_judges_reason_and_score(demo_run):

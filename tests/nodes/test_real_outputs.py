@@ -17,9 +17,9 @@ import json_repair
 import pytest
 
 from mmevol.graph.items import QAItem
-from mmevol.graph.seed import prepare
 from mmevol.nodes.checks import screen
 from mmevol.nodes.parsing import parse_items, parse_verdicts
+from mmevol.run.seed import prepare
 
 DEMO = Path(__file__).parents[2].parent / "shared" / "mmevol-demo"
 RAW = DEMO / "round1_raw_outputs"

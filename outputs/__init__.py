@@ -1,0 +1,1 @@
+"""Exports, training formats, stats, plots, report; may import graph, runtime, store, run."""

@@ -1,0 +1,452 @@
+"""One self-contained HTML report of a run (`mmevol report`): statistics, charts, a gallery.
+
+The file works offline: the CSS and the script are inline, the charts and images are
+embedded (PNG charts, small JPEG images), and nothing is fetched. The gallery data is
+one JSON block that the script renders with ``textContent`` only, and every text in the
+HTML itself goes through ``html.escape``: item text comes from a model and must never
+become markup.
+
+The gallery is a sample of the run stratified over outcomes (every round kept something,
+some rounds empty, every round empty, failed) and the first round's operator: each stratum
+keeps a seeded reservoir while the samples stream by, so memory does not grow with the
+run, and the same run gives the same gallery.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmevol.outputs.plots import CHARTS, chart_pngs
+from mmevol.outputs.stats import compute_stats, tables
+from mmevol.run.seed import prepare
+from mmevol.runtime.images import ImageProblem, data_url
+from mmevol.store.results import Store
+
+IMAGE_SIDE = 256
+IMAGE_QUALITY = 60
+MAX_ITEMS = 12
+"""Items shown per version of a sample; the rest are counted ("+N more")."""
+MAX_DROPPED = 12
+MAX_TEXT = 1500
+"""Characters of one question or answer shown; longer text is cut with an ellipsis."""
+
+
+@dataclass
+class ReportInfo:
+    """What ``write_report`` wrote."""
+
+    path: Path
+    bytes: int
+    samples: int
+    images: int
+
+
+def outcome(status: str, kept: list[int]) -> str:
+    """Return a sample's outcome: failed, unfinished, all kept, some empty or all empty."""
+    if status == "failed":
+        return "failed"
+    if status != "done":
+        return "unfinished"
+    if kept and all(kept):
+        return "all rounds kept"
+    if any(kept):
+        return "some rounds empty"
+    return "all rounds empty"
+
+
+def choose_samples(store: Store, n: int, seed: int = 0) -> list[str]:
+    """Pick up to ``n`` hash_ids stratified over outcome and first operator (seed order)."""
+    rng = random.Random(seed)
+    reservoirs: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for row in store.gallery_keys():
+        kept = [int(k) for k in (row["kept"] or "").split(",") if k != ""]
+        ops = (row["operators"] or "").split(",")
+        key = (outcome(row["status"], kept), ops[0] or "-")
+        if key[0] == "unfinished":
+            continue
+        entry = (row["idx"] if row["idx"] is not None else -1, row["hash_id"])
+        count = seen.get(key, 0) + 1
+        seen[key] = count
+        bucket = reservoirs.setdefault(key, [])
+        if len(bucket) < n:
+            bucket.append(entry)
+        else:
+            slot = rng.randrange(count)
+            if slot < n:
+                bucket[slot] = entry
+    # Deal one sample per stratum in turn, so small strata (failures) are shown too.
+    for bucket in reservoirs.values():
+        rng.shuffle(bucket)
+    chosen: list[tuple[int, str]] = []
+    buckets = [reservoirs[k] for k in sorted(reservoirs)]
+    while len(chosen) < n and any(buckets):
+        for bucket in buckets:
+            if bucket and len(chosen) < n:
+                chosen.append(bucket.pop())
+    return [h for _, h in sorted(chosen)]
+
+
+def _cut(text: Any) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
+
+
+def _item(item: dict, score: int | None = None, reason: str | None = None) -> dict:
+    return {
+        "q": _cut(item.get("question")),
+        "a": _cut(item.get("answer")),
+        "format": str(item.get("format") or ""),
+        "skills": [str(s) for s in item.get("skills") or []],
+        "steps": len(item.get("steps") or []),
+        "score": score,
+        "reason": reason,
+    }
+
+
+def gallery_record(store: Store, hash_id: str, images: Path | None) -> dict | None:
+    """Return what the gallery shows of one sample (image as a small data URL)."""
+    detail = store.sample_detail(hash_id)
+    if detail is None:
+        return None
+    raw = json.loads(detail["seed"]) if detail.get("seed") else None
+    seed = prepare(detail["idx"] or 0, raw) if raw is not None else None
+    sample = seed.sample if seed else None
+    image_rel = raw.get("image") if isinstance(raw, dict) else None
+    image, image_problem = None, None
+    if images is not None and isinstance(image_rel, str):
+        try:
+            image = data_url(images, image_rel, max_side=IMAGE_SIDE, quality=IMAGE_QUALITY)
+        except (ImageProblem, OSError) as err:
+            image_problem = str(err)
+    else:
+        image_problem = "no image recorded for this sample"
+    v0 = [i.model_dump() for i in sample.seed_items] if sample else []
+    rounds = []
+    items_by_round: dict[int, list[dict]] = {}
+    for row in detail["items"]:
+        items_by_round.setdefault(row["round"], []).append(row)
+    drops_by_round: dict[int, list[dict]] = {}
+    for row in detail["dropped"]:
+        drops_by_round.setdefault(row["round"], []).append(row)
+    for rec in detail["rounds"]:
+        kept = items_by_round.get(rec["round"], [])
+        drops = drops_by_round.get(rec["round"], [])
+        rounds.append(
+            {
+                "round": rec["round"],
+                "operator": rec["operator"],
+                "attempts": rec["attempts"],
+                "candidates": rec["candidates"],
+                "empty": rec["reason"],
+                "kept": [
+                    _item(json.loads(k["item"]), k["score"], k["judge_reason"])
+                    for k in kept[:MAX_ITEMS]
+                ],
+                "more_kept": max(0, len(kept) - MAX_ITEMS),
+                "dropped": [_drop(d) for d in drops[:MAX_DROPPED]],
+                "more_dropped": max(0, len(drops) - MAX_DROPPED),
+            }
+        )
+    scores = [k["score"] for k in detail["items"] if k["score"] is not None]
+    return {
+        "id": hash_id,
+        "idx": detail["idx"],
+        "status": detail["status"],
+        "outcome": outcome(detail["status"], [r["kept"] or 0 for r in detail["rounds"]]),
+        "failure": detail.get("reason") if detail["status"] == "failed" else None,
+        "image": image,
+        "image_problem": image_problem,
+        "caption": _cut(sample.caption if sample else ""),
+        "boxes": [{"label": b.label, "bbox": list(b.bbox)} for b in sample.boxes] if sample else [],
+        "v0": [_item(i) for i in v0[:MAX_ITEMS]],
+        "more_v0": max(0, len(v0) - MAX_ITEMS),
+        "rounds": rounds,
+        "seed_dropped": [_drop(d) for d in drops_by_round.get(0, [])[:MAX_DROPPED]],
+        "max_score": max(scores) if scores else None,
+    }
+
+
+def _drop(row: dict) -> dict:
+    try:
+        item = json.loads(row["item"]) if row["item"] else {}
+    except ValueError:
+        item = {}
+    text = item.get("question") if isinstance(item, dict) else None
+    if text is None:
+        text = json.dumps(item, ensure_ascii=False)
+    return {"stage": row["stage"], "reason": _cut(row["reason"]), "q": _cut(text)}
+
+
+def _json_for_script(data: Any) -> str:
+    # Inside <script>, "</script>" or "<!--" in a model's text would end the block: no "<"
+    # survives (JSON reads \u003c back as "<"), nor the line separators JS once refused.
+    text = json.dumps(data, ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(char, escaped)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _tables_html(stats: dict) -> str:
+    parts = []
+    for title, header, rows in tables(stats):
+        parts.append(f"<h3>{html.escape(title)}</h3><table class='stats'><thead><tr>")
+        parts.extend(f"<th>{html.escape(h)}</th>" for h in header)
+        parts.append("</tr></thead><tbody>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append("</tbody></table>")
+    return "".join(parts)
+
+
+def _charts_html(pngs: dict[str, bytes]) -> str:
+    return "".join(
+        f"<figure class='chart' id='chart-{html.escape(name)}'>"
+        f"<img alt='{html.escape(CHARTS[name][0])}' src='data:image/png;base64,"
+        f"{base64.b64encode(data).decode()}'><figcaption>{html.escape(CHARTS[name][0])}"
+        "</figcaption></figure>"
+        for name, data in pngs.items()
+    )
+
+
+def write_report(results_db: Path, output: Path, samples: int = 300, seed: int = 0) -> ReportInfo:
+    """Write the report of the run at ``results_db`` to ``output``."""
+    stats = compute_stats(results_db)
+    pngs = chart_pngs(stats)
+    with Store(results_db) as store:
+        settings = store.get_meta("settings") or {}
+        images = Path(settings["images"]) if settings.get("images") else None
+        gallery = []
+        for hash_id in choose_samples(store, samples, seed):
+            record = gallery_record(store, hash_id, images)
+            if record is not None:
+                gallery.append(record)
+    title = f"mmevol run {stats['run']}"
+    parts = {
+        "title": html.escape(title),
+        "models": html.escape(
+            f"evolution {stats['models']['evolve']}, judge {stats['models']['judge']}"
+        ),
+        "charts": _charts_html(pngs),
+        "tables": _tables_html(stats),
+        "data": _json_for_script({"samples": gallery}),
+    }
+    # One pass, so a placeholder inside inserted text is never replaced in turn.
+    page = re.sub(r"\{(title|models|charts|tables|data)\}", lambda m: parts[m[1]], PAGE)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".part")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(output)
+    return ReportInfo(
+        path=output,
+        bytes=output.stat().st_size,
+        samples=len(gallery),
+        images=sum(1 for g in gallery if g["image"]),
+    )
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5em 2em; color: #222; }
+h1 { margin: .6em 0 .2em; } h2 { margin-top: 1.2em; border-bottom: 1px solid #ccc; }
+table.stats { border-collapse: collapse; margin: .3em 0 1em; font-size: 12px; }
+table.stats td, table.stats th { border: 1px solid #ddd; padding: 2px 6px; text-align: left;
+  vertical-align: top; }
+table.stats th { background: #f3f3f3; }
+.charts { display: flex; flex-wrap: wrap; gap: 12px; }
+.chart { margin: 0; } .chart img { width: 480px; max-width: 100%; border: 1px solid #ddd; }
+.chart figcaption { font-size: 12px; color: #555; }
+#filters { position: sticky; top: 0; background: #fff; padding: 6px 0; z-index: 2;
+  border-bottom: 1px solid #ccc; display: flex; flex-wrap: wrap; gap: 10px; align-items: center; }
+#cards { display: flex; flex-direction: column; gap: 12px; margin-top: 10px; }
+.card { display: flex; gap: 12px; border: 1px solid #ccc; border-radius: 6px; padding: 8px; }
+.card.failed { border-color: #c33; background: #fff6f6; }
+.pic { position: relative; flex: none; width: 256px; align-self: flex-start; }
+.pic img { width: 100%; display: block; }
+.box { position: absolute; border: 2px solid #e11; box-sizing: border-box; pointer-events: none; }
+.box span { position: absolute; left: 0; top: -1.3em; background: #e11; color: #fff;
+  font-size: 10px; padding: 0 2px; white-space: nowrap; }
+.noimg { width: 256px; height: 120px; background: #eee; color: #777; display: flex;
+  align-items: center; justify-content: center; text-align: center; font-size: 12px; }
+.body { flex: 1; min-width: 0; }
+.meta { font-size: 12px; color: #555; }
+.versions { display: flex; gap: 8px; overflow-x: auto; }
+.version { flex: 1 1 0; min-width: 170px; border-left: 3px solid #89b; padding: 0 4px 0 6px;
+  font-size: 12px; max-height: 480px; overflow-y: auto; overflow-wrap: anywhere; }
+.version h4 { margin: 2px 0; }
+.item { margin: 4px 0; padding: 3px; background: #f7f7fa; border-radius: 3px; }
+.item .q { font-weight: 600; white-space: pre-wrap; } .item .a { white-space: pre-wrap; }
+.item .why { color: #555; font-style: italic; }
+.drop { color: #933; margin: 2px 0; } .empty { color: #a60; }
+.score { background: #264; color: #fff; border-radius: 3px; padding: 0 4px; font-size: 11px; }
+.caption { font-size: 12px; color: #333; white-space: pre-wrap; max-height: 6em; overflow: auto; }
+</style></head>
+<body>
+<h1>{title}</h1>
+<p class="meta">Models: {models}. Made by <code>mmevol report</code>; works offline.</p>
+<h2>Charts</h2><div class="charts" id="charts">{charts}</div>
+<h2>Statistics</h2><div id="tables">{tables}</div>
+<h2>Gallery</h2>
+<div id="filters">
+ <label>operator <select id="f-operator"><option value="">any</option></select></label>
+ <label>round <select id="f-round"><option value="">any</option></select></label>
+ <label>min score <select id="f-score"><option value="">any</option></select></label>
+ <label>status <select id="f-status"><option value="">any</option></select></label>
+ <span id="shown"></span>
+</div>
+<div id="cards"></div>
+<p><button id="more" type="button">show more</button></p>
+<script type="application/json" id="gallery-data">{data}</script>
+<script>
+"use strict";
+(function () {
+  var data = JSON.parse(document.getElementById("gallery-data").textContent);
+  var samples = data.samples;
+  var PAGE = 40;
+  var limit = PAGE;
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (text !== undefined && text !== null) { e.textContent = String(text); }
+    return e;
+  }
+  function fill(id, values) {
+    var select = document.getElementById(id);
+    values.forEach(function (v) {
+      var o = el("option", null, v); o.value = v; select.appendChild(o);
+    });
+  }
+  function uniq(list) {
+    return list.filter(function (v, i) { return list.indexOf(v) === i; }).sort();
+  }
+  var ops = [], rounds = [], outcomes = [];
+  samples.forEach(function (s) {
+    outcomes.push(s.outcome);
+    s.rounds.forEach(function (r) { ops.push(r.operator); rounds.push(String(r.round)); });
+  });
+  fill("f-operator", uniq(ops));
+  fill("f-round", uniq(rounds));
+  fill("f-score", ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+  fill("f-status", uniq(outcomes));
+  function value(id) { return document.getElementById(id).value; }
+  function matches(s) {
+    var op = value("f-operator"), rnd = value("f-round");
+    var minScore = value("f-score"), status = value("f-status");
+    if (status && s.outcome !== status) { return false; }
+    var rs = s.rounds.filter(function (r) { return !rnd || String(r.round) === rnd; });
+    if (rnd && rs.length === 0) { return false; }
+    if (op) {
+      rs = rs.filter(function (r) { return r.operator === op; });
+      if (rs.length === 0) { return false; }
+    }
+    if (minScore) {
+      var best = -1;
+      rs.forEach(function (r) {
+        r.kept.forEach(function (k) {
+          if (k.score !== null && k.score > best) { best = k.score; }
+        });
+      });
+      if (best < Number(minScore)) { return false; }
+    }
+    return true;
+  }
+  function itemNode(it) {
+    var d = el("div", "item");
+    if (it.score !== null && it.score !== undefined) {
+      d.appendChild(el("span", "score", it.score));
+    }
+    d.appendChild(el("div", "q", it.q));
+    d.appendChild(el("div", "a", it.a));
+    var facts = [];
+    if (it.format) { facts.push("format " + it.format); }
+    if (it.skills.length) { facts.push("skills " + it.skills.join(", ")); }
+    facts.push(it.steps + " steps");
+    d.appendChild(el("div", "meta", facts.join(" · ")));
+    if (it.reason) { d.appendChild(el("div", "why", "judge: " + it.reason)); }
+    return d;
+  }
+  function dropNode(dr) {
+    var text = "dropped (" + dr.stage + "): " + dr.reason + (dr.q ? " — " + dr.q : "");
+    return el("div", "drop", text);
+  }
+  function card(s) {
+    var c = el("div", "card" + (s.status === "failed" ? " failed" : ""));
+    c.dataset.id = s.id;
+    c.dataset.operators = s.rounds.map(function (r) { return r.operator; }).join(",");
+    var pic = el("div", "pic");
+    if (s.image) {
+      var img = el("img"); img.src = s.image; img.alt = s.id; pic.appendChild(img);
+      s.boxes.forEach(function (b) {
+        var x = b.bbox;
+        var box = el("div", "box");
+        box.style.left = (100 * x[0]) + "%"; box.style.top = (100 * x[1]) + "%";
+        box.style.width = (100 * (x[2] - x[0])) + "%";
+        box.style.height = (100 * (x[3] - x[1])) + "%";
+        box.appendChild(el("span", null, b.label));
+        pic.appendChild(box);
+      });
+    } else {
+      pic.appendChild(el("div", "noimg", s.image_problem || "no image"));
+    }
+    c.appendChild(pic);
+    var body = el("div", "body");
+    body.appendChild(el("div", "meta", "#" + s.idx + " " + s.id + " · " + s.outcome));
+    if (s.failure) { body.appendChild(el("div", "drop", "failed: " + s.failure)); }
+    if (s.caption) { body.appendChild(el("div", "caption", "caption: " + s.caption)); }
+    var versions = el("div", "versions");
+    var v0 = el("div", "version");
+    v0.appendChild(el("h4", null, "v0 (seed)"));
+    s.v0.forEach(function (it) { v0.appendChild(itemNode(it)); });
+    if (s.more_v0) { v0.appendChild(el("div", "meta", "+" + s.more_v0 + " more")); }
+    s.seed_dropped.forEach(function (dr) { v0.appendChild(dropNode(dr)); });
+    versions.appendChild(v0);
+    s.rounds.forEach(function (r) {
+      var v = el("div", "version");
+      v.appendChild(el("h4", null, "v" + r.round + " · " + r.operator + " · " + r.kept.length +
+        (r.more_kept ? "+" + r.more_kept : "") + " of " + r.candidates + " kept"));
+      if (r.empty) { v.appendChild(el("div", "empty", "empty round: " + r.empty)); }
+      r.kept.forEach(function (it) { v.appendChild(itemNode(it)); });
+      if (r.more_kept) { v.appendChild(el("div", "meta", "+" + r.more_kept + " more kept")); }
+      r.dropped.forEach(function (dr) { v.appendChild(dropNode(dr)); });
+      if (r.more_dropped) {
+        v.appendChild(el("div", "meta", "+" + r.more_dropped + " more dropped"));
+      }
+      versions.appendChild(v);
+    });
+    body.appendChild(versions);
+    c.appendChild(body);
+    return c;
+  }
+  function render() {
+    var cards = document.getElementById("cards");
+    while (cards.firstChild) { cards.removeChild(cards.firstChild); }
+    var hits = samples.filter(matches);
+    hits.slice(0, limit).forEach(function (s) { cards.appendChild(card(s)); });
+    document.getElementById("shown").textContent =
+      Math.min(limit, hits.length) + " shown of " + hits.length + " matching (" +
+      samples.length + " in the report)";
+    document.getElementById("more").style.display = hits.length > limit ? "" : "none";
+  }
+  ["f-operator", "f-round", "f-score", "f-status"].forEach(function (id) {
+    document.getElementById(id).addEventListener("change", function () {
+      limit = PAGE; render();
+    });
+  });
+  document.getElementById("more").addEventListener("click", function () {
+    limit += PAGE; render();
+  });
+  render();
+}());
+</script>
+</body></html>
+"""

@@ -1,0 +1,1 @@
+"""Model runtime: client, endpoints, limits, prices, images, Batch API; may import graph, store."""
