@@ -284,7 +284,8 @@ def write_readme_tables() -> None:
     path = ROOT / "README.md"
     text = path.read_text()
     for name, make in TABLES.items():
-        text, n = _block(name).subn(lambda m, t=make(): m.group(1) + t + "\n" + m.group(3), text)
+        table = make() + "\n"
+        text, n = _block(name).subn(lambda m, t=table: m.group(1) + t + m.group(3), text)
         assert n == 1, f"the README has {n} blocks for the {name} table"
     path.write_text(text)
 
