@@ -85,8 +85,10 @@ def module_name(relative: Path) -> str:
 def layer_of(name: str) -> str:
     """Return a module's layer: its folder, or the command layer for a top-level module."""
     parts = name.split(".")
-    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in layer_folders()) else (
-        COMMAND
+    return (
+        parts[1]
+        if len(parts) > 2 or (len(parts) == 2 and parts[1] in layer_folders())
+        else (COMMAND)
     )
 
 
