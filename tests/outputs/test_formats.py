@@ -224,7 +224,7 @@ def test_cli_formats_and_bad_options(demo_run, tmp_path):
         (["--format", "llava", "--rounds", "one"], "--rounds takes numbers"),
         (["--format", "llava", "--steps", "maybe"], "--steps must be one of"),
         (["--format", "csv"], "--format must be one of"),
-        (["--rounds", "1"], "apply to --format llava, sharegpt or hf"),
+        (["--rounds", "1"], "apply to --format llava, llava-next, sharegpt or hf"),
         (["--format", "llava", "--image-max-side", "64"], "apply to --format hf only"),
     ):
         result = invoke(
