@@ -399,7 +399,7 @@ def export_hf(
     shard_bytes: int = SHARD_BYTES,
     group_records: int = ROW_GROUP_RECORDS,
 ) -> ExportReport:
-    """Write the run as a dataset folder: data/train-*.parquet and README.md."""
+    """Write the run as a dataset folder: data/<split>-*.parquet (one per split), README.md."""
     from mmevol.outputs.formats import require_extra
 
     require_extra("hf", "datasets", "pyarrow", "huggingface_hub", "yaml")
