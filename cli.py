@@ -380,7 +380,7 @@ def export(
     checkpoints: CheckpointsOpt = None,
     fmt: Annotated[
         str,
-        typer.Option("--format", help="authors, llava, sharegpt or hf."),
+        typer.Option("--format", help="authors, llava, llava-next, sharegpt or hf."),
     ] = "authors",
     rounds: Annotated[
         str | None,
@@ -402,16 +402,38 @@ def export(
     push_to_hub: Annotated[
         str | None, typer.Option(help="hf: push the folder to this Hub dataset repo.")
     ] = None,
+    relative_to: Annotated[
+        Path | None,
+        typer.Option(help="llava, llava-next, sharegpt: image paths relative to this folder."),
+    ] = None,
+    boxes: Annotated[
+        str | None, typer.Option(help="Boxes in the text: unit (0-1, default), 1000, pixels.")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Hold out a split by hash_id, e.g. val=0.02.")
+    ] = None,
+    license: Annotated[
+        str | None, typer.Option("--license", help="hf: the card's license (e.g. cc-by-4.0).")
+    ] = None,
+    image_column: Annotated[
+        bool | None,
+        typer.Option(
+            "--image-column/--no-image-column",
+            help="hf: keep the one-image `image` column beside `images` (default: keep).",
+        ),
+    ] = None,
 ) -> None:
     """Write finished samples: the authors' format, or training records (llava, sharegpt, hf)."""
     from mmevol.outputs import formats, training
 
     path = _existing_run(run, checkpoints)
     if fmt == "authors":
-        given = [rounds, min_score, steps, images, image_max_side, push_to_hub]
+        given = [rounds, min_score, steps, images, image_max_side, push_to_hub, relative_to,
+                 boxes, split, license, image_column]  # fmt: skip
         if any(v is not None for v in given):
-            fail("--rounds, --min-score, --steps, --images, --image-max-side and --push-to-hub"
-                 " apply to --format llava, sharegpt or hf")  # fmt: skip
+            fail("--rounds, --min-score, --steps, --images, --image-max-side, --push-to-hub,"
+                 " --relative-to, --boxes, --split, --license and --image-column"
+                 " apply to --format llava, llava-next, sharegpt or hf")  # fmt: skip
         from mmevol.outputs.authors import export_json
 
         result = guarded(export_json, path, output)
@@ -428,6 +450,11 @@ def export(
         images=images,
         image_max_side=image_max_side,
         push_to_hub=push_to_hub,
+        relative_to=relative_to,
+        boxes=boxes or formats.DEFAULT_BOXES,
+        split=guarded(formats.parse_split, split) if split else None,
+        license=license,
+        image_column=image_column is not False,
     )
     try:
         report = guarded(training.export_training, path, output, fmt, options)
@@ -441,6 +468,8 @@ def export(
         err.print(f"... and {hidden} more skipped records", highlight=False)
     for extra in report.files:
         out.print(f"wrote {extra}", highlight=False)
+    for note in report.notes:
+        out.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     if report.pushed_to:
         out.print(f"pushed to https://huggingface.co/datasets/{report.pushed_to}", highlight=False)
 

@@ -60,7 +60,8 @@ def export_json(results_db: Path, output: Path) -> ExportResult:
 
     A regular file is written whole or not at all: the samples go to a temporary file
     beside it, renamed over ``output`` only once complete, and removed on any failure.
-    A device or pipe (``/dev/stdout``) is written directly.
+    A device or pipe (``/dev/stdout``) is written directly. An output named ``*.jsonl``
+    gets JSON lines (one sample a line) instead of a list.
 
     Raises:
         ExportProblem: ``output`` is a folder.
@@ -73,17 +74,18 @@ def export_json(results_db: Path, output: Path) -> ExportResult:
         mode = None
     if mode is not None and stat.S_ISDIR(mode):
         raise ExportProblem(f"-o {str(output)!r} is a folder: give the path of a file to write")
+    lines = output.suffix.lower() == ".jsonl"
     with Store(results_db) as store:
         rounds = (store.get_meta("settings") or {}).get("rounds", 3)
         if mode is not None and not stat.S_ISREG(mode):
             with output.open("w", encoding="utf-8") as fh:
-                return _left_out(store, results_db, _write(store, rounds, fh))
+                return _left_out(store, results_db, _write(store, rounds, fh, lines))
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
         try:
             os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else _default_mode())
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                count = _write(store, rounds, fh)
+                count = _write(store, rounds, fh, lines)
             # Replace the old file only once the new one is whole.
             os.replace(tmp, output)
         except BaseException:
@@ -93,14 +95,19 @@ def export_json(results_db: Path, output: Path) -> ExportResult:
         return _left_out(store, results_db, count)
 
 
-def _write(store: Store, rounds: int, fh: TextIO) -> int:
+def _write(store: Store, rounds: int, fh: TextIO, lines: bool = False) -> int:
     count = 0
-    fh.write("[")
+    if not lines:
+        fh.write("[")
     for sample in store.export_rows(rounds):
-        fh.write(",\n" if count else "\n")
-        fh.write(json.dumps(sample, ensure_ascii=False))
+        if lines:
+            fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        else:
+            fh.write(",\n" if count else "\n")
+            fh.write(json.dumps(sample, ensure_ascii=False))
         count += 1
-    fh.write("\n]\n")
+    if not lines:
+        fh.write("\n]\n")
     fh.flush()
     return count
 

@@ -8,8 +8,10 @@ and round), and are written to a temporary file renamed into place at the end.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,12 +25,39 @@ from mmevol.graph.items import QAItem
 from mmevol.run.seed import turns_to_items
 from mmevol.store.results import Store
 
-FORMATS = ("authors", "llava", "sharegpt", "hf")
-TRAINING_FORMATS = ("llava", "sharegpt", "hf")
+FORMATS = ("authors", "llava", "llava-next", "sharegpt", "hf")
+TRAINING_FORMATS = ("llava", "llava-next", "sharegpt", "hf")
+JSON_FORMATS = ("llava", "llava-next", "sharegpt")
+"""The formats written as JSON files (a list for ``.json``, JSON lines for ``.jsonl``)."""
 STEP_MODES = ("inline", "none", "field")
+BOX_MODES = ("unit", "1000", "pixels")
 DEFAULT_ROUNDS = (1, 2, 3)
 DEFAULT_STEPS = "inline"
+DEFAULT_BOXES = "unit"
 IMAGE_TOKEN = "<image>"
+PLACEHOLDERS = (
+    # LLaVA and LLaVA-NeXT (<image>; <im_start>, <im_end>, <im_patch> with mm_use_im_start_end),
+    # LLaMA-Factory (<image>, <video>, <audio>: counted against the media of each record),
+    # Hugging Face processors (Idefics, LLaVA, Qwen2-VL/Qwen2.5-VL) and ChatML turn markers.
+    IMAGE_TOKEN,
+    "<video>",
+    "<audio>",
+    "<im_start>",
+    "<im_end>",
+    "<im_patch>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<fake_token_around_image>",
+    "<end_of_utterance>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+)
+"""Text that trainers read as a media placeholder or a turn marker: removed from exported text."""
+SPLIT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 PROBLEMS_KEPT = 20
 """How many problem lines an export keeps to show (all are counted)."""
 
@@ -67,6 +96,16 @@ class ExportOptions:
     """hf only: downscale embedded images to at most this many pixels a side."""
     push_to_hub: str | None = None
     """hf only: a Hub dataset repository to push the written folder to."""
+    relative_to: Path | None = None
+    """llava, llava-next, sharegpt: write image paths relative to this folder."""
+    boxes: str = DEFAULT_BOXES
+    """Boxes in the text: unit (0-1 floats, as written), 1000 (0-1000 integers), pixels."""
+    split: tuple[str, float] | None = None
+    """A held-out split: its name and the fraction of samples (by hash_id) that go to it."""
+    license: str | None = None
+    """hf only: the card's license (the Hub's identifier); ``other`` and a request when None."""
+    image_column: bool = True
+    """hf only: keep the one-image ``image`` column beside ``images`` (stores each image twice)."""
 
     def __post_init__(self) -> None:
         """Check the options (a bad one is a one-line ValueError)."""
@@ -79,6 +118,32 @@ class ExportOptions:
         self.rounds = tuple(sorted(set(self.rounds)))
         if self.image_max_side is not None and self.image_max_side < 16:
             raise ValueError("--image-max-side must be at least 16 pixels")
+        if self.boxes not in BOX_MODES:
+            raise ValueError(f"--boxes must be one of {', '.join(BOX_MODES)}, not {self.boxes!r}")
+
+
+def parse_split(text: str) -> tuple[str, float]:
+    """Parse ``val=0.02`` into a split name and the fraction of samples it takes."""
+    name, _, value = text.partition("=")
+    name = name.strip()
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = -1.0
+    if not SPLIT_NAME.fullmatch(name) or name == "train" or not 0 < fraction < 1:
+        raise ValueError(
+            f"--split takes NAME=FRACTION with a name other than train and 0 < FRACTION < 1"
+            f" (e.g. val=0.02), not {text!r}"
+        )
+    return name, fraction
+
+
+def split_of(hash_id: str, split: tuple[str, float] | None) -> str:
+    """Return the split a sample goes to: decided by its hash_id alone, so shards agree."""
+    if split is None:
+        return "train"
+    digest = hashlib.sha256(hash_id.encode("utf-8")).digest()
+    return split[0] if int.from_bytes(digest[:8], "big") < split[1] * 2**64 else "train"
 
 
 def parse_rounds(text: str) -> tuple[int, ...]:
@@ -123,6 +188,8 @@ class Record:
     image_file: Path
     pairs: list[Pair]
     source_id: str | None = None
+    image_out: str | None = None
+    """The image path to write when it is not the format's own (``--relative-to``)."""
 
     @property
     def id(self) -> str:
@@ -139,13 +206,57 @@ class RecordProblem(ValueError):
         self.kind = kind
 
 
-def clean_text(value: Any) -> str:
-    """Return an item's text without stray image tokens (the record places its own)."""
+def clean_text(value: Any, removed: Counter | None = None) -> str:
+    """Return an item's text without trainer placeholders (the record places its own image).
+
+    ``removed`` counts each placeholder taken out (see PLACEHOLDERS).
+    """
     if value is None:
         return ""
     if not isinstance(value, str):
         value = json.dumps(value, ensure_ascii=False)
-    return value.replace(IMAGE_TOKEN, "").strip()
+    for token in PLACEHOLDERS:
+        if token in value:
+            if removed is not None:
+                removed[token] += value.count(token)
+            value = value.replace(token, "")
+    return value.strip()
+
+
+_NUMBER = r"-?\d+(?:\.\d+)?"
+BOX = re.compile(r"\[\s*" + r"\s*,\s*".join([f"({_NUMBER})"] * 4) + r"\s*\]")
+"""A box as the run writes it in text: ``[x1, y1, x2, y2]``."""
+
+
+def convert_boxes(text: str, mode: str, size: tuple[int, int] | None, counts: Counter) -> str:
+    """Rewrite the 0-1 boxes of ``text`` as 0-1000 integers or as pixels of an image of ``size``.
+
+    A bracketed four-number list that is not a 0-1 box (``x1 <= x2``, ``y1 <= y2``) is left
+    as it is and counted as ``left``.
+    """
+    if mode == "unit":
+        return text
+
+    def convert(match: re.Match) -> str:
+        x1, y1, x2, y2 = (float(v) for v in match.groups())
+        if not (0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1):
+            counts["left"] += 1
+            return match[0]
+        width, height = (1000, 1000) if mode == "1000" else size or (1, 1)
+        scaled = (x1 * width, y1 * height, x2 * width, y2 * height)
+        counts["converted"] += 1
+        return "[" + ", ".join(str(round(v)) for v in scaled) + "]"
+
+    return BOX.sub(convert, text)
+
+
+def convert_pair_boxes(pair: Pair, mode: str, size: tuple[int, int] | None, counts: Counter):
+    """Convert the boxes of a pair's question, answer and steps in place."""
+    pair.question = convert_boxes(pair.question, mode, size, counts)
+    pair.answer = convert_boxes(pair.answer, mode, size, counts)
+    for step in pair.steps:
+        for key in ("manipulation", "description"):
+            step[key] = convert_boxes(step[key], mode, size, counts)
 
 
 def steps_text(steps: list[dict[str, str]]) -> str:
@@ -188,7 +299,9 @@ def _seed_items(raw: list) -> list[dict]:
     return items
 
 
-def _pairs(items: list[dict], min_score: int | None, rnd: int) -> list[Pair]:
+def _pairs(
+    items: list[dict], min_score: int | None, rnd: int, removed: Counter | None = None
+) -> list[Pair]:
     pairs = []
     for item in items:
         score = item.get("score")
@@ -196,15 +309,14 @@ def _pairs(items: list[dict], min_score: int | None, rnd: int) -> list[Pair]:
             continue
         steps = [
             {
-                "manipulation": clean_text(s.get("manipulation")) or "None",
-                "description": clean_text(s.get("description")),
+                "manipulation": clean_text(s.get("manipulation"), removed) or "None",
+                "description": clean_text(s.get("description"), removed),
             }
             for s in item.get("steps") or []
             if isinstance(s, dict)
         ]
-        pairs.append(
-            Pair(clean_text(item.get("question")), clean_text(item.get("answer")), steps, score)
-        )
+        question = clean_text(item.get("question"), removed)
+        pairs.append(Pair(question, clean_text(item.get("answer"), removed), steps, score))
     return pairs
 
 
@@ -277,8 +389,16 @@ class ExportReport:
     problems: list[str] = field(default_factory=list)
     """The first problem lines (PROBLEMS_KEPT of them), naming sample and round."""
     files: list[Path] = field(default_factory=list)
-    """Files written beside the output (dataset_info.json, the dataset card)."""
+    """Files written beside the output (dataset_info.json, the dataset card, split files)."""
     pushed_to: str | None = None
+    placeholders: Counter = field(default_factory=Counter)
+    """Trainer placeholders removed from the items' text, by placeholder."""
+    boxes: Counter = field(default_factory=Counter)
+    """Boxes converted by --boxes (``converted``), and lists left as they were (``left``)."""
+    splits: Counter = field(default_factory=Counter)
+    """Records written per split (with --split)."""
+    notes: list[str] = field(default_factory=list)
+    """What the user should know to train on the output (one line each)."""
 
     def skip(self, problem: RecordProblem) -> None:
         """Count a skipped record and keep its line when there is room."""
@@ -298,6 +418,15 @@ class ExportReport:
             line += f"; skipped {sum(self.skipped.values())} records ({kinds})"
         if self.below_min_score:
             line += f"; {self.below_min_score} rounds had no item at --min-score"
+        if self.splits:
+            line += "; splits " + ", ".join(f"{k} {n}" for k, n in sorted(self.splits.items()))
+        if self.placeholders:
+            kinds = ", ".join(f"{k} {n}" for k, n in self.placeholders.most_common())
+            line += f"; removed trainer placeholders from the text ({kinds})"
+        if self.boxes["converted"] or self.boxes["left"]:
+            line += f"; boxes converted {self.boxes['converted']}"
+            if self.boxes["left"]:
+                line += f" ({self.boxes['left']} bracketed lists not 0-1 boxes left as they were)"
         return line
 
 
@@ -321,7 +450,9 @@ def iter_records(
     too_far = [r for r in options.rounds if r > run_rounds]
     if too_far:
         raise ValueError(f"--rounds {too_far} beyond the run's {run_rounds} rounds")
+    base = None if options.relative_to is None else relative_base(root, options.relative_to)
     checked: str | None = None  # the image of the last record that passed its checks
+    size: tuple[int, int] | None = None  # its size, for --boxes pixels
     for sample in store.export_rows(run_rounds):
         hash_id = sample["hash_id"]
         image = str(sample.get("image") or "")
@@ -338,20 +469,53 @@ def iter_records(
                 items = sample.get(f"conversations_v{rnd}") or []
             if not items:
                 continue  # an empty round makes no record
-            pairs = _pairs(items, options.min_score, rnd)
+            pairs = _pairs(items, options.min_score, rnd, report.placeholders)
             if not pairs:
                 report.below_min_score += 1
                 continue
             record = Record(hash_id, rnd, image, root / image, pairs, source_id)
             try:
-                check_record(record, root, image_seen=checked == image)
+                seen = checked == image
+                check_record(record, root, image_seen=seen)
+                if options.boxes == "pixels" and not seen:
+                    size = image_size(record)
                 checked = image
             except RecordProblem as problem:
                 report.skip(problem)
                 continue
+            if options.boxes != "unit":
+                for pair in pairs:
+                    convert_pair_boxes(pair, options.boxes, size, report.boxes)
+            if base is not None:
+                record.image_out = os.path.relpath(os.path.abspath(record.image_file), base)
             made = True
             yield record
         report.samples += made
+
+
+def image_size(record: Record) -> tuple[int, int]:
+    """Return an image's width and height (its header only), or raise RecordProblem."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(record.image_file) as img:
+            return img.size
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise RecordProblem(
+            "image unreadable", record.hash_id, record.round, f"image {record.image}: {err}"
+        ) from err
+
+
+def relative_base(root: Path, folder: Path) -> str:
+    """Return ``folder`` as an absolute path, or raise ValueError unless the image root is in it."""
+    base = os.path.abspath(folder)
+    images = os.path.abspath(root)
+    if os.path.commonpath([base, images]) != base:
+        raise ValueError(
+            f"--relative-to {folder}: the image root {root} is not inside it; give the image"
+            " root or a folder that holds it"
+        )
+    return base
 
 
 # -- the per-format record shapes -------------------------------------------------------
@@ -367,7 +531,7 @@ def llava_record(record: Record, steps: str) -> dict:
     check_turns(turns, record, "human", "gpt")
     out: dict[str, Any] = {
         "id": record.id,
-        "image": record.image,
+        "image": record.image_out or record.image,
         "conversations": [{"from": role, "value": text} for role, text in turns],
     }
     if steps == "field":
@@ -386,7 +550,7 @@ def sharegpt_record(record: Record, steps: str) -> dict:
     out: dict[str, Any] = {
         "id": record.id,
         "messages": [{"role": role, "content": text} for role, text in turns],
-        "images": [str(record.image_file.resolve())],
+        "images": [record.image_out or str(record.image_file.resolve())],
     }
     if steps == "field":
         out["steps"] = [pair.steps for pair in record.pairs]
@@ -420,40 +584,65 @@ def part_path(output: Path) -> Path:
     return output.with_name(output.name + ".part")
 
 
+class JsonWriter:
+    """Stream records into a JSON list (or JSON lines) file under its ``.part`` name."""
+
+    def __init__(self, output: Path, lines: bool):
+        """Open ``output``'s temporary file; ``lines`` writes JSON lines instead of a list."""
+        self.output = output
+        self.lines = lines
+        self.count = 0
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = part_path(output)
+        self._fh: TextIO | None = self._tmp.open("w", encoding="utf-8")
+        if not lines:
+            self._fh.write("[")
+
+    def add(self, record: dict) -> None:
+        """Write one record."""
+        text = json.dumps(record, ensure_ascii=False)
+        if self.lines:
+            self._fh.write(text + "\n")
+        else:
+            self._fh.write((",\n" if self.count else "\n") + text)
+        self.count += 1
+
+    def commit(self) -> None:
+        """Close the file and rename it into place."""
+        if not self.lines:
+            self._fh.write("\n]\n")
+        self._fh.close()
+        self._fh = None
+        self._tmp.replace(self.output)
+
+    def abort(self) -> None:
+        """Close and remove the temporary file (the output, if any, is left untouched)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._tmp.unlink(missing_ok=True)
+
+
 def write_json_records(
     output: Path, records: Iterator[dict], report: ExportReport, lines: bool
 ) -> None:
     """Stream records into a JSON list (or JSON lines) file, renamed into place when whole."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part_path(output)
+    writer = JsonWriter(output, lines)
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            _write_stream(fh, records, report, lines)
-        tmp.replace(output)
+        for record in records:
+            writer.add(record)
+            report.written += 1
+        writer.commit()
     finally:
-        tmp.unlink(missing_ok=True)
+        writer.abort()
 
 
-def _write_stream(fh: TextIO, records: Iterator[dict], report: ExportReport, lines: bool) -> None:
-    if not lines:
-        fh.write("[")
-    for record in records:
-        text = json.dumps(record, ensure_ascii=False)
-        if lines:
-            fh.write(text + "\n")
-        else:
-            fh.write((",\n" if report.written else "\n") + text)
-        report.written += 1
-    if not lines:
-        fh.write("\n]\n")
-
-
-def _shaped(
+def _shaped_records(
     records: Iterator[Record],
     shape: Callable[[Record, str], dict],
     options: ExportOptions,
     report: ExportReport,
-) -> Iterator[dict]:
+) -> Iterator[tuple[Record, dict]]:
     for record in records:
         try:
             out = shape(record, options.steps)
@@ -462,23 +651,57 @@ def _shaped(
             continue
         report.per_round[record.round] += 1
         report.items_per_round[record.round] += len(record.pairs)
+        yield record, out
+
+
+def _shaped(
+    records: Iterator[Record],
+    shape: Callable[[Record, str], dict],
+    options: ExportOptions,
+    report: ExportReport,
+) -> Iterator[dict]:
+    for _, out in _shaped_records(records, shape, options, report):
         yield out
 
 
 def write_dataset_info(output: Path, name: str) -> Path:
     """Add (or replace) this export's entry in the dataset_info.json beside it."""
-    info_path = output.parent / "dataset_info.json"
+    return write_dataset_infos(output.parent, {name: output})
+
+
+def write_dataset_infos(folder: Path, outputs: dict[str, Path]) -> Path:
+    """Add (or replace) one entry per written file in ``folder/dataset_info.json``."""
+    info_path = folder / "dataset_info.json"
     info = {}
     if info_path.exists():
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{info_path} is not valid JSON ({err}); fix or remove it") from err
-    info[name] = dataset_info_entry(output)
+    for name, output in outputs.items():
+        info[name] = dataset_info_entry(output)
     tmp = part_path(info_path)
     tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(info_path)
     return info_path
+
+
+def next_yaml(data: Path) -> str:
+    """Return the LLaVA-NeXT data list (``--data_path x.yaml``) that names one data file.
+
+    LLaVA-NeXT opens ``json_path`` from the trainer's working folder: the path is absolute.
+    """
+    path = json.dumps(os.path.abspath(data), ensure_ascii=False)  # a JSON string is YAML
+    return f"datasets:\n  - json_path: {path}\n    sampling_strategy: all\n"
+
+
+def write_next_yaml(data: Path) -> Path:
+    """Write ``<data stem>.yaml`` beside a llava-next data file; return its path."""
+    path = data.with_suffix(".yaml")
+    tmp = part_path(path)
+    tmp.write_text(next_yaml(data), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def replace_dir(tmp: Path, output: Path) -> None:
@@ -499,28 +722,90 @@ def check_request(fmt: str, options: ExportOptions) -> None:
     """Refuse a format that is not a training format, or options it does not take."""
     if fmt not in TRAINING_FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if fmt != "hf" and (options.image_max_side or options.push_to_hub):
-        raise ValueError("--image-max-side and --push-to-hub apply to --format hf only")
+    if fmt != "hf" and (options.image_max_side or options.push_to_hub or options.license):
+        raise ValueError("--image-max-side, --push-to-hub and --license apply to --format hf only")
+    if fmt != "hf" and not options.image_column:
+        raise ValueError("--no-image-column applies to --format hf only")
+    if fmt == "hf" and options.relative_to is not None:
+        raise ValueError("--relative-to applies to llava, llava-next and sharegpt (hf embeds)")
+
+
+def check_output(fmt: str, output: Path) -> None:
+    """Refuse an output whose suffix the format would not honour."""
+    suffix = output.suffix.lower()
+    if fmt == "hf":
+        if suffix in (".json", ".jsonl", ".parquet"):
+            raise ValueError(f"--format hf writes a folder: -o {output} names a {suffix} file")
+    elif fmt in JSON_FORMATS and suffix not in (".json", ".jsonl"):
+        raise ValueError(
+            f"-o {output}: --format {fmt} writes .json (a JSON list) or .jsonl (JSON lines)"
+        )
+
+
+def split_outputs(output: Path, split: tuple[str, float] | None) -> dict[str, Path]:
+    """Return the file each split is written to: ``output`` alone, or ``<stem>_<split>``."""
+    if split is None:
+        return {"train": output}
+    return {
+        name: output.with_name(f"{output.stem}_{name}{output.suffix}")
+        for name in ("train", split[0])
+    }
 
 
 def export_records(
     results_db: Path, output: Path, fmt: str, options: ExportOptions | None = None
 ) -> ExportReport:
-    """Write a run's kept rounds as JSON training records in ``fmt`` (llava or sharegpt).
+    """Write a run's kept rounds as JSON training records in ``fmt`` (llava, llava-next, sharegpt).
 
     ``mmevol.outputs.training.export_training`` picks this or the ``hf`` writer by format.
+    With ``options.split`` the records go to one file per split (``<stem>_train``,
+    ``<stem>_<name>``), a sample's records all to the same one.
     """
     options = options or ExportOptions()
     check_request(fmt, options)
     if fmt == "hf":
         raise ValueError("--format hf is written by mmevol.outputs.hfexport.export_hf")
+    check_output(fmt, output)
     report = ExportReport(output=output, format=fmt)
+    lines = output.suffix.lower() == ".jsonl"
+    paths = split_outputs(output, options.split)
     with Store(results_db) as store:
         root = image_root(store, options.images)
         records = iter_records(store, options, report, root)
-        shape = llava_record if fmt == "llava" else sharegpt_record
-        lines = output.suffix.lower() == ".jsonl"
-        write_json_records(output, _shaped(records, shape, options, report), report, lines)
+        shape = sharegpt_record if fmt == "sharegpt" else llava_record
+        writers: dict[str, JsonWriter] = {}
+        try:
+            for name, path in paths.items():
+                writers[name] = JsonWriter(path, lines)
+            for record, out in _shaped_records(records, shape, options, report):
+                name = split_of(record.hash_id, options.split)
+                writers[name].add(out)
+                report.written += 1
+                if options.split:
+                    report.splits[name] += 1
+            for writer in writers.values():
+                writer.commit()
+        finally:
+            for writer in writers.values():
+                writer.abort()
+    if options.split:
+        report.files.extend(paths.values())
     if fmt == "sharegpt":
-        report.files.append(write_dataset_info(output, output.stem))
+        folder = output.parent
+        report.files.append(write_dataset_infos(folder, {p.stem: p for p in paths.values()}))
+        if options.relative_to is not None and os.path.abspath(
+            options.relative_to
+        ) != os.path.abspath(folder):
+            report.notes.append(
+                f"image paths are relative to {options.relative_to}: set media_dir to that"
+                " folder in the LLaMA-Factory config (it defaults to dataset_dir)"
+            )
+    if fmt == "llava-next":
+        report.files.extend(write_next_yaml(path) for path in paths.values())
+        report.notes.append("train with --data_path set to the .yaml (LLaVA-NeXT reads it)")
+    elif fmt == "llava" and lines:
+        report.notes.append(
+            "LLaVA-1.5 reads --data_path with json.load: give it a .json export; LLaVA-NeXT"
+            " reads .jsonl only through a .yaml list (--format llava-next writes it)"
+        )
     return report

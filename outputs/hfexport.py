@@ -17,7 +17,7 @@ from mmevol.outputs.formats import (
     ExportReport,
     Record,
     RecordProblem,
-    _shaped,
+    _shaped_records,
     answer_text,
     check_turns,
     image_root,
@@ -25,6 +25,7 @@ from mmevol.outputs.formats import (
     part_path,
     replace_dir,
     run_settings,
+    split_of,
 )
 from mmevol.store.results import Store
 
@@ -46,20 +47,24 @@ CITATION = """@article{luo2024mmevol,
 }"""
 
 
-def features(steps: str):
+def features(steps: str, image_column: bool = True):
     """Return the dataset's features (the schema the Parquet files carry)."""
     from datasets import Features, Image, List, Value
 
+    part = {"type": Value("string"), "text": Value("string")}
     columns: dict[str, Any] = {
         "id": Value("string"),
         "hash_id": Value("string"),
         "source_id": Value("string"),
         "round": Value("int32"),
         "image": Image(),
+        "images": List(Image()),
         "image_path": Value("string"),
-        "messages": List({"role": Value("string"), "content": Value("string")}),
+        "messages": List({"role": Value("string"), "content": List(part)}),
         "scores": List(Value("int32")),
     }
+    if not image_column:
+        del columns["image"]
     if steps == "field":
         columns["steps"] = List(
             List({"manipulation": Value("string"), "description": Value("string")})
@@ -67,8 +72,18 @@ def features(steps: str):
     return Features(columns)
 
 
+def content_parts(text: str, image: bool) -> list[dict]:
+    """Return a turn's content as parts: ``{"type": "image"}`` first when it carries the image."""
+    parts = [{"type": "image", "text": None}] if image else []
+    return [*parts, {"type": "text", "text": text}]
+
+
 def hf_record(record: Record, steps: str) -> dict:
-    """Return one dataset row (the image still a path; bytes are added when written)."""
+    """Return one dataset row (the image still a path; bytes are added when written).
+
+    ``messages`` is in the layout of chat templates of vision processors (and TRL): each
+    turn's content a list of parts, the first user turn's starting with an image part.
+    """
     turns = []
     for pair in record.pairs:
         turns.append(("user", pair.question))
@@ -83,7 +98,10 @@ def hf_record(record: Record, steps: str) -> dict:
         "round": record.round,
         "image": record.image_file,
         "image_path": record.image,
-        "messages": [{"role": role, "content": text} for role, text in turns],
+        "messages": [
+            {"role": role, "content": content_parts(text, n == 0)}
+            for n, (role, text) in enumerate(turns)
+        ],
         "scores": [pair.score for pair in record.pairs],
     }
     if steps == "field":
@@ -136,11 +154,13 @@ class ShardWriter:
         features,
         shard_bytes: int = SHARD_BYTES,
         group_records: int = ROW_GROUP_RECORDS,
+        split: str = "train",
     ):
-        """Write under ``folder/data`` with the schema of ``features``."""
+        """Write under ``folder/data`` with the schema of ``features``, as ``split``'s shards."""
         self.group_records = group_records
+        self.split = split
         self.data = folder / "data"
-        self.data.mkdir(parents=True)
+        self.data.mkdir(parents=True, exist_ok=True)
         self.features = features
         self.schema = features.arrow_schema
         self.shard_bytes = shard_bytes
@@ -164,7 +184,7 @@ class ShardWriter:
         if not self._rows:
             return
         if self._writer is None:
-            path = self.data / f"shard-{len(self.shards):05d}.parquet"
+            path = self.data / f"{self.split}.shard-{len(self.shards):05d}.parquet"
             self.shards.append(path)
             # Statistics (min/max) of the image bytes would copy two images per row group
             # into the footer, which the writer keeps in memory until it closes.
@@ -187,13 +207,13 @@ class ShardWriter:
             self._writer.close()
         if not self.shards:
             # No record at all: one empty shard keeps the folder loadable.
-            path = self.data / "shard-00000.parquet"
+            path = self.data / f"{self.split}.shard-00000.parquet"
             pq.write_table(pa.Table.from_pylist([], schema=self.schema), path)
             self.shards.append(path)
         total = len(self.shards)
         final = []
         for n, path in enumerate(self.shards):
-            target = self.data / f"train-{n:05d}-of-{total:05d}.parquet"
+            target = self.data / f"{self.split}-{n:05d}-of-{total:05d}.parquet"
             path.rename(target)
             final.append(target)
         return final
@@ -247,8 +267,10 @@ def dataset_card(report: ExportReport, facts: dict, options: ExportOptions) -> s
 
     per_round = {f"v{r}": n for r, n in sorted(report.per_round.items())}
     items = {f"v{r}": n for r, n in sorted(report.items_per_round.items())}
+    splits = split_sizes(report, options)
     header = {
         "pretty_name": f"MMEvol run {facts['run']}",
+        "license": options.license or "other",
         "language": ["en"],
         "size_categories": [size_category(report.written)],
         "task_categories": ["visual-question-answering", "image-text-to-text"],
@@ -256,9 +278,14 @@ def dataset_card(report: ExportReport, facts: dict, options: ExportOptions) -> s
         "configs": [
             {
                 "config_name": "default",
-                "data_files": [{"split": "train", "path": "data/train-*.parquet"}],
+                "data_files": [
+                    {"split": name, "path": f"data/{name}-*.parquet"} for name in splits
+                ],
             }
         ],
+        "dataset_info": {
+            "splits": [{"name": name, "num_examples": n} for name, n in splits.items()]
+        },
         "mmevol": {
             **facts,
             "exported_rounds": list(options.rounds),
@@ -266,11 +293,16 @@ def dataset_card(report: ExportReport, facts: dict, options: ExportOptions) -> s
             "steps": options.steps,
             "records_per_round": per_round,
             "items_per_round": items,
+            "records_per_split": dict(splits),
+            "split": None if options.split is None else f"{options.split[0]}={options.split[1]}",
         },
     }
     models = facts["evolution_model"]
     if facts["judge_model"] != models:
         models = f"{models} (evolution), {facts['judge_model']} (judge)"
+    image_column = (
+        "\n- `image`: the same image, on its own (one image a row)" if options.image_column else ""
+    )
     steps_column = (
         "\n- `steps`: the solving steps of each pair (`manipulation`, `description`)"
         if options.steps == "field"
@@ -281,6 +313,16 @@ def dataset_card(report: ExportReport, facts: dict, options: ExportOptions) -> s
         for r in sorted(report.per_round)
     )
     samples = ", ".join(f"{k} {v}" for k, v in sorted(facts["samples"].items()))
+    split_line = ", ".join(f"{name} {n}" for name, n in splits.items())
+    if options.split:
+        name, fraction = options.split
+        split_line += f" (`{name}` takes {fraction:g} of the samples, by hash_id)"
+    license_line = (
+        f"License: `{options.license}`."
+        if options.license
+        else "**License: not set.** Replace `license: other` in the header with the license"
+        " that the seed's images and the models' terms allow (the exporter cannot know it)."
+    )
     body = f"""
 # MMEvol run `{facts["run"]}`
 
@@ -297,6 +339,9 @@ multimodal model, each followed by a judge that keeps only the items that improv
 - Minimum judge score: {options.min_score if options.min_score is not None else "none"};
   solving steps: {options.steps}
 - Records written: {report.written}; skipped: {sum(report.skipped.values())}
+- Splits: {split_line}
+
+{license_line}
 
 | version | records | Q&A pairs |
 |---|---|---|
@@ -304,8 +349,11 @@ multimodal model, each followed by a judge that keeps only the items that improv
 
 ## Columns
 - `id`: `<hash_id>_v<round>`; `hash_id`, `source_id` (the seed's `id`), `round` (0 = seed items)
-- `image`: the image, embedded; `image_path`: its path under the run's image root
-- `messages`: alternating `user` / `assistant` turns, one pair per Q&A item of the round
+- `images`: the record's image, embedded, as a one-image list (the column TRL reads){image_column}
+- `image_path`: the image's path under the run's image root
+- `messages`: alternating `user` / `assistant` turns, one pair per Q&A item of the round; each
+  turn's `content` is a list of parts (`{{"type": "text", "text": ...}}`), the first user turn's
+  starting with `{{"type": "image"}}`, as the chat templates of vision processors expect
 - `scores`: the judge's score of each pair (null for seed items){steps_column}
 
 ## Citation
@@ -314,6 +362,13 @@ multimodal model, each followed by a judge that keeps only the items that improv
 ```
 """
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n" + body
+
+
+def split_sizes(report: ExportReport, options: ExportOptions) -> dict[str, int]:
+    """Return the records of each split, train first (one split, train, without --split)."""
+    if options.split is None:
+        return {"train": report.written}
+    return {name: report.splits[name] for name in ("train", options.split[0])}
 
 
 def hub_token() -> str:
@@ -344,7 +399,7 @@ def export_hf(
     shard_bytes: int = SHARD_BYTES,
     group_records: int = ROW_GROUP_RECORDS,
 ) -> ExportReport:
-    """Write the run as a dataset folder: data/train-*.parquet and README.md."""
+    """Write the run as a dataset folder: data/<split>-*.parquet (one per split), README.md."""
     from mmevol.outputs.formats import require_extra
 
     require_extra("hf", "datasets", "pyarrow", "huggingface_hub", "yaml")
@@ -353,15 +408,19 @@ def export_hf(
     tmp = part_path(output)
     if tmp.exists():
         shutil.rmtree(tmp)
+    names = ["train"] if options.split is None else ["train", options.split[0]]
     with Store(results_db) as store:
         try:
             root = image_root(store, options.images)
-            writer = ShardWriter(tmp, features(options.steps), shard_bytes, group_records)
+            schema = features(options.steps, options.image_column)
+            writers = {
+                name: ShardWriter(tmp, schema, shard_bytes, group_records, name) for name in names
+            }
             images = ImageBytes(options.image_max_side)
             records = iter_records(store, options, report, root)
-            for row in _shaped(records, hf_record, options, report):
+            for record, row in _shaped_records(records, hf_record, options, report):
                 try:
-                    row["image"] = images(row["image"], row["image_path"])
+                    image = images(row.pop("image"), row["image_path"])
                 except OSError as err:
                     # Counted as written by _shaped; take it back.
                     report.per_round[row["round"]] -= 1
@@ -372,9 +431,19 @@ def export_hf(
                         )
                     )
                     continue
-                writer.add(row, len(row["image"]["bytes"]) + 200 * len(row["messages"]))
+                row["images"] = [image]
+                copies = 1
+                if options.image_column:
+                    row["image"] = image
+                    copies = 2
+                name = split_of(record.hash_id, options.split)
+                size = copies * len(image["bytes"]) + 200 * len(row["messages"])
+                writers[name].add(row, size)
                 report.written += 1
-            writer.close()
+                if options.split:
+                    report.splits[name] += 1
+            for writer in writers.values():
+                writer.close()
             facts = run_facts(store)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,9 +14,10 @@ from mmevol.outputs import formats
 def export_training(
     results_db: Path, output: Path, fmt: str, options: formats.ExportOptions | None = None
 ) -> formats.ExportReport:
-    """Write a run's kept rounds as training records in ``fmt`` (llava, sharegpt or hf)."""
+    """Write a run's kept rounds as training records in ``fmt`` (see formats.TRAINING_FORMATS)."""
     options = options or formats.ExportOptions()
     formats.check_request(fmt, options)
+    formats.check_output(fmt, output)
     if fmt == "hf":
         from mmevol.outputs import hfexport  # only now: its extra may be missing
 
