@@ -84,24 +84,41 @@ def _funnel(plt, stats: dict, min_score: int | None = None):
 
 def _scores(plt, stats: dict, min_score: int | None = None):
     rounds = stats["rounds"] or [{"round": 1, "score_histogram": {}, "mean_score": None}]
-    fig, axes = _figure(plt, len(rounds), WIDE_FIGSIZE, sharey=True, squeeze=False)
+    size = (max(WIDE_FIGSIZE[0], 4.0 * len(rounds)), WIDE_FIGSIZE[1])
+    fig, axes = _figure(plt, len(rounds), size, sharey=True, squeeze=False)
     xs = list(range(0, 11))
     width = 0.42
     for ax, r in zip(axes[0], rounds, strict=True):
         kept = r.get("score_histogram") or {}
         out = r.get("judged_out_score_histogram") or {}
-        ax.bar([x - width / 2 for x in xs], [kept.get(str(x), 0) for x in xs], width,
-               color=KEPT_COLOUR, label="kept")  # fmt: skip
-        ax.bar([x + width / 2 for x in xs], [out.get(str(x), 0) for x in xs], width,
-               color=JUDGED_OUT_COLOUR, label="judged out")  # fmt: skip
+        ax.bar(
+            [x - width / 2 for x in xs],
+            [kept.get(str(x), 0) for x in xs],
+            width,
+            color=KEPT_COLOUR,
+            label="kept",
+        )
+        ax.bar(
+            [x + width / 2 for x in xs],
+            [out.get(str(x), 0) for x in xs],
+            width,
+            color=JUDGED_OUT_COLOUR,
+            label="judged out",
+        )
         if min_score is not None:
-            ax.axvline(min_score - 0.5, color=CUT_OFF_COLOUR, linestyle="--", linewidth=2,
-                       label=f"--min-score {min_score} (export keeps scores at or above)")  # fmt: skip
+            ax.axvline(
+                min_score - 0.5,
+                color=CUT_OFF_COLOUR,
+                linestyle="--",
+                linewidth=2,
+                label=f"--min-score {min_score} (export keeps scores at or above)",
+            )
         mean = r.get("mean_score")
         paper = PAPER["mean_score"].get(r["round"])
-        title = f"round {r['round']}: kept mean {mean:.2f}" if mean is not None else (
-            f"round {r['round']}: nothing kept"
-        )  # fmt: skip
+        if mean is None:
+            title = f"round {r['round']}: nothing kept"
+        else:
+            title = f"round {r['round']}: kept mean {mean:.2f}"
         ax.set_title(title + (f" (paper {paper:.2f})" if paper is not None else ""))
         ax.set_xticks(xs)
         ax.set_xlim(-0.7, 10.7)
@@ -137,7 +154,7 @@ def _growth(plt, stats: dict, min_score: int | None = None):
         )
     ax.set_ylabel("per item")
     ax.set_title("Skills, steps and objects by version")
-    _legend_below(fig, *ax.get_legend_handles_labels())
+    _legend_below(fig, *ax.get_legend_handles_labels(), ncols=2)
     return fig
 
 
@@ -176,7 +193,11 @@ def chart_figures(stats: dict, min_score: int | None = None) -> dict[str, Any]:
     ``min_score`` marks the export's ``--min-score`` cut-off on the score chart.
     """
     plt = _pyplot()
-    style = {"font.size": FONT_SIZE, "legend.fontsize": FONT_SIZE - 1, "axes.titlesize": FONT_SIZE + 1}
+    style = {
+        "font.size": FONT_SIZE,
+        "legend.fontsize": FONT_SIZE - 1,
+        "axes.titlesize": FONT_SIZE + 1,
+    }
     with plt.rc_context(style):
         return {name: draw(plt, stats, min_score) for name, (_, draw) in CHARTS.items()}
 

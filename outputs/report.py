@@ -273,7 +273,7 @@ table.stats td, table.stats th { border: 1px solid #ddd; padding: 2px 6px; text-
   vertical-align: top; }
 table.stats th { background: #f3f3f3; }
 .charts { display: grid; gap: 12px;
-  grid-template-columns: repeat(auto-fill, minmax(min(100%, 560px), 1fr)); }
+  grid-template-columns: repeat(auto-fill, minmax(min(100%, 560px), 1fr)); grid-auto-flow: dense; }
 .chart { margin: 0; } .chart img { width: 100%; border: 1px solid #ddd; }
 #chart-scores { grid-column: 1 / -1; }
 .chart figcaption { font-size: 12px; color: #555; }
@@ -410,7 +410,7 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
       parent.appendChild(more);
     }
     if (notShown) {
-      parent.appendChild(el("div", "meta", "+" + notShown + " more " + noun + " not in the report"));
+      parent.appendChild(el("div", "meta", "+" + notShown + " more " + noun + " not in report"));
     }
   }
   function addDrops(parent, drops, notShown) {
@@ -419,7 +419,7 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
     box.appendChild(el("summary", null, drops.length + (notShown ? "+" + notShown : "") +
       " dropped"));
     drops.forEach(function (dr) { box.appendChild(dropNode(dr)); });
-    if (notShown) { box.appendChild(el("div", "meta", "+" + notShown + " more not in the report")); }
+    if (notShown) { box.appendChild(el("div", "meta", "+" + notShown + " more not in report")); }
     parent.appendChild(box);
   }
   // Box labels: each box gets a tag inside the image, "n label" where it fits without
