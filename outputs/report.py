@@ -423,8 +423,9 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
     parent.appendChild(box);
   }
   // Box labels: each box gets a tag inside the image, "n label" where it fits without
-  // touching another tag, else just "n", else none; the list under the image names every
-  // box by its number whenever a tag had to shorten or give way.
+  // touching another tag and is no wider than its box or half the image (so labels never
+  // paper over the picture), else just "n", else none; the list under the image names
+  // every box by its number whenever a tag had to shorten or give way.
   function placeTags(frame, legend) {
     var W = frame.clientWidth, H = frame.clientHeight, placed = [], whole = 0;
     var tags = frame.querySelectorAll(".tag");
@@ -433,10 +434,10 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
         return r.x + r.w <= p.x || p.x + p.w <= r.x || r.y + r.h <= p.y || p.y + p.h <= r.y;
       });
     }
-    function spot(tag, b) {
+    function spot(tag, b, widest) {
       var w = tag.offsetWidth, h = tag.offsetHeight;
-      if (w > W || h > H) { return null; }
       var x0 = b[0] * W, y0 = b[1] * H, x1 = b[2] * W, y1 = b[3] * H;
+      if (w > Math.min(widest || W, W) || h > H) { return null; }
       var tries = [[x0, y0], [x1 - w, y0], [x0, y1 - h], [x1 - w, y1 - h], [x0, y0 - h],
         [x0, y1], [x1 - w, y0 - h], [x1 - w, y1]];
       for (var y = y0 + h; y < y1 - h; y += h) {  // then anywhere inside the box
@@ -451,7 +452,7 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
     }
     Array.prototype.forEach.call(tags, function (tag) {
       var b = tag.dataset.box.split(",").map(Number);
-      var r = spot(tag, b);
+      var r = spot(tag, b, Math.max((b[2] - b[0]) * W, W / 2));
       if (r) { whole += 1; } else { tag.textContent = tag.dataset.n; r = spot(tag, b); }
       if (r) {
         tag.style.left = r.x + "px"; tag.style.top = r.y + "px"; placed.push(r);
