@@ -474,6 +474,12 @@ def export(
         out.print(f"pushed to https://huggingface.co/datasets/{report.pushed_to}", highlight=False)
 
 
+MarkScoreOpt = Annotated[
+    int | None,
+    typer.Option("--min-score", help="Mark this export --min-score cut-off on the score chart."),
+]
+
+
 @app.command()
 def stats(
     run: RunOpt = "default",
@@ -485,6 +491,7 @@ def stats(
         Path | None,
         typer.Option("--plots", help="Folder to write PNG charts into (needs mmevol[plots])."),
     ] = None,
+    min_score: MarkScoreOpt = None,
 ) -> None:
     """Compare a run with the paper: per round, per item version, per operator, cost."""
     from mmevol.outputs.stats import compute_stats, tables
@@ -494,7 +501,7 @@ def stats(
     if plots is not None:
         from mmevol.outputs.plots import write_plots
 
-        written = guarded(write_plots, result, plots)
+        written = guarded(write_plots, result, plots, min_score)
         err.print(f"wrote {len(written)} charts to {plots}", highlight=False)
     if as_json:
         out.print_json(json.dumps(result))
@@ -514,12 +521,13 @@ def report(
     run: RunOpt = "default",
     checkpoints: CheckpointsOpt = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Samples in the gallery.")] = 300,
+    min_score: MarkScoreOpt = None,
 ) -> None:
     """Write one self-contained HTML report: statistics, charts and a gallery of samples."""
     from mmevol.outputs.report import write_report
 
     path = _existing_run(run, checkpoints)
-    info = guarded(write_report, path, output, samples)
+    info = guarded(write_report, path, output, samples, min_score=min_score)
     out.print(
         f"wrote {output}: {info.samples} samples ({info.images} with their image),"
         f" {info.bytes / 1e6:.1f} MB",

@@ -1,7 +1,8 @@
 """PNG charts of a run's statistics (matplotlib, an optional extra: ``mmevol[plots]``).
 
 Each chart is drawn from the dictionary of ``mmevol.outputs.stats.compute_stats``, with the
-paper's figures drawn beside the run's where the paper gives them.
+paper's figures drawn beside the run's where the paper gives them. Every legend stands
+below its plot, outside the data, so it never hides a bar or a point.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from typing import Any
 from mmevol.outputs.stats import OPERATORS, PAPER
 
 EXTRA_HINT = "matplotlib is not installed: pip install 'mmevol[plots]'"
+FIGSIZE = (7.0, 4.0)
+"""Inches of one chart; at ``DPI`` a PNG of 1050 x 600 pixels."""
+WIDE_FIGSIZE = (12.0, 4.2)
+"""Inches of the score chart, one panel per round side by side (1800 x 630 pixels)."""
+DPI = 150
+FONT_SIZE = 12
+KEPT_COLOUR = "tab:green"
+JUDGED_OUT_COLOUR = "tab:grey"
+CUT_OFF_COLOUR = "tab:red"
 
 
 class MissingExtra(ValueError):
@@ -31,8 +41,17 @@ def _pyplot():
     return plt
 
 
-def _funnel(plt, stats: dict):
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+def _figure(plt, ncols: int = 1, figsize: tuple[float, float] = FIGSIZE, **kw):
+    # Constrained layout makes room for a legend placed "outside" the axes.
+    return plt.subplots(1, ncols, figsize=figsize, layout="constrained", **kw)
+
+
+def _legend_below(fig, handles: list, labels: list[str], ncols: int = 3) -> None:
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(labels)))
+
+
+def _funnel(plt, stats: dict, min_score: int | None = None):
+    fig, ax = _figure(plt)
     rounds = stats["rounds"]
     labels = [f"round {r['round']}" for r in rounds]
     x = range(len(rounds))
@@ -53,41 +72,67 @@ def _funnel(plt, stats: dict):
         label="paper kept share",
     )
     share.set_ylim(0, 1.05)
-    share.set_ylabel("kept share")
+    share.set_ylabel("kept share (kept / judged)")
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("items")
     ax.set_title("Funnel: items in, judged, kept")
-    handles = ax.get_legend_handles_labels()
+    handles, names = ax.get_legend_handles_labels()
     more = share.get_legend_handles_labels()
-    ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="upper right")
+    _legend_below(fig, handles + more[0], names + more[1])
     return fig
 
 
-def _scores(plt, stats: dict):
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    rounds = stats["rounds"]
-    width = 0.8 / max(len(rounds), 1)
-    for n, r in enumerate(rounds):
-        hist = r["score_histogram"]
-        total = sum(hist.values()) or 1
-        xs = list(range(0, 11))
+def _scores(plt, stats: dict, min_score: int | None = None):
+    rounds = stats["rounds"] or [{"round": 1, "score_histogram": {}, "mean_score": None}]
+    size = (max(WIDE_FIGSIZE[0], 4.0 * len(rounds)), WIDE_FIGSIZE[1])
+    fig, axes = _figure(plt, len(rounds), size, sharey=True, squeeze=False)
+    xs = list(range(0, 11))
+    width = 0.42
+    for ax, r in zip(axes[0], rounds, strict=True):
+        kept = r.get("score_histogram") or {}
+        out = r.get("judged_out_score_histogram") or {}
         ax.bar(
-            [x + (n - (len(rounds) - 1) / 2) * width for x in xs],
-            [hist.get(str(x), 0) / total for x in xs],
+            [x - width / 2 for x in xs],
+            [kept.get(str(x), 0) for x in xs],
             width,
-            label=f"round {r['round']} (mean {r['mean_score'] or 0:.2f},"
-            f" paper {PAPER['mean_score'].get(r['round'], float('nan')):.2f})",
+            color=KEPT_COLOUR,
+            label="kept",
         )
-    ax.set_xticks(range(0, 11))
-    ax.set_xlabel("judge score of kept items")
-    ax.set_ylabel("share of the round's kept items")
-    ax.set_title("Score distribution per round")
-    ax.legend(fontsize=7)
+        ax.bar(
+            [x + width / 2 for x in xs],
+            [out.get(str(x), 0) for x in xs],
+            width,
+            color=JUDGED_OUT_COLOUR,
+            label="judged out",
+        )
+        if min_score is not None:
+            ax.axvline(
+                min_score - 0.5,
+                color=CUT_OFF_COLOUR,
+                linestyle="--",
+                linewidth=2,
+                label=f"--min-score {min_score} (export keeps scores at or above)",
+            )
+        mean = r.get("mean_score")
+        paper = PAPER["mean_score"].get(r["round"])
+        if mean is None:
+            title = f"round {r['round']}: nothing kept"
+        else:
+            title = f"round {r['round']}: kept mean {mean:.2f}"
+        ax.set_title(title + (f" (paper {paper:.2f})" if paper is not None else ""))
+        ax.set_xticks(xs)
+        ax.set_xlim(-0.7, 10.7)
+        ax.set_xlabel("judge score")
+    axes[0][0].set_ylabel("items")
+    fig.suptitle("Judge scores: items kept and items judged out, per round")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    order = sorted(range(len(names)), key=lambda n: names[n].startswith("--min-score"))
+    _legend_below(fig, [handles[n] for n in order], [names[n] for n in order])
     return fig
 
 
-def _growth(plt, stats: dict):
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+def _growth(plt, stats: dict, min_score: int | None = None):
+    fig, ax = _figure(plt)
     versions = stats["versions"]
     xs = [f"v{v['version']}" for v in versions]
     for key, name in (
@@ -109,12 +154,12 @@ def _growth(plt, stats: dict):
         )
     ax.set_ylabel("per item")
     ax.set_title("Skills, steps and objects by version")
-    ax.legend(fontsize=7)
+    _legend_below(fig, *ax.get_legend_handles_labels(), ncols=2)
     return fig
 
 
-def _operators(plt, stats: dict):
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+def _operators(plt, stats: dict, min_score: int | None = None):
+    fig, ax = _figure(plt)
     rounds = stats["rounds"]
     ops = [op for op in stats["operators"] if op in OPERATORS] or list(OPERATORS)
     labels = [f"round {r['round']}" for r in rounds] + ["paper p"]
@@ -130,25 +175,38 @@ def _operators(plt, stats: dict):
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share of samples")
     ax.set_title("Operator mix per round")
-    ax.legend(fontsize=7)
+    _legend_below(fig, *ax.get_legend_handles_labels())
     return fig
 
 
-CHARTS: dict[str, tuple[str, Callable[[Any, dict], Any]]] = {
+CHARTS: dict[str, tuple[str, Callable[..., Any]]] = {
     "funnel": ("The funnel: items in, candidates judged, kept, per round", _funnel),
-    "scores": ("Judge scores of kept items per round", _scores),
+    "scores": ("Judge scores per round: items kept and items judged out", _scores),
     "growth": ("Skills, steps and objects per item, v0 to v3", _growth),
     "operators": ("Operator mix per round against the paper's probabilities", _operators),
 }
 
 
-def chart_pngs(stats: dict, dpi: int = 100) -> dict[str, bytes]:
+def chart_figures(stats: dict, min_score: int | None = None) -> dict[str, Any]:
+    """Draw every chart and return its matplotlib figure, by name (the caller closes them).
+
+    ``min_score`` marks the export's ``--min-score`` cut-off on the score chart.
+    """
+    plt = _pyplot()
+    style = {
+        "font.size": FONT_SIZE,
+        "legend.fontsize": FONT_SIZE - 1,
+        "axes.titlesize": FONT_SIZE + 1,
+    }
+    with plt.rc_context(style):
+        return {name: draw(plt, stats, min_score) for name, (_, draw) in CHARTS.items()}
+
+
+def chart_pngs(stats: dict, min_score: int | None = None, dpi: int = DPI) -> dict[str, bytes]:
     """Draw every chart and return its PNG bytes, by name."""
     plt = _pyplot()
     pngs = {}
-    for name, (_, draw) in CHARTS.items():
-        fig = draw(plt, stats)
-        fig.tight_layout()
+    for name, fig in chart_figures(stats, min_score).items():
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
         plt.close(fig)
@@ -156,9 +214,9 @@ def chart_pngs(stats: dict, dpi: int = 100) -> dict[str, bytes]:
     return pngs
 
 
-def write_plots(stats: dict, folder: Path) -> list[Path]:
+def write_plots(stats: dict, folder: Path, min_score: int | None = None) -> list[Path]:
     """Write every chart as ``<name>.png`` into ``folder``; return the files."""
-    pngs = chart_pngs(stats)
+    pngs = chart_pngs(stats, min_score)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, data in pngs.items():

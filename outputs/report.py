@@ -216,10 +216,19 @@ def _charts_html(pngs: dict[str, bytes]) -> str:
     )
 
 
-def write_report(results_db: Path, output: Path, samples: int = 300, seed: int = 0) -> ReportInfo:
-    """Write the report of the run at ``results_db`` to ``output``."""
+def write_report(
+    results_db: Path,
+    output: Path,
+    samples: int = 300,
+    seed: int = 0,
+    min_score: int | None = None,
+) -> ReportInfo:
+    """Write the report of the run at ``results_db`` to ``output``.
+
+    ``min_score`` marks the export's ``--min-score`` cut-off on the score chart.
+    """
     stats = compute_stats(results_db)
-    pngs = chart_pngs(stats)
+    pngs = chart_pngs(stats, min_score)
     with Store(results_db) as store:
         settings = store.get_meta("settings") or {}
         images = Path(settings["images"]) if settings.get("images") else None
@@ -263,33 +272,43 @@ table.stats { border-collapse: collapse; margin: .3em 0 1em; font-size: 12px; }
 table.stats td, table.stats th { border: 1px solid #ddd; padding: 2px 6px; text-align: left;
   vertical-align: top; }
 table.stats th { background: #f3f3f3; }
-.charts { display: flex; flex-wrap: wrap; gap: 12px; }
-.chart { margin: 0; } .chart img { width: 480px; max-width: 100%; border: 1px solid #ddd; }
+.charts { display: grid; gap: 12px;
+  grid-template-columns: repeat(auto-fill, minmax(min(100%, 560px), 1fr)); grid-auto-flow: dense; }
+.chart { margin: 0; } .chart img { width: 100%; border: 1px solid #ddd; }
+#chart-scores { grid-column: 1 / -1; }
 .chart figcaption { font-size: 12px; color: #555; }
+[hidden] { display: none !important; }
 #filters { position: sticky; top: 0; background: #fff; padding: 6px 0; z-index: 2;
   border-bottom: 1px solid #ccc; display: flex; flex-wrap: wrap; gap: 10px; align-items: center; }
 #cards { display: flex; flex-direction: column; gap: 12px; margin-top: 10px; }
 .card { display: flex; gap: 12px; border: 1px solid #ccc; border-radius: 6px; padding: 8px; }
 .card.failed { border-color: #c33; background: #fff6f6; }
-.pic { position: relative; flex: none; width: 256px; align-self: flex-start; }
-.pic img { width: 100%; display: block; }
-.box { position: absolute; border: 2px solid #e11; box-sizing: border-box; pointer-events: none; }
-.box span { position: absolute; left: 0; top: -1.3em; background: #e11; color: #fff;
-  font-size: 10px; padding: 0 2px; white-space: nowrap; }
+.pic { flex: none; width: 256px; align-self: flex-start; }
+.frame { position: relative; }
+.frame img { width: 100%; display: block; }
+.box { position: absolute; border: 2px solid #e11; box-sizing: border-box; }
+.tag { position: absolute; left: 0; top: 0; background: #e11; color: #fff; font-size: 10px;
+  line-height: 13px; padding: 0 3px; white-space: nowrap; visibility: hidden; z-index: 1; }
+.tag.placed { visibility: visible; }
+ol.labels { list-style: none; margin: 4px 0 0; padding: 0; font-size: 11px; color: #333;
+  overflow-wrap: anywhere; }
+ol.labels b { display: inline-block; min-width: 1.6em; background: #e11; color: #fff;
+  text-align: center; border-radius: 2px; margin-right: 3px; font-weight: 600; }
 .noimg { width: 256px; height: 120px; background: #eee; color: #777; display: flex;
   align-items: center; justify-content: center; text-align: center; font-size: 12px; }
 .body { flex: 1; min-width: 0; }
 .meta { font-size: 12px; color: #555; }
-.versions { display: flex; gap: 8px; overflow-x: auto; }
+.versions { display: flex; gap: 8px; overflow-x: auto; margin-top: 6px; }
 .version { flex: 1 1 0; min-width: 170px; border-left: 3px solid #89b; padding: 0 4px 0 6px;
-  font-size: 12px; max-height: 480px; overflow-y: auto; overflow-wrap: anywhere; }
+  font-size: 12px; overflow-wrap: anywhere; }
 .version h4 { margin: 2px 0; }
 .item { margin: 4px 0; padding: 3px; background: #f7f7fa; border-radius: 3px; }
 .item .q { font-weight: 600; white-space: pre-wrap; } .item .a { white-space: pre-wrap; }
 .item .why { color: #555; font-style: italic; }
+details.more > summary, details.drops > summary { cursor: pointer; color: #246; margin: 4px 0; }
 .drop { color: #933; margin: 2px 0; } .empty { color: #a60; }
 .score { background: #264; color: #fff; border-radius: 3px; padding: 0 4px; font-size: 11px; }
-.caption { font-size: 12px; color: #333; white-space: pre-wrap; max-height: 6em; overflow: auto; }
+.caption { font-size: 12px; color: #333; white-space: pre-wrap; overflow-wrap: anywhere; }
 </style></head>
 <body>
 <h1>{title}</h1>
@@ -379,26 +398,107 @@ table.stats th { background: #f3f3f3; }
     var text = "dropped (" + dr.stage + "): " + dr.reason + (dr.q ? " — " + dr.q : "");
     return el("div", "drop", text);
   }
+  // The first SHOWN items of a version stand open; the rest wait behind a <details>, so a
+  // long card is never cut and stays short until asked.
+  var SHOWN = 3;
+  function addItems(parent, items, notShown, noun) {
+    items.slice(0, SHOWN).forEach(function (it) { parent.appendChild(itemNode(it)); });
+    if (items.length > SHOWN) {
+      var more = el("details", "more");
+      more.appendChild(el("summary", null, "show " + (items.length - SHOWN) + " more " + noun));
+      items.slice(SHOWN).forEach(function (it) { more.appendChild(itemNode(it)); });
+      parent.appendChild(more);
+    }
+    if (notShown) {
+      parent.appendChild(el("div", "meta", "+" + notShown + " more " + noun + " not in report"));
+    }
+  }
+  function addDrops(parent, drops, notShown) {
+    if (!drops.length) { return; }
+    var box = el("details", "drops");
+    box.appendChild(el("summary", null, drops.length + (notShown ? "+" + notShown : "") +
+      " dropped"));
+    drops.forEach(function (dr) { box.appendChild(dropNode(dr)); });
+    if (notShown) { box.appendChild(el("div", "meta", "+" + notShown + " more not in report")); }
+    parent.appendChild(box);
+  }
+  // Box labels: each box gets a tag inside the image, "n label" where it fits without
+  // touching another tag and is no wider than its box or half the image (so labels never
+  // paper over the picture), else just "n", else none; the list under the image names
+  // every box by its number whenever a tag had to shorten or give way.
+  function placeTags(frame, legend) {
+    var W = frame.clientWidth, H = frame.clientHeight, placed = [], whole = 0;
+    var tags = frame.querySelectorAll(".tag");
+    function free(r) {
+      return placed.every(function (p) {
+        return r.x + r.w <= p.x || p.x + p.w <= r.x || r.y + r.h <= p.y || p.y + p.h <= r.y;
+      });
+    }
+    function spot(tag, b, widest) {
+      var w = tag.offsetWidth, h = tag.offsetHeight;
+      var x0 = b[0] * W, y0 = b[1] * H, x1 = b[2] * W, y1 = b[3] * H;
+      if (w > Math.min(widest || W, W) || h > H) { return null; }
+      var tries = [[x0, y0], [x1 - w, y0], [x0, y1 - h], [x1 - w, y1 - h], [x0, y0 - h],
+        [x0, y1], [x1 - w, y0 - h], [x1 - w, y1]];
+      for (var y = y0 + h; y < y1 - h; y += h) {  // then anywhere inside the box
+        for (var x = x0; x < x1 - w; x += w) { tries.push([x, y]); }
+      }
+      for (var i = 0; i < tries.length; i++) {
+        var r = {x: Math.min(Math.max(tries[i][0], 0), W - w),
+          y: Math.min(Math.max(tries[i][1], 0), H - h), w: w, h: h};
+        if (free(r)) { return r; }
+      }
+      return null;
+    }
+    Array.prototype.forEach.call(tags, function (tag) {
+      var b = tag.dataset.box.split(",").map(Number);
+      var r = spot(tag, b, Math.max((b[2] - b[0]) * W, W / 2));
+      if (r) { whole += 1; } else { tag.textContent = tag.dataset.n; r = spot(tag, b); }
+      if (r) {
+        tag.style.left = r.x + "px"; tag.style.top = r.y + "px"; placed.push(r);
+        tag.classList.add("placed");
+      } else {
+        tag.hidden = true;
+      }
+    });
+    legend.hidden = whole === tags.length;
+    frame.dataset.placed = "1";
+  }
+  function picture(s) {
+    var pic = el("div", "pic");
+    if (!s.image) {
+      pic.appendChild(el("div", "noimg", s.image_problem || "no image"));
+      return pic;
+    }
+    var frame = el("div", "frame"), legend = el("ol", "labels");
+    var img = el("img"); img.alt = s.id; frame.appendChild(img);
+    s.boxes.forEach(function (b, n) {
+      var x = b.bbox;
+      var box = el("div", "box");
+      box.style.left = (100 * x[0]) + "%"; box.style.top = (100 * x[1]) + "%";
+      box.style.width = (100 * (x[2] - x[0])) + "%";
+      box.style.height = (100 * (x[3] - x[1])) + "%";
+      box.title = (n + 1) + " " + b.label;
+      frame.appendChild(box);
+      var tag = el("span", "tag", (n + 1) + " " + b.label);
+      tag.dataset.n = String(n + 1); tag.dataset.box = x.join(",");
+      frame.appendChild(tag);
+      var li = el("li"); li.appendChild(el("b", null, n + 1));
+      li.appendChild(document.createTextNode(b.label)); legend.appendChild(li);
+    });
+    img.addEventListener("load", function () { placeTags(frame, legend); });
+    img.addEventListener("error", function () { legend.hidden = false; });
+    img.src = s.image;
+    pic.appendChild(frame);
+    legend.hidden = true;
+    pic.appendChild(legend);
+    return pic;
+  }
   function card(s) {
     var c = el("div", "card" + (s.status === "failed" ? " failed" : ""));
     c.dataset.id = s.id;
     c.dataset.operators = s.rounds.map(function (r) { return r.operator; }).join(",");
-    var pic = el("div", "pic");
-    if (s.image) {
-      var img = el("img"); img.src = s.image; img.alt = s.id; pic.appendChild(img);
-      s.boxes.forEach(function (b) {
-        var x = b.bbox;
-        var box = el("div", "box");
-        box.style.left = (100 * x[0]) + "%"; box.style.top = (100 * x[1]) + "%";
-        box.style.width = (100 * (x[2] - x[0])) + "%";
-        box.style.height = (100 * (x[3] - x[1])) + "%";
-        box.appendChild(el("span", null, b.label));
-        pic.appendChild(box);
-      });
-    } else {
-      pic.appendChild(el("div", "noimg", s.image_problem || "no image"));
-    }
-    c.appendChild(pic);
+    c.appendChild(picture(s));
     var body = el("div", "body");
     body.appendChild(el("div", "meta", "#" + s.idx + " " + s.id + " · " + s.outcome));
     if (s.failure) { body.appendChild(el("div", "drop", "failed: " + s.failure)); }
@@ -406,21 +506,16 @@ table.stats th { background: #f3f3f3; }
     var versions = el("div", "versions");
     var v0 = el("div", "version");
     v0.appendChild(el("h4", null, "v0 (seed)"));
-    s.v0.forEach(function (it) { v0.appendChild(itemNode(it)); });
-    if (s.more_v0) { v0.appendChild(el("div", "meta", "+" + s.more_v0 + " more")); }
-    s.seed_dropped.forEach(function (dr) { v0.appendChild(dropNode(dr)); });
+    addItems(v0, s.v0, s.more_v0, "items");
+    addDrops(v0, s.seed_dropped, 0);
     versions.appendChild(v0);
     s.rounds.forEach(function (r) {
       var v = el("div", "version");
       v.appendChild(el("h4", null, "v" + r.round + " · " + r.operator + " · " + r.kept.length +
         (r.more_kept ? "+" + r.more_kept : "") + " of " + r.candidates + " kept"));
       if (r.empty) { v.appendChild(el("div", "empty", "empty round: " + r.empty)); }
-      r.kept.forEach(function (it) { v.appendChild(itemNode(it)); });
-      if (r.more_kept) { v.appendChild(el("div", "meta", "+" + r.more_kept + " more kept")); }
-      r.dropped.forEach(function (dr) { v.appendChild(dropNode(dr)); });
-      if (r.more_dropped) {
-        v.appendChild(el("div", "meta", "+" + r.more_dropped + " more dropped"));
-      }
+      addItems(v, r.kept, r.more_kept, "kept");
+      addDrops(v, r.dropped, r.more_dropped);
       versions.appendChild(v);
     });
     body.appendChild(versions);

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from mmevol.cli import app
+from mmevol.outputs.plots import chart_figures
+from mmevol.outputs.stats import compute_stats
 
 
 def cli(*args) -> str:
@@ -18,12 +22,93 @@ def cli(*args) -> str:
 def test_plots_are_written(demo_run, tmp_path):
     from PIL import Image
 
-    cli("stats", "--run", "demo", "--checkpoints", demo_run.checkpoints, "--plots", tmp_path)
+    cli("stats", "--run", "demo", "--checkpoints", demo_run.checkpoints, "--plots", tmp_path,
+        "--min-score", 6)  # fmt: skip
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert names == ["funnel.png", "growth.png", "operators.png", "scores.png"]
     for path in tmp_path.glob("*.png"):
         with Image.open(path) as img:
-            assert img.width > 300 and img.height > 200
+            assert img.width >= 1000 and img.height >= 560, (path.name, img.size)
+    with Image.open(tmp_path / "scores.png") as img:
+        assert img.width >= 1600  # one panel per round, side by side
+
+
+@pytest.fixture
+def figures(demo_run):
+    import matplotlib.pyplot as plt
+
+    stats = compute_stats(demo_run.results_db)
+    figs = chart_figures(stats, min_score=6)
+    for fig in figs.values():
+        fig.canvas.draw()  # lay out, so every extent is final
+    yield stats, figs
+    for fig in figs.values():
+        plt.close(fig)
+
+
+def _data_extents(fig) -> list:
+    """Window extents of every drawn bar and every plotted point of a figure."""
+    from matplotlib.transforms import Bbox
+
+    found = []
+    for ax in fig.axes:
+        found += [p.get_window_extent() for p in ax.patches if p.get_height() and p.get_width()]
+        for line in ax.lines:
+            for x, y in line.get_transform().transform(line.get_xydata()):
+                if math.isfinite(x) and math.isfinite(y):
+                    found.append(Bbox([[x, y], [x, y]]))
+    return found
+
+
+def test_legends_cover_no_bar_and_no_point(figures):
+    """The funnel's legend hid the paper's round-3 point, the operators' legend a bar."""
+    _, figs = figures
+    for name, fig in figs.items():
+        legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        assert legends, name
+        data = _data_extents(fig)
+        assert len(data) > 5, name
+        for legend in legends:
+            box = legend.get_window_extent()
+            for extent in data:
+                inter = (min(box.x1, extent.x1) - max(box.x0, extent.x0),
+                         min(box.y1, extent.y1) - max(box.y0, extent.y0))  # fmt: skip
+                assert not (inter[0] >= 0 and inter[1] >= 0), (name, box, extent)
+            assert all(t.get_fontsize() >= 10 for t in legend.get_texts()), name
+            whole = fig.bbox
+            assert whole.x0 <= box.x0 and box.x1 <= whole.x1, (name, box, whole)  # not cut
+            assert whole.y0 <= box.y0 and box.y1 <= whole.y1, (name, box, whole)
+
+
+def test_figures_are_large_with_readable_text(figures):
+    """Charts were 6.4 x 3.6 inches (640 x 360 pixels) with 7-point legends."""
+    _, figs = figures
+    for name, fig in figs.items():
+        width, height = fig.get_size_inches()
+        assert width >= 7 and height >= 4, (name, width, height)
+        for ax in fig.axes:
+            ticks = ax.get_xticklabels() + ax.get_yticklabels()
+            assert all(t.get_fontsize() >= 11 for t in ticks), name
+    assert figs["scores"].get_size_inches()[0] >= 12
+
+
+def test_the_score_chart_shows_kept_and_judged_out_scores_and_the_cut_off(figures):
+    stats, figs = figures
+    axes = figs["scores"].axes
+    assert len(axes) == len(stats["rounds"]) == 3
+    judged_out = 0
+    for ax, rnd in zip(axes, stats["rounds"], strict=True):
+        bars = {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers}
+        assert set(bars) == {"kept", "judged out"}
+        assert bars["kept"] == [rnd["score_histogram"][str(s)] for s in range(11)]
+        out = rnd["judged_out_score_histogram"]
+        assert bars["judged out"] == [out.get(str(s), 0) for s in range(11)]
+        judged_out += sum(bars["judged out"])
+        cut = [line for line in ax.lines if line.get_label().startswith("--min-score 6")]
+        assert len(cut) == 1 and set(cut[0].get_xdata()) == {5.5}  # between 5 and 6
+    assert judged_out > 0
+    legend = [t.get_text() for t in figs["scores"].legends[0].get_texts()]
+    assert legend[:2] == ["kept", "judged out"] and legend[2].startswith("--min-score 6")
 
 
 def test_without_matplotlib_the_commands_name_the_extra(demo_run, tmp_path, monkeypatch):

@@ -228,9 +228,59 @@ def hostile_run(demo_run, tmp_path):
     return folder / "results.db"
 
 
+CROWD_LABEL = "a long label for one of many small objects"
+
+
+@pytest.fixture
+def crowded_run(demo_run, tmp_path):
+    """A copy of the demo run where one finished sample has 40 boxes (hostile labels among
+    them) in three tight clusters, a two-paragraph caption and 12 long kept items."""
+    folder = tmp_path / "checkpoints" / "demo"
+    shutil.copytree(demo_run.checkpoints / "demo", folder)
+    with Store(folder / "results.db") as store:
+        sample = max(store.finished_samples(), key=lambda s: len(s["items"]))
+        seed = json.loads(sample["seed"])
+        centres = (
+            [(0.15, 0.2)] * 15 + [(0.9, 0.85)] * 15 + [(0.5 + 0.04 * n, 0.5) for n in range(10)]
+        )
+        seed["det"] = [
+            {
+                "label": INJECTION if n == 7 else f"{CROWD_LABEL} #{n + 1}",
+                "bbox": [max(0, x - 0.08), max(0, y - 0.08), min(1, x + 0.09), min(1, y + 0.1)],
+            }
+            for n, (x, y) in enumerate(centres)
+        ]
+        seed["caption"] = [
+            {"from": "human", "value": "<image>\nDescribe the image."},
+            {"from": "gpt", "value": "First paragraph of a long caption. " * 8
+             + "\n\nSECOND PARAGRAPH " + "more words of the caption " * 12},
+        ]  # fmt: skip
+        row = store.sample(sample["hash_id"])
+        store.start_sample(row["hash_id"], row["idx"], row["source_id"], seed)
+        store.finish_sample(sample["hash_id"], len(sample["rounds"]))
+        rnd = sample["rounds"][0]
+        kept = [
+            {"question": f"Long question {k}: " + "why is this so? " * 20,
+             "answer": "Because. " * 30, "format": "Norm", "skills": ["a"], "score": 7}
+            for k in range(12)
+        ]  # fmt: skip
+        store.save_round(sample["hash_id"], rnd | {"kept": 12}, kept, [], reasons=["why"] * 12)
+    return folder / "results.db", sample["hash_id"]
+
+
 def test_the_report_is_one_offline_file(demo_run, tmp_path):
     out = tmp_path / "report.html"
-    cli("report", "--run", "demo", "--checkpoints", demo_run.checkpoints, "-o", out)
+    cli(
+        "report",
+        "--run",
+        "demo",
+        "--checkpoints",
+        demo_run.checkpoints,
+        "-o",
+        out,
+        "--min-score",
+        6,
+    )
     page = out.read_text()
     # Nothing to fetch: no external URL in any src, href or CSS url().
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
@@ -326,4 +376,140 @@ async def _browse(report: Path, tmp_path: Path) -> Path:
         assert page.errors == []
         assert all(u.startswith(("file:", "data:")) for u in page.requests), page.requests
         assert base64.b64encode(shot.read_bytes()[:8]) == base64.b64encode(b"\x89PNG\r\n\x1a\n")
+        return shot
+
+
+# What the browser laid out, measured in the page: every rectangle that must not collide.
+LAYOUT = """(() => {
+  const rect = e => { const r = e.getBoundingClientRect();
+    return {x0: r.left, y0: r.top, x1: r.right, y1: r.bottom}; };
+  const shown = e => e.checkVisibility();  // false inside a closed <details>
+  const clipped = [];
+  for (const e of document.querySelectorAll('#cards *')) {
+    const style = getComputedStyle(e);
+    const cuts = [style.overflowX, style.overflowY].some(o => o !== 'visible');
+    const over = e.scrollHeight > e.clientHeight + 1 || e.scrollWidth > e.clientWidth + 1;
+    if (shown(e) && cuts && over) {
+      clipped.push(e.className || e.tagName);
+    }
+    if (style.maxHeight !== 'none') { clipped.push('max-height on ' + (e.className || e.tagName)); }
+  }
+  return {clipped, cards: Array.from(document.querySelectorAll('#cards .card')).map(c => {
+    const frame = c.querySelector('.frame'), legend = c.querySelector('ol.labels');
+    return {
+      id: c.dataset.id, card: rect(c), pic: rect(c.querySelector('.pic')),
+      body: rect(c.querySelector('.body')),
+      frame: frame && rect(frame),
+      boxes: c.querySelectorAll('.box').length,
+      tags: Array.from(c.querySelectorAll('.tag')).filter(shown)
+        .map(t => ({rect: rect(t), text: t.textContent})),
+      legend: legend && shown(legend) ? Array.from(legend.children)
+        .map(li => ({rect: rect(li), text: li.textContent, wide: li.scrollWidth > li.clientWidth}))
+        : null,
+      caption: c.querySelector('.caption') && rect(c.querySelector('.caption')),
+      headers: Array.from(c.querySelectorAll('.version h4')).map(rect),
+      items: Array.from(c.querySelectorAll('.item')).filter(shown).map(rect),
+      closed: c.querySelectorAll('details:not([open])').length,
+    };
+  })};
+})()"""
+PLACED = """new Promise(done => { const start = Date.now(); (function wait() {
+  const frames = Array.from(document.querySelectorAll('#cards .frame'));
+  if (frames.every(f => f.dataset.placed) || Date.now() - start > 20000) { done(frames.length); }
+  else { setTimeout(wait, 50); } })(); })"""
+
+
+def overlap(a: dict, b: dict, slack: float = 0.5) -> bool:
+    """Whether two rectangles share more than ``slack`` pixels each way."""
+    return (
+        min(a["x1"], b["x1"]) - max(a["x0"], b["x0"]) > slack
+        and min(a["y1"], b["y1"]) - max(a["y0"], b["y0"]) > slack
+    )
+
+
+def inside(a: dict, b: dict, slack: float = 0.5) -> bool:
+    """Whether rectangle ``a`` lies within ``b``."""
+    return (
+        a["x0"] >= b["x0"] - slack
+        and a["y0"] >= b["y0"] - slack
+        and a["x1"] <= b["x1"] + slack
+        and a["y1"] <= b["y1"] + slack
+    )
+
+
+def check_layout(layout: dict) -> None:
+    """Box tags apart and inside their image, labels in the picture column, nothing clipped."""
+    assert layout["clipped"] == []
+    cards = layout["cards"]
+    for card in cards:
+        assert not overlap(card["pic"], card["body"])
+        assert card["pic"]["x1"] <= card["body"]["x0"]
+        tags = card["tags"]
+        for n, tag in enumerate(tags):
+            assert inside(tag["rect"], card["frame"]), (card["id"], tag)
+            for other in tags[n + 1 :]:
+                assert not overlap(tag["rect"], other["rect"]), (card["id"], tag, other)
+        whole = sum(1 for t in tags if " " in t["text"])
+        if card["boxes"] and whole < card["boxes"]:
+            # Some label is not on the image in full: the list under it names every box.
+            assert card["legend"] is not None and len(card["legend"]) == card["boxes"]
+        for li in card["legend"] or []:
+            assert inside(li["rect"], card["pic"]) and not li["wide"], (card["id"], li)
+        if card["caption"]:
+            assert not any(overlap(card["caption"], h) for h in card["headers"])
+            assert all(card["caption"]["y1"] <= h["y0"] for h in card["headers"])
+        for item in card["items"]:
+            assert inside(item, card["card"]), (card["id"], item)
+    for a, b in itertools.pairwise(cards):
+        assert a["card"]["y1"] <= b["card"]["y0"]
+
+
+@pytest.mark.skipif(
+    chromium_path() is None,
+    reason="Chromium is not installed (Debian: apt-get install -y chromium); .ci/run installs it",
+)
+def test_a_crowded_image_and_a_long_card_lay_out_in_headless_chromium(crowded_run, tmp_path):
+    results_db, crowded = crowded_run
+    out = tmp_path / "report.html"
+    write_report(results_db, out, samples=300)
+    shot = asyncio.run(_layout(out, crowded, tmp_path))
+    print(f"screenshot: {shot}")
+
+
+async def _layout(report: Path, crowded: str, tmp_path: Path) -> Path:
+    async with Chromium(chromium_path()) as browser:
+        page = await browser.open(report.as_uri())
+        js = page.evaluate
+        assert await js(PLACED) == 8
+        layout = await js(LAYOUT)
+        check_layout(layout)
+        card = next(c for c in layout["cards"] if c["id"] == crowded)
+        # 40 boxes: many tags are numbers only or give way, and the list names all 40.
+        assert card["boxes"] == 40 and 10 <= len(card["tags"]) < 40
+        assert [li["text"] for li in card["legend"]][:2] == [
+            f"1{CROWD_LABEL} #1",
+            f"2{CROWD_LABEL} #2",
+        ]
+        assert card["legend"][7]["text"] == "8" + INJECTION  # a label is text, never markup
+        assert await js("window.pwned === undefined && document.title !== 'pwned'")
+        # The caption's second paragraph is shown whole, above the columns.
+        assert await js(
+            f"document.querySelector('.card[data-id={json.dumps(crowded)}] .caption')"
+            ".textContent.includes('SECOND PARAGRAPH')"
+        )
+        # A long card shows a few items per version; the rest open from a <details>.
+        assert card["closed"] > 0 and len(card["items"]) <= 3 * 4
+        shown = len(card["items"])
+        # Open everything, then measure again: every item of every card is shown, unclipped.
+        await js("document.querySelectorAll('details').forEach(d => { d.open = true; })")
+        opened = await js(LAYOUT)
+        check_layout(opened)
+        card = next(c for c in opened["cards"] if c["id"] == crowded)
+        assert card["closed"] == 0 and len(card["items"]) >= shown + 12 - 3  # all 12 of v1
+        shot = await page.screenshot(tmp_path / "crowded.png")
+        artifacts = os.environ.get("MMEVOL_ARTIFACTS")
+        if artifacts:
+            Path(artifacts).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(artifacts) / "crowded.png")
+        assert page.errors == []
         return shot
