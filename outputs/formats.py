@@ -80,6 +80,17 @@ class ExportOptions:
         if self.image_max_side is not None and self.image_max_side < 16:
             raise ValueError("--image-max-side must be at least 16 pixels")
 
+    @classmethod
+    def from_given(
+        cls, rounds: str | None = None, steps: str | None = None, **options: Any
+    ) -> ExportOptions:
+        """Build the options from the command line's: ``rounds`` as text, None where not given."""
+        return cls(
+            rounds=parse_rounds(rounds) if rounds else DEFAULT_ROUNDS,
+            steps=steps or DEFAULT_STEPS,
+            **options,
+        )
+
 
 def parse_rounds(text: str) -> tuple[int, ...]:
     """Parse ``1,2,3`` (or ``0-3``) into round numbers."""
@@ -299,6 +310,21 @@ class ExportReport:
         if self.below_min_score:
             line += f"; {self.below_min_score} rounds had no item at --min-score"
         return line
+
+    def skipped_lines(self) -> list[str]:
+        """Return a line per skipped record kept, then how many more were skipped."""
+        lines = [f"skipped: {line}" for line in self.problems]
+        hidden = sum(self.skipped.values()) - len(self.problems)
+        if hidden > 0:
+            lines.append(f"... and {hidden} more skipped records")
+        return lines
+
+    def written_lines(self) -> list[str]:
+        """Return a line per file written beside the output, and where it was pushed."""
+        lines = [f"wrote {extra}" for extra in self.files]
+        if self.pushed_to:
+            lines.append(f"pushed to https://huggingface.co/datasets/{self.pushed_to}")
+        return lines
 
 
 def run_settings(store: Store) -> dict:
