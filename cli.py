@@ -57,10 +57,6 @@ CheckpointsOpt = Annotated[
 
 EXIT_ERROR = 1
 """A bad option, bad input, an unreachable endpoint, a damaged run folder, a full disk."""
-EXIT_STOPPED = 3
-"""A run stopped by --max-cost, --max-calls or a failing endpoint (130: Ctrl-C, SIGTERM)."""
-EXIT_FAILED = 4
-"""The seed is through, but samples failed (this time, or earlier and not retried)."""
 EXIT_BUSY = 5
 """Another process is writing the run folder."""
 
@@ -250,69 +246,21 @@ def run(
 
     from mmevol.inspection.status import failed_earlier
     from mmevol.run import runner
+    from mmevol.run.outcome import run_outcome
     from mmevol.run.progress import RunProgress
 
-    run = settings.run
     started = time.time()
     with RunProgress(err) as progress:
         report = guarded(runner.run, settings, seed, retry_failed=retry_failed, listener=progress)
     earlier = 0 if retry_failed else failed_earlier(settings.results_db, started, settings.limit)
-    out.print(
-        f"run {run!r}: {report.done} done, {report.failed} failed, {report.skipped} skipped "
-        f"(already finished or failed earlier) -> {settings.run_dir}",
-        highlight=False,
-    )
-    for hash_id, reason in report.failures[:10]:
-        err.print(f"  failed {hash_id}: {reason}", highlight=False, markup=False)
-    if len(report.failures) > 10:
-        err.print(f"  ... and {len(report.failures) - 10} more (mmevol status --run {run})")
-    if earlier:
-        err.print(
-            f"{earlier} samples that failed earlier were not run again; add --retry-failed "
-            f"to run them again (mmevol status --run {run} lists why they failed).",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
-    if report.parked:
-        err.print(
-            f"{report.parked} samples are parked waiting for batch answers; run the same "
-            "command again to collect them and go on (with --batch, or the same --batch-dir; "
-            "mmevol status lists the batches).",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
-    if report.parked and report.stop is None and not report.interrupted:
-        raise typer.Exit(code=EXIT_STOPPED)
-    if report.stop is not None or report.interrupted:
-        err.print(_stop_advice(report), highlight=False, markup=False, soft_wrap=True)
-        # Interrupted samples without a stop: the endpoint failed their calls; the next
-        # run resumes them.
-        raise typer.Exit(code=report.stop.exit_code if report.stop else EXIT_STOPPED)
-    if report.failed or earlier:
-        err.print(
-            f"exit status 4: {report.failed + earlier} samples failed.",
-            highlight=False,
-            markup=False,
-        )
-        raise typer.Exit(code=EXIT_FAILED)
-
-
-def _stop_advice(report) -> str:
-    stop = report.stop
-    reason = stop.message if stop else "the endpoint failed their calls; see mmevol status"
-    if stop is None or stop.kind not in ("max_cost", "max_calls"):
-        return (
-            f"Stopped ({reason}) with {report.interrupted} samples interrupted; "
-            "run the same command again to resume them and the rest of the seed."
-        )
-    option = "--max-cost" if stop.kind == "max_cost" else "--max-calls"
-    return (
-        f"Stopped: {reason}, counted over every invocation of this run, so the same "
-        f"command would stop again at once. To go on, raise {option} above what was spent "
-        "and run again."
-    )
+    ending = run_outcome(report, settings.run, settings.run_dir, earlier)
+    out.print(ending.summary, highlight=False)
+    for line in ending.failures:
+        err.print(line, highlight=False, markup=False)
+    for paragraph in ending.advice:
+        err.print(paragraph, highlight=False, markup=False, soft_wrap=True)
+    if ending.exit_code:
+        raise typer.Exit(code=ending.exit_code)
 
 
 @app.command()
@@ -330,33 +278,16 @@ def status(
     dropped_check, over every attempt); the dropped table lists every drop by stage.
     A run with several endpoints also shows calls, errors and answers per endpoint.
     """
-    from mmevol.inspection.status import run_summary
+    from mmevol.inspection.status import run_summary, status_view
 
     summary = guarded(run_summary, _existing_run(run, checkpoints))
     if as_json:
         out.print_json(json.dumps(summary))
         return
-    samples = ", ".join(f"{k} {v}" for k, v in sorted(summary["samples"].items())) or "none"
-    cost = f"cost ${summary['cost_usd']:.4f}"
-    models = summary["models"]
-    if any(r["batch"] for r in models):
-        cost += f" (batch ${summary['batch_cost_usd']:.4f})"
-    else:  # the batch column only when some calls went through the Batch API
-        models = [{k: v for k, v in r.items() if k != "batch"} for r in models]
-    out.print(f"run {run!r}: samples {samples}; {cost}", highlight=False)
-    for title, rows in (
-        ("rounds", summary["rounds"]),
-        ("calls", summary["calls"]),
-        # One endpoint says nothing the calls table does not: shown from two on.
-        ("endpoints", summary["endpoints"] if len(summary["endpoints"]) > 1 else []),
-        ("answers: how each model answer parsed", summary["answers"]),
-        ("models", models),
-        ("dropped items", summary["dropped"]),
-        ("failures", summary["failures"]),
-        ("batches (--batch): shards submitted and their answers", summary["batches"]),
-    ):
-        if rows:
-            out.print(_table(title, rows))
+    headline, tables = status_view(summary, run)
+    out.print(headline, highlight=False)
+    for title, rows in tables:
+        out.print(_table(title, rows))
 
 
 def _table(title: str, rows: list[dict]) -> Table:
@@ -437,16 +368,13 @@ def export(
         from mmevol.outputs.authors import export_json
 
         result = guarded(export_json, path, output)
-        message = f"wrote {result.written} samples to {output}"
-        if result.not_written():
-            message += "; not written: " + ", ".join(result.not_written())
-        out.print(message, highlight=False, markup=False, soft_wrap=True)
+        out.print(result.summary(output), highlight=False, markup=False, soft_wrap=True)
         return
     options = guarded(
-        formats.ExportOptions,
-        rounds=guarded(formats.parse_rounds, rounds) if rounds else formats.DEFAULT_ROUNDS,
+        formats.ExportOptions.from_given,
+        rounds=rounds,
         min_score=min_score,
-        steps=steps or formats.DEFAULT_STEPS,
+        steps=steps,
         images=images,
         image_max_side=image_max_side,
         push_to_hub=push_to_hub,
@@ -461,17 +389,10 @@ def export(
     except formats.MissingExtra as problem:
         fail(str(problem))
     out.print(report.summary(), highlight=False, soft_wrap=True)
-    for line in report.problems:
-        err.print(f"skipped: {line}", highlight=False, markup=False, soft_wrap=True)
-    hidden = sum(report.skipped.values()) - len(report.problems)
-    if hidden > 0:
-        err.print(f"... and {hidden} more skipped records", highlight=False)
-    for extra in report.files:
-        out.print(f"wrote {extra}", highlight=False)
-    for note in report.notes:
-        out.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
-    if report.pushed_to:
-        out.print(f"pushed to https://huggingface.co/datasets/{report.pushed_to}", highlight=False)
+    for line in report.skipped_lines():
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+    for line in report.written_lines():
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 MarkScoreOpt = Annotated[
@@ -528,11 +449,7 @@ def report(
 
     path = _existing_run(run, checkpoints)
     info = guarded(write_report, path, output, samples, min_score=min_score)
-    out.print(
-        f"wrote {output}: {info.samples} samples ({info.images} with their image),"
-        f" {info.bytes / 1e6:.1f} MB",
-        highlight=False,
-    )
+    out.print(info.summary(), highlight=False)
 
 
 @app.command()
@@ -545,20 +462,11 @@ def trace(
     raw: Annotated[bool, typer.Option(help="Add the prompts and the model's answers.")] = False,
 ) -> None:
     """Show one sample's path through the graph, step by step, from its checkpoints."""
-    import asyncio
-
-    from mmevol.inspection.trace import UnknownSample, format_steps, trace_sample
-    from mmevol.store.results import Store
+    from mmevol.inspection.trace import UnknownSample, format_steps, trace_in_run
 
     results = _existing_run(run, checkpoints)
-    with guarded(Store, results) as store:
-        chunk_size = (store.get_meta("settings") or {}).get("chunk_size", 10)
     try:
-        steps = asyncio.run(
-            trace_sample(
-                results.with_name("graph.sqlite"), results, hash_id, branch, raw, chunk_size
-            )
-        )
+        steps = guarded(trace_in_run, results, hash_id, branch, raw)
     except UnknownSample as problem:
         fail(str(problem))
     if as_json:
@@ -596,14 +504,10 @@ def replay(
     shows what changed; --adopt BRANCH makes the export use a finished fork (or main again).
     A replay that fails leaves no fork behind (its model calls stay on record).
     """
-    import asyncio
-
     from mmevol.inspection.replay import adopt as adopt_branch
-    from mmevol.inspection.replay import parse_sets, replay_settings
-    from mmevol.inspection.replay import replay as replay_sample
+    from mmevol.inspection.replay import replay_in_run
     from mmevol.inspection.trace import UnknownSample
 
-    checkpoints = checkpoints or default_checkpoints_dir()
     results = _existing_run(run, checkpoints)
     if (from_step is None) == (adopt is None):
         fail("give --from STEP to fork, or --adopt BRANCH to export a fork made earlier")
@@ -611,32 +515,15 @@ def replay(
         guarded(adopt_branch, results, hash_id, adopt)
         out.print(f"the export now uses {adopt} for this sample", highlight=False)
         return
-    try:
-        settings = replay_settings(results, checkpoints, run, base_url=base_url)
-        result = asyncio.run(
-            replay_sample(settings, hash_id, from_step, parse_sets(set_ or []), operator, branch)
+    try:  # ReplayProblem is a ValueError: one line
+        result = guarded(
+            replay_in_run, results, hash_id, from_step, set_, operator, branch, base_url
         )
     except UnknownSample as problem:
         fail(str(problem))
-    except _expected_errors() as problem:  # ReplayProblem is a ValueError
-        answer = _one_line(problem)
-        if answer is None or os.environ.get("MMEVOL_RAISE_ERRORS"):
-            raise
-        fail(*answer)
-    out.print(
-        f"forked {hash_id} from step {result.from_step} of {result.source} as {result.branch}",
-        highlight=False,
-    )
-    for line in result.changes:
-        out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
-    out.print(
-        f"the export still uses the adopted branch; see the fork with: mmevol trace {hash_id} "
-        f"--run {run} --branch {result.branch}; adopt it with: mmevol replay {hash_id} "
-        f"--run {run} --adopt {result.branch}",
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
-    )
+    out.print(result.headline(hash_id), highlight=False)
+    for line in result.details(hash_id, run):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -666,23 +553,8 @@ def merge(
         shard_dirs,
         on_notice=lambda text: err.print(f"note: {text}", highlight=False, markup=False),
     )
-    for part in report.folders:
-        out.print(
-            f"shard {part.shard} ({part.path}): {part.samples} samples, {part.added} added,"
-            f" {part.updated} updated, {part.unchanged} unchanged",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
-        )
-    merged = ", ".join(map(str, report.merged)) or "none"
-    missing = ", ".join(map(str, report.missing)) or "none"
-    out.print(
-        f"run {run!r}: shards {merged} of {report.count} merged; missing: {missing}"
-        f" -> {report.run_dir}",
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
-    )
+    for line in report.lines(run):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("estimate")
@@ -702,63 +574,14 @@ def estimate_cmd(
     from mmevol.inspection.estimate import estimate
 
     result = guarded(estimate, settings, seed)
-    rows = [
-        {
-            "round": r.round,
-            "items in": round(r.items_in),
-            "calls": round(r.calls),
-            "input tokens": round(r.input_tokens),
-            "output tokens": round(r.output_tokens),
-            "cost USD": round(r.cost, 2),
-            "batch cost USD": round(r.batch_cost, 2),
-        }
-        for r in result.rounds
-    ]
-    models = [
-        {
-            "model": m.model,
-            "calls": round(m.calls),
-            "input tokens": round(m.input_tokens),
-            "output tokens": round(m.output_tokens),
-            "cost USD": round(m.cost, 2),
-            "batch cost USD": round(m.batch_cost, 2),
-        }
-        for m in result.models
-    ]
     if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "samples": result.samples,
-                    "skipped": result.skipped,
-                    "rounds": rows,
-                    "models": models,
-                    "total_cost": round(result.total_cost, 2),
-                    "total_batch_cost": round(result.total_batch_cost, 2),
-                    "batch_within_hours": 24,
-                    "unpriced": result.unpriced,
-                }
-            )
-        )
+        out.print_json(json.dumps(result.as_json()))
         return
-    out.print(
-        f"{result.samples} samples ({result.skipped} invalid rows left out); expected cost "
-        f"${result.total_cost:.2f} online, ${result.total_batch_cost:.2f} in batch mode "
-        f"(--batch: answers within 24 h) with {settings.model} / {settings.judge_model}",
-        highlight=False,
-    )
-    out.print(_table("per round", rows))
-    total = {
-        "model": "total",
-        "calls": sum(m["calls"] for m in models),
-        "input tokens": sum(m["input tokens"] for m in models),
-        "output tokens": sum(m["output tokens"] for m in models),
-        "cost USD": round(result.total_cost, 2),
-        "batch cost USD": round(result.total_batch_cost, 2),
-    }
-    out.print(_table("per model", [*models, total]))
-    for model_name in result.unpriced:
-        err.print(f"note: no price known for {model_name!r}; its cost counts as 0 (see --prices)")
+    out.print(result.summary(settings.model, settings.judge_model), highlight=False)
+    out.print(_table("per round", result.round_rows()))
+    out.print(_table("per model", [*result.model_rows(), result.total_row()]))
+    for note in result.notes():
+        err.print(note)
 
 
 @app.command("graph")

@@ -97,6 +97,75 @@ class Estimate:
         """Return the expected dollars of the whole run through the Batch API."""
         return sum(r.batch_cost for r in self.rounds)
 
+    def round_rows(self) -> list[dict]:
+        """Return one row per round, as `mmevol estimate` shows them (rounded)."""
+        return [
+            {
+                "round": r.round,
+                "items in": round(r.items_in),
+                "calls": round(r.calls),
+                "input tokens": round(r.input_tokens),
+                "output tokens": round(r.output_tokens),
+                "cost USD": round(r.cost, 2),
+                "batch cost USD": round(r.batch_cost, 2),
+            }
+            for r in self.rounds
+        ]
+
+    def model_rows(self) -> list[dict]:
+        """Return one row per model, as `mmevol estimate` shows them (rounded)."""
+        return [
+            {
+                "model": m.model,
+                "calls": round(m.calls),
+                "input tokens": round(m.input_tokens),
+                "output tokens": round(m.output_tokens),
+                "cost USD": round(m.cost, 2),
+                "batch cost USD": round(m.batch_cost, 2),
+            }
+            for m in self.models
+        ]
+
+    def total_row(self) -> dict:
+        """Return the row adding up ``model_rows``."""
+        models = self.model_rows()
+        return {
+            "model": "total",
+            "calls": sum(m["calls"] for m in models),
+            "input tokens": sum(m["input tokens"] for m in models),
+            "output tokens": sum(m["output tokens"] for m in models),
+            "cost USD": round(self.total_cost, 2),
+            "batch cost USD": round(self.total_batch_cost, 2),
+        }
+
+    def as_json(self) -> dict:
+        """Return what `mmevol estimate --json` prints."""
+        return {
+            "samples": self.samples,
+            "skipped": self.skipped,
+            "rounds": self.round_rows(),
+            "models": self.model_rows(),
+            "total_cost": round(self.total_cost, 2),
+            "total_batch_cost": round(self.total_batch_cost, 2),
+            "batch_within_hours": 24,
+            "unpriced": self.unpriced,
+        }
+
+    def summary(self, model: str, judge_model: str) -> str:
+        """Return one line: the samples, and the expected cost online and in batch mode."""
+        return (
+            f"{self.samples} samples ({self.skipped} invalid rows left out); expected cost "
+            f"${self.total_cost:.2f} online, ${self.total_batch_cost:.2f} in batch mode "
+            f"(--batch: answers within 24 h) with {model} / {judge_model}"
+        )
+
+    def notes(self) -> list[str]:
+        """Return a line per model whose price is unknown."""
+        return [
+            f"note: no price known for {name!r}; its cost counts as 0 (see --prices)"
+            for name in self.unpriced
+        ]
+
 
 def estimate(settings: Settings, seed: Path) -> Estimate:
     """Render every sample's prompts and add up the expected calls, tokens and cost."""

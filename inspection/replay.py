@@ -45,6 +45,19 @@ class ReplayResult:
     from_step: int
     changes: list[str]
 
+    def headline(self, hash_id: str) -> str:
+        """Return the line naming the fork made."""
+        return f"forked {hash_id} from step {self.from_step} of {self.source} as {self.branch}"
+
+    def details(self, hash_id: str, run: str) -> list[str]:
+        """Return a line per change the fork made, then how to see it and adopt it."""
+        return [
+            *(f"  {line}" for line in self.changes),
+            f"the export still uses the adopted branch; see the fork with: mmevol trace {hash_id} "
+            f"--run {run} --branch {self.branch}; adopt it with: mmevol replay {hash_id} "
+            f"--run {run} --adopt {self.branch}",
+        ]
+
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     """Turn ``FIELD=VALUE`` strings into state updates (VALUE read as JSON when it is JSON)."""
@@ -244,6 +257,27 @@ def compare(original: SampleState, fork: SampleState) -> list[str]:
 
 def _scores(record: Any) -> str:
     return "(scores " + ", ".join(str(k.score) for k in record.kept) + ")" if record.kept else ""
+
+
+def replay_in_run(
+    results_db: Path,
+    hash_id: str,
+    from_step: int,
+    sets: list[str] | None = None,
+    operator: str | None = None,
+    source: str = "main",
+    base_url: str | None = None,
+) -> ReplayResult:
+    """Replay a sample of the run at ``results_db`` (``replay``, waited for); sets: FIELD=VALUE.
+
+    The run's settings are those it recorded, in its folder ``checkpoints/run``, with
+    ``base_url`` instead of its own when given.
+    """
+    run_dir = results_db.parent
+    settings = replay_settings(results_db, run_dir.parent, run_dir.name, base_url=base_url)
+    return asyncio.run(
+        replay(settings, hash_id, from_step, parse_sets(sets or []), operator, source)
+    )
 
 
 def replay_settings(results_db: Path, checkpoints: Path, run: str, **overrides: Any) -> Settings:

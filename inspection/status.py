@@ -40,6 +40,29 @@ def run_summary(results_db: Path) -> dict:
     return summary
 
 
+def status_view(summary: dict, run: str) -> tuple[str, list[tuple[str, list[dict]]]]:
+    """Return the line `mmevol status` starts with, and its titled tables (empty ones left out)."""
+    samples = ", ".join(f"{k} {v}" for k, v in sorted(summary["samples"].items())) or "none"
+    cost = f"cost ${summary['cost_usd']:.4f}"
+    models = summary["models"]
+    if any(r["batch"] for r in models):
+        cost += f" (batch ${summary['batch_cost_usd']:.4f})"
+    else:  # the batch column only when some calls went through the Batch API
+        models = [{k: v for k, v in r.items() if k != "batch"} for r in models]
+    tables = [
+        ("rounds", summary["rounds"]),
+        ("calls", summary["calls"]),
+        # One endpoint says nothing the calls table does not: shown from two on.
+        ("endpoints", summary["endpoints"] if len(summary["endpoints"]) > 1 else []),
+        ("answers: how each model answer parsed", summary["answers"]),
+        ("models", models),
+        ("dropped items", summary["dropped"]),
+        ("failures", summary["failures"]),
+        ("batches (--batch): shards submitted and their answers", summary["batches"]),
+    ]
+    return f"run {run!r}: samples {samples}; {cost}", [(t, rows) for t, rows in tables if rows]
+
+
 def failed_earlier(results_db: Path, since: float, limit: int | None) -> int:
     """Count samples that failed before ``since`` and were not run again."""
     with Store(results_db) as store:

@@ -8,6 +8,7 @@ and the prompts are re-rendered from the state before the step, so no prompt is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from itertools import pairwise
@@ -214,6 +215,16 @@ async def trace_sample(
                 {"step": len(steps) + 1, "node": "failed", "error": sample["reason"], "calls": []}
             )
         return steps
+
+
+def trace_in_run(
+    results_db: Path, hash_id: str, branch: str = "main", raw: bool = False
+) -> list[dict]:
+    """Return the steps of a sample of the run at ``results_db`` (``trace_sample``, waited for)."""
+    with Store(results_db) as store:
+        chunk_size = (store.get_meta("settings") or {}).get("chunk_size", 10)
+    graph_db = results_db.with_name("graph.sqlite")
+    return asyncio.run(trace_sample(graph_db, results_db, hash_id, branch, raw, chunk_size))
 
 
 def step_pairs(path: Sequence[StateSnapshot]) -> list[tuple[StateSnapshot, StateSnapshot]]:

@@ -35,6 +35,13 @@ class ExportResult:
     never_started: int | None = 0
     """Seed rows the run has not reached (None when the seed file cannot be read any more)."""
 
+    def summary(self, output: Path) -> str:
+        """Return one line: samples written to ``output``, and those not written and why."""
+        line = f"wrote {self.written} samples to {output}"
+        if self.not_written():
+            line += "; not written: " + ", ".join(self.not_written())
+        return line
+
     def not_written(self) -> list[str]:
         """Describe each group of rows left out, most actionable advice included."""
         parts = []

@@ -121,6 +121,17 @@ class ExportOptions:
         if self.boxes not in BOX_MODES:
             raise ValueError(f"--boxes must be one of {', '.join(BOX_MODES)}, not {self.boxes!r}")
 
+    @classmethod
+    def from_given(
+        cls, rounds: str | None = None, steps: str | None = None, **options: Any
+    ) -> ExportOptions:
+        """Build the options from the command line's: ``rounds`` as text, None where not given."""
+        return cls(
+            rounds=parse_rounds(rounds) if rounds else DEFAULT_ROUNDS,
+            steps=steps or DEFAULT_STEPS,
+            **options,
+        )
+
 
 def parse_split(text: str) -> tuple[str, float]:
     """Parse ``val=0.02`` into a split name and the fraction of samples it takes."""
@@ -144,6 +155,17 @@ def split_of(hash_id: str, split: tuple[str, float] | None) -> str:
         return "train"
     digest = hashlib.sha256(hash_id.encode("utf-8")).digest()
     return split[0] if int.from_bytes(digest[:8], "big") < split[1] * 2**64 else "train"
+
+    @classmethod
+    def from_given(
+        cls, rounds: str | None = None, steps: str | None = None, **options: Any
+    ) -> ExportOptions:
+        """Build the options from the command line's: ``rounds`` as text, None where not given."""
+        return cls(
+            rounds=parse_rounds(rounds) if rounds else DEFAULT_ROUNDS,
+            steps=steps or DEFAULT_STEPS,
+            **options,
+        )
 
 
 def parse_rounds(text: str) -> tuple[int, ...]:
@@ -428,6 +450,22 @@ class ExportReport:
             if self.boxes["left"]:
                 line += f" ({self.boxes['left']} bracketed lists not 0-1 boxes left as they were)"
         return line
+
+    def skipped_lines(self) -> list[str]:
+        """Return a line per skipped record kept, then how many more were skipped."""
+        lines = [f"skipped: {line}" for line in self.problems]
+        hidden = sum(self.skipped.values()) - len(self.problems)
+        if hidden > 0:
+            lines.append(f"... and {hidden} more skipped records")
+        return lines
+
+    def written_lines(self) -> list[str]:
+        """Return a line per file written beside the output, the notes, and where it was pushed."""
+        lines = [f"wrote {extra}" for extra in self.files]
+        lines += [f"note: {note}" for note in self.notes]
+        if self.pushed_to:
+            lines.append(f"pushed to https://huggingface.co/datasets/{self.pushed_to}")
+        return lines
 
 
 def run_settings(store: Store) -> dict:

@@ -47,6 +47,13 @@ class ReportInfo:
     samples: int
     images: int
 
+    def summary(self) -> str:
+        """Return one line: the file written, its samples (with their image) and its size."""
+        return (
+            f"wrote {self.path}: {self.samples} samples ({self.images} with their image),"
+            f" {self.bytes / 1e6:.1f} MB"
+        )
+
 
 def outcome(status: str, kept: list[int]) -> str:
     """Return a sample's outcome: failed, unfinished, all kept, some empty or all empty."""

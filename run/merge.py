@@ -133,6 +133,21 @@ class MergeReport:
         """The shards of N that were never merged."""
         return [i for i in range(1, self.count + 1) if i not in self.merged]
 
+    def lines(self, run: str) -> list[str]:
+        """Return a line per folder merged, then the shards run ``run`` holds and lacks."""
+        lines = [
+            f"shard {part.shard} ({part.path}): {part.samples} samples, {part.added} added,"
+            f" {part.updated} updated, {part.unchanged} unchanged"
+            for part in self.folders
+        ]
+        merged = ", ".join(map(str, self.merged)) or "none"
+        missing = ", ".join(map(str, self.missing)) or "none"
+        lines.append(
+            f"run {run!r}: shards {merged} of {self.count} merged; missing: {missing}"
+            f" -> {self.run_dir}"
+        )
+        return lines
+
 
 def merge(
     name: str,
