@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mmevol.graph.config import Settings, check_run_name, default_checkpoints_dir
 
@@ -350,6 +351,7 @@ def status(
         # One endpoint says nothing the calls table does not: shown from two on.
         ("endpoints", summary["endpoints"] if len(summary["endpoints"]) > 1 else []),
         ("answers: how each model answer parsed", summary["answers"]),
+        ("endpoint errors: calls that failed, by HTTP status", summary["errors"]),
         ("models", models),
         ("dropped items", summary["dropped"]),
         ("failures", summary["failures"]),
@@ -364,7 +366,7 @@ def _table(title: str, rows: list[dict]) -> Table:
     for key in rows[0]:
         table.add_column(key, overflow="fold")
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
+        table.add_row(*(Text("" if v is None else str(v)) for v in row.values()))  # no markup
     return table
 
 

@@ -645,6 +645,18 @@ class Store:
             )
         ]
 
+    def call_errors(self, limit: int = 50) -> list[dict]:
+        """Per node, endpoint and error text: the calls that failed, commonest first."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select node, endpoint, error, count(*) as calls from calls"
+                " where error is not null group by node, endpoint, error"
+                " order by calls desc, min(id) limit ?",
+                [limit],
+            )
+        ]
+
     def set_parse(self, call_id: int, status: str) -> None:
         """Record how a call's answer parsed (ok, repaired, unusable: ...)."""
         with self.db.conn:
