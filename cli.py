@@ -50,7 +50,7 @@ CheckpointsOpt = Annotated[
     typer.Option(
         "--checkpoints",
         envvar="MMEVOL_CHECKPOINTS",
-        help="Folder of runs.  [default: checkpoints]",
+        help=escape("Folder of runs.  [default: checkpoints]"),
         show_default=False,
     ),
 ]
@@ -396,7 +396,7 @@ def export(
         typer.Option(help="Solving steps: inline (before the answer, default), none, field."),
     ] = None,
     images: Annotated[
-        Path | None, typer.Option(help="Image root.  [default: the run's --images]")
+        Path | None, typer.Option(help=escape("Image root.  [default: the run's --images]"))
     ] = None,
     image_max_side: Annotated[
         int | None, typer.Option(help="hf: downscale embedded images to N px a side.")
@@ -456,7 +456,9 @@ def stats(
     ] = False,
     plots: Annotated[
         Path | None,
-        typer.Option("--plots", help="Folder to write PNG charts into (needs mmevol[plots])."),
+        typer.Option(
+            "--plots", help=escape("Folder to write PNG charts into (needs mmevol[plots]).")
+        ),
     ] = None,
 ) -> None:
     """Compare a run with the paper: per round, per item version, per operator, cost."""
@@ -552,7 +554,8 @@ def replay(
         typer.Option(help="Make the export use this finished branch (a fork, or main again)."),
     ] = None,
     base_url: Annotated[
-        str | None, typer.Option(envvar="OPENAI_BASE_URL", help="Endpoint [default: the run's].")
+        str | None,
+        typer.Option(envvar="OPENAI_BASE_URL", help=escape("Endpoint [default: the run's].")),
     ] = None,
 ) -> None:
     """Fork a sample from a past step and run the rest, or adopt a fork made earlier.

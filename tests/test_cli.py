@@ -35,6 +35,18 @@ def test_every_command_has_help_text():
         assert name in result.output
 
 
+def test_bracketed_words_of_help_texts_survive_rich_markup():
+    # Issue 19.13: "needs mmevol[plots]" showed as "needs mmevol", replay's --base-url
+    # lost "[default: the run's]": rich took them for markup.
+    command = typer.main.get_command(app)
+    for name, sub in command.commands.items():
+        shown = " ".join(invoke(name, "--help", env={"COLUMNS": "400"}).output.split())
+        for param in sub.params:
+            for words in re.findall(r"\[[^\]]*\]", getattr(param, "help", None) or ""):
+                words = words.replace("\\[", "[")
+                assert words in shown, (name, param.name, words)
+
+
 def test_serve_sim_reports_the_cached_share_it_is_given():
     import signal
     import subprocess
