@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from mmevol.graph.config import Settings, check_run_name, default_checkpoints_dir
+from mmevol.graph.config import Settings, default_checkpoints_dir
 
 app = typer.Typer(
     help="Evolve image-grounded Q&A data with the MMEvol method.",
@@ -137,15 +137,9 @@ def guarded(call, *args, **kwargs):
 
 
 def _existing_run(run: str, checkpoints: Path | None) -> Path:
-    from mmevol.run.runfolder import check_databases
+    from mmevol.inspection.runs import existing_run
 
-    checkpoints = checkpoints or default_checkpoints_dir()
-    guarded(check_run_name, run)
-    path = checkpoints / run / "results.db"
-    guarded(check_databases, path.parent)
-    if not path.exists():
-        fail(f"no run named {run!r} under {str(checkpoints)!r}")
-    return path
+    return guarded(existing_run, run, checkpoints or default_checkpoints_dir())
 
 
 # Parameter names of the options built from Settings: apart from the command's own.
@@ -219,6 +213,26 @@ def _option(f: dataclasses.Field) -> Any:
     help_text = escape(help_text)  # "[default: ...]" is text, not rich markup
     # A computed default (checkpoints) is described in the help text instead.
     return typer.Option(flag, help=help_text, show_default=f.default is not dataclasses.MISSING)
+
+
+def _print_version(given: bool) -> None:
+    if given:
+        from importlib.metadata import version
+
+        out.print(f"mmevol {version('mmevol')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Evolve image-grounded Q&A data with the MMEvol method."""
 
 
 @app.command()
@@ -368,6 +382,24 @@ def _table(title: str, rows: list[dict]) -> Table:
     for row in rows:
         table.add_row(*(Text("" if v is None else str(v)) for v in row.values()))  # no markup
     return table
+
+
+@app.command()
+def runs(
+    checkpoints: CheckpointsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the runs under --checkpoints: samples done, failed, interrupted, and if live."""
+    from mmevol.inspection.runs import list_runs
+
+    folder = checkpoints or default_checkpoints_dir()
+    rows = [r.as_dict() for r in guarded(list_runs, folder)]
+    if as_json:
+        out.print_json(json.dumps(rows))
+    elif not rows:
+        out.print(f"no runs under {folder}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        out.print(_table(f"runs under {folder.resolve()}", rows))
 
 
 @app.command()

@@ -573,3 +573,11 @@ def test_serve_sim_takes_the_batch_options():
         assert process.wait(timeout=10) == 0
     finally:
         process.kill()
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"mmevol {version('mmevol')}\n"
