@@ -702,44 +702,9 @@ def estimate_cmd(
     from mmevol.inspection.estimate import estimate
 
     result = guarded(estimate, settings, seed)
-    rows = [
-        {
-            "round": r.round,
-            "items in": round(r.items_in),
-            "calls": round(r.calls),
-            "input tokens": round(r.input_tokens),
-            "output tokens": round(r.output_tokens),
-            "cost USD": round(r.cost, 2),
-            "batch cost USD": round(r.batch_cost, 2),
-        }
-        for r in result.rounds
-    ]
-    models = [
-        {
-            "model": m.model,
-            "calls": round(m.calls),
-            "input tokens": round(m.input_tokens),
-            "output tokens": round(m.output_tokens),
-            "cost USD": round(m.cost, 2),
-            "batch cost USD": round(m.batch_cost, 2),
-        }
-        for m in result.models
-    ]
+    data = result.as_dict()
     if as_json:
-        out.print_json(
-            json.dumps(
-                {
-                    "samples": result.samples,
-                    "skipped": result.skipped,
-                    "rounds": rows,
-                    "models": models,
-                    "total_cost": round(result.total_cost, 2),
-                    "total_batch_cost": round(result.total_batch_cost, 2),
-                    "batch_within_hours": 24,
-                    "unpriced": result.unpriced,
-                }
-            )
-        )
+        out.print_json(json.dumps(data))
         return
     out.print(
         f"{result.samples} samples ({result.skipped} invalid rows left out); expected cost "
@@ -747,15 +712,12 @@ def estimate_cmd(
         f"(--batch: answers within 24 h) with {settings.model} / {settings.judge_model}",
         highlight=False,
     )
-    out.print(_table("per round", rows))
-    total = {
-        "model": "total",
-        "calls": sum(m["calls"] for m in models),
-        "input tokens": sum(m["input tokens"] for m in models),
-        "output tokens": sum(m["output tokens"] for m in models),
-        "cost USD": round(result.total_cost, 2),
-        "batch cost USD": round(result.total_batch_cost, 2),
+    out.print(_table("per round", data["rounds"]))
+    models = data["models"]
+    total = {"model": "total"} | {
+        k: sum(m[k] for m in models) for k in ("calls", "input_tokens", "output_tokens")
     }
+    total |= {"cost_usd": data["total_cost"], "batch_cost_usd": data["total_batch_cost"]}
     out.print(_table("per model", [*models, total]))
     for model_name in result.unpriced:
         err.print(f"note: no price known for {model_name!r}; its cost counts as 0 (see --prices)")

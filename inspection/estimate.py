@@ -97,6 +97,40 @@ class Estimate:
         """Return the expected dollars of the whole run through the Batch API."""
         return sum(r.batch_cost for r in self.rounds)
 
+    def as_dict(self) -> dict:
+        """Return the estimate as `mmevol estimate --json` prints it (snake_case keys, as stats).
+
+        Counts are rounded to whole calls and tokens, dollars to cents.
+        """
+        rounds = [
+            {"round": r.round, "items_in": round(r.items_in), **_work(r)} for r in self.rounds
+        ]
+        models = [{"model": m.model, **_work(m)} for m in self.models]
+        return {
+            "samples": self.samples,
+            "skipped": self.skipped,
+            "rounds": rounds,
+            "models": models,
+            "total_cost": round(self.total_cost, 2),
+            "total_batch_cost": round(self.total_batch_cost, 2),
+            "batch_within_hours": BATCH_WITHIN_HOURS,
+            "unpriced": self.unpriced,
+        }
+
+
+BATCH_WITHIN_HOURS = 24
+"""The Batch API's completion window."""
+
+
+def _work(part: RoundEstimate | ModelEstimate) -> dict:
+    return {
+        "calls": round(part.calls),
+        "input_tokens": round(part.input_tokens),
+        "output_tokens": round(part.output_tokens),
+        "cost_usd": round(part.cost, 2),
+        "batch_cost_usd": round(part.batch_cost, 2),
+    }
+
 
 def estimate(settings: Settings, seed: Path) -> Estimate:
     """Render every sample's prompts and add up the expected calls, tokens and cost."""
