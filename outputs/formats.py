@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from mmevol.graph.items import QAItem
+from mmevol.graph.items import SCORE_SCALE, QAItem
 from mmevol.run.seed import turns_to_items
 from mmevol.store.results import Store
 
@@ -72,6 +72,12 @@ class ExportOptions:
         """Check the options (a bad one is a one-line ValueError)."""
         if self.steps not in STEP_MODES:
             raise ValueError(f"--steps must be one of {', '.join(STEP_MODES)}, not {self.steps!r}")
+        low, high = SCORE_SCALE
+        if self.min_score is not None and not low <= self.min_score <= high:
+            raise ValueError(
+                f"--min-score must be from {low} to {high} (the judge's scale),"
+                f" not {self.min_score}"
+            )
         if not self.rounds:
             raise ValueError("--rounds names no round")
         if any(r < 0 for r in self.rounds):
@@ -196,7 +202,7 @@ def _pairs(items: list[dict], min_score: int | None, rnd: int) -> list[Pair]:
             continue
         steps = [
             {
-                "manipulation": clean_text(s.get("manipulation")) or "None",
+                "manipulation": _manipulation(s.get("manipulation")),
                 "description": clean_text(s.get("description")),
             }
             for s in item.get("steps") or []
@@ -206,6 +212,12 @@ def _pairs(items: list[dict], min_score: int | None, rnd: int) -> list[Pair]:
             Pair(clean_text(item.get("question")), clean_text(item.get("answer")), steps, score)
         )
     return pairs
+
+
+def _manipulation(value: Any) -> str | None:
+    """Return a step's manipulation, or None for none (the authors write the string "None")."""
+    text = clean_text(value)
+    return None if text in ("", "None") else text
 
 
 def check_record(record: Record, image_root: Path, image_seen: bool = False) -> None:

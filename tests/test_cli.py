@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -581,3 +582,42 @@ def test_version():
     result = invoke("--version")
     assert result.exit_code == 0, result.output
     assert result.output == f"mmevol {version('mmevol')}\n"
+
+
+def test_steps_field_stores_null_for_no_manipulation(demo_run, tmp_path):
+    # Issue 19.13: a step without a manipulation was exported as the string "None".
+    out = tmp_path / "llava.json"
+    result = invoke(
+        "export", "--run", demo_run.run, "--checkpoints", demo_run.checkpoints,
+        "--format", "llava", "--steps", "field", "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    steps = [s for r in json.loads(out.read_text()) for pair in r["steps"] for s in pair]
+    manipulations = {s["manipulation"] for s in steps}
+    assert None in manipulations and "None" not in manipulations
+
+
+@pytest.mark.parametrize("score", ["-1", "11"])
+def test_min_score_outside_the_judges_scale_is_refused(demo_run, tmp_path, score):
+    # Issue 19.13: --min-score 11 silently exported nothing.
+    out = tmp_path / "llava.json"
+    result = invoke(
+        "export", "--run", demo_run.run, "--checkpoints", demo_run.checkpoints,
+        "--format", "llava", "--min-score", score, "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: --min-score must be from 0 to 10 (the judge's scale), not {score}\n"
+    )
+    assert not out.exists()
+
+
+def test_tests_never_write_to_the_users_huggingface_cache():
+    # Issue 19.13: the hf export tests filled ~/.cache/huggingface.
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    home = Path.home()
+    root = Path(os.environ["HF_HOME"]).parent
+    for path in (datasets.config.HF_DATASETS_CACHE, hub.HF_HUB_CACHE, hub.HF_HOME):
+        assert Path(path).is_relative_to(root) and not Path(path).is_relative_to(home), path
