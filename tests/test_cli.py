@@ -246,6 +246,19 @@ def test_export_says_what_it_did_not_write(sim, demo_seed, tmp_path):
     assert "unfinished" not in text and "never started" not in text
 
 
+def test_export_words_never_started_for_limit_and_shard_runs(sim, demo_seed, tmp_path):
+    # Issue 19.14: rows past --limit (or of no shard's concern) were "not reached yet".
+    seed_path, images = demo_seed
+    run_cli(seed_path, images, sim, "lim", "--limit", 3)
+    result = invoke("export", "--run", "lim", "-o", tmp_path / "lim.json")
+    text = " ".join(result.output.split())
+    assert "9 never started (seed rows this run has not reached, or past its --limit 3)" in text
+    run_cli(seed_path, images, sim, "sh", "--shard", "1/2", "--max-calls", 4)
+    result = invoke("export", "--run", "sh", "-o", tmp_path / "sh.json")
+    text = " ".join(result.output.split())
+    assert "never started (rows of shard 1/2 this run has not reached)" in text
+
+
 def test_round_counts_add_up(sim, demo_seed, tmp_path):
     # Reported: candidates, kept and dropped did not add up in `status` and the demo.
     seed_path, images = demo_seed
