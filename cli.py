@@ -28,7 +28,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from mmevol.graph.config import Settings, default_checkpoints_dir
+from mmevol.graph.config import (
+    BATCH_MAX_BYTES,
+    BATCH_MAX_REQUESTS,
+    Settings,
+    default_checkpoints_dir,
+)
 
 app = typer.Typer(
     help="Evolve image-grounded Q&A data with the MMEvol method.",
@@ -249,7 +254,9 @@ def run(
     Exit status:
 
       0    the seed is through and every sample is done
-      1    an error before any sample started (key, endpoint, seed, options)
+      1    an error, in one line: a bad option or run name, a missing seed or key, an
+           image root that lacks the seed's images, an unusable endpoint, a damaged run
+           folder, a full disk or an unwritable folder
       2    a usage error (an unknown option or a missing argument)
       3    stopped by --max-cost, --max-calls or a failing endpoint, or samples were
            interrupted by endpoint errors or still wait for batch answers (resumable:
@@ -541,7 +548,12 @@ def trace(
     checkpoints: CheckpointsOpt = None,
     branch: Annotated[str, typer.Option(help="Branch to show (main or a replay fork).")] = "main",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    raw: Annotated[bool, typer.Option(help="Add the prompts and the model's answers.")] = False,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            help="Add the model's answers and the prompts (compacted samples: answers only)."
+        ),
+    ] = False,
 ) -> None:
     """Show one sample's path through the graph, step by step, from its checkpoints."""
     import asyncio
@@ -758,10 +770,12 @@ def serve_sim(
     batch_expire_after: Annotated[
         float | None, typer.Option(help="Seconds after which a batch not done expires.")
     ] = None,
-    batch_max_requests: Annotated[int, typer.Option(help="Lines a batch may hold.")] = 50_000,
+    batch_max_requests: Annotated[
+        int, typer.Option(help="Lines a batch may hold.")
+    ] = BATCH_MAX_REQUESTS,
     batch_max_bytes: Annotated[
-        int, typer.Option(help="Bytes a batch input file may hold (200 MiB).")
-    ] = 209_715_200,
+        int, typer.Option(help="Bytes a batch input file may hold (200 MB).")
+    ] = BATCH_MAX_BYTES,
 ) -> None:
     """Serve the simulated OpenAI-compatible endpoint on loopback (Ctrl-C stops it)."""
     from mmevol.sim.server import SimOptions, serve_forever

@@ -634,3 +634,50 @@ def test_tests_never_write_to_the_users_huggingface_cache():
     root = Path(os.environ["HF_HOME"]).parent
     for path in (datasets.config.HF_DATASETS_CACHE, hub.HF_HUB_CACHE, hub.HF_HOME):
         assert Path(path).is_relative_to(root) and not Path(path).is_relative_to(home), path
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_exit_status_table_says_what_run_help_says():
+    # Issue 19.14: the README's table and `mmevol run --help` described the statuses apart.
+    table = re.search(r"\| status \| meaning \|\n\|---\|---\|\n((?:\|.*\n)+)", README.read_text())
+    documented = {
+        int(code): " ".join(text.split())
+        for code, text in re.findall(r"^\| (\d+) \| (.*) \|$", table[1], re.MULTILINE)
+    }
+    helptext = invoke("run", "--help", env={"COLUMNS": "400"}).output
+    block = helptext[helptext.index("Exit status:") : helptext.index("Every option but")]
+    block = " ".join(line.strip(" │") for line in block.splitlines())
+    shown = {
+        int(code): " ".join(text.split())
+        for code, text in re.findall(r"(?:^|\s)(\d{1,3})\s{2,}(.*?)(?=\s\d{1,3}\s{2,}|$)", block)
+    }
+    assert sorted(documented) == [0, 1, 2, 3, 4, 5, 130]
+    assert documented == shown
+
+
+def test_batch_limits_are_one_number_everywhere():
+    # Issue 19.14: the run split shards at 200,000,000 bytes, serve-sim refused above 200 MiB.
+    from mmevol.sim.options import SimOptions
+
+    command = typer.main.get_command(app)
+    sim_params = {p.name: p.default for p in command.commands["serve-sim"].params}
+    fields = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for name in ("batch_max_requests", "batch_max_bytes"):
+        assert fields[name] == sim_params[name] == getattr(SimOptions(), name), name
+    assert fields["batch_max_bytes"] == 200_000_000 and "200 MB" in README.read_text()
+    assert "MiB" not in README.read_text()
+
+
+def test_readme_serve_sim_walkthrough_works_from_a_fresh_clone(tmp_path):
+    # Issue 19.14: the walkthrough's seed was ../shared/mmevol-demo/seed_1612.jsonl.
+    text = README.read_text()
+    block = text[text.index("To try everything against the simulated endpoint") :]
+    block = block[block.index("```bash") : block.index("```", block.index("```bash") + 3)]
+    assert "../" not in block
+    (draw,) = [line for line in block.splitlines() if line.startswith("python -c ")]
+    code = draw.removeprefix("python -c ").strip().strip('"')
+    subprocess.run([sys.executable, "-c", code.replace("/tmp/", f"{tmp_path}/")], check=True)
+    for path in re.findall(r"(/tmp/\S+)", block.split("mmevol run", 1)[1]):
+        assert Path(path.replace("/tmp/", f"{tmp_path}/")).exists(), path
