@@ -26,8 +26,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from mmevol.graph.config import Settings, check_run_name, default_checkpoints_dir
+from mmevol.graph.config import (
+    BATCH_MAX_BYTES,
+    BATCH_MAX_REQUESTS,
+    Settings,
+    default_checkpoints_dir,
+)
 
 app = typer.Typer(
     help="Evolve image-grounded Q&A data with the MMEvol method.",
@@ -49,7 +55,7 @@ CheckpointsOpt = Annotated[
     typer.Option(
         "--checkpoints",
         envvar="MMEVOL_CHECKPOINTS",
-        help="Folder of runs.  [default: checkpoints]",
+        help=escape("Folder of runs.  [default: checkpoints]"),
         show_default=False,
     ),
 ]
@@ -132,15 +138,9 @@ def guarded(call, *args, **kwargs):
 
 
 def _existing_run(run: str, checkpoints: Path | None) -> Path:
-    from mmevol.run.runfolder import check_databases
+    from mmevol.inspection.runs import existing_run
 
-    checkpoints = checkpoints or default_checkpoints_dir()
-    guarded(check_run_name, run)
-    path = checkpoints / run / "results.db"
-    guarded(check_databases, path.parent)
-    if not path.exists():
-        fail(f"no run named {run!r} under {str(checkpoints)!r}")
-    return path
+    return guarded(existing_run, run, checkpoints or default_checkpoints_dir())
 
 
 # Parameter names of the options built from Settings: apart from the command's own.
@@ -216,6 +216,26 @@ def _option(f: dataclasses.Field) -> Any:
     return typer.Option(flag, help=help_text, show_default=f.default is not dataclasses.MISSING)
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        from importlib.metadata import version
+
+        out.print(f"mmevol {version('mmevol')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Evolve image-grounded Q&A data with the MMEvol method."""
+
+
 @app.command()
 @settings_options()
 def run(
@@ -230,7 +250,9 @@ def run(
     Exit status:
 
       0    the seed is through and every sample is done
-      1    an error before any sample started (key, endpoint, seed, options)
+      1    an error, in one line: a bad option or run name, a missing seed or key, an
+           image root that lacks the seed's images, an unusable endpoint, a damaged run
+           folder, a full disk or an unwritable folder
       2    a usage error (an unknown option or a missing argument)
       3    stopped by --max-cost, --max-calls or a failing endpoint, or samples were
            interrupted by endpoint errors or still wait for batch answers (resumable:
@@ -295,8 +317,26 @@ def _table(title: str, rows: list[dict]) -> Table:
     for key in rows[0]:
         table.add_column(key, overflow="fold")
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
+        table.add_row(*(Text("" if v is None else str(v)) for v in row.values()))  # no markup
     return table
+
+
+@app.command()
+def runs(
+    checkpoints: CheckpointsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the runs under --checkpoints: samples done, failed, interrupted, and if live."""
+    from mmevol.inspection.runs import list_runs
+
+    folder = checkpoints or default_checkpoints_dir()
+    rows = [r.as_dict() for r in guarded(list_runs, folder)]
+    if as_json:
+        out.print_json(json.dumps(rows))
+    elif not rows:
+        out.print(f"no runs under {folder}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        out.print(_table(f"runs under {folder.resolve()}", rows))
 
 
 @app.command()
@@ -325,7 +365,7 @@ def export(
         typer.Option(help="Solving steps: inline (before the answer, default), none, field."),
     ] = None,
     images: Annotated[
-        Path | None, typer.Option(help="Image root.  [default: the run's --images]")
+        Path | None, typer.Option(help=escape("Image root.  [default: the run's --images]"))
     ] = None,
     image_max_side: Annotated[
         int | None, typer.Option(help="hf: downscale embedded images to N px a side.")
@@ -410,7 +450,9 @@ def stats(
     ] = False,
     plots: Annotated[
         Path | None,
-        typer.Option("--plots", help="Folder to write PNG charts into (needs mmevol[plots])."),
+        typer.Option(
+            "--plots", help=escape("Folder to write PNG charts into (needs mmevol[plots]).")
+        ),
     ] = None,
     min_score: MarkScoreOpt = None,
 ) -> None:
@@ -459,7 +501,12 @@ def trace(
     checkpoints: CheckpointsOpt = None,
     branch: Annotated[str, typer.Option(help="Branch to show (main or a replay fork).")] = "main",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    raw: Annotated[bool, typer.Option(help="Add the prompts and the model's answers.")] = False,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            help="Add the model's answers and the prompts (compacted samples: answers only)."
+        ),
+    ] = False,
 ) -> None:
     """Show one sample's path through the graph, step by step, from its checkpoints."""
     from mmevol.inspection.trace import UnknownSample, format_steps, trace_in_run
@@ -495,7 +542,8 @@ def replay(
         typer.Option(help="Make the export use this finished branch (a fork, or main again)."),
     ] = None,
     base_url: Annotated[
-        str | None, typer.Option(envvar="OPENAI_BASE_URL", help="Endpoint [default: the run's].")
+        str | None,
+        typer.Option(envvar="OPENAI_BASE_URL", help=escape("Endpoint [default: the run's].")),
     ] = None,
 ) -> None:
     """Fork a sample from a past step and run the rest, or adopt a fork made earlier.
@@ -574,12 +622,13 @@ def estimate_cmd(
     from mmevol.inspection.estimate import estimate
 
     result = guarded(estimate, settings, seed)
+    data = result.as_dict()
     if as_json:
-        out.print_json(json.dumps(result.as_json()))
+        out.print_json(json.dumps(data))
         return
     out.print(result.summary(settings.model, settings.judge_model), highlight=False)
-    out.print(_table("per round", result.round_rows()))
-    out.print(_table("per model", [*result.model_rows(), result.total_row()]))
+    out.print(_table("per round", data["rounds"]))
+    out.print(_table("per model", [*data["models"], result.total_row()]))
     for note in result.notes():
         err.print(note)
 
@@ -619,10 +668,12 @@ def serve_sim(
     batch_expire_after: Annotated[
         float | None, typer.Option(help="Seconds after which a batch not done expires.")
     ] = None,
-    batch_max_requests: Annotated[int, typer.Option(help="Lines a batch may hold.")] = 50_000,
+    batch_max_requests: Annotated[
+        int, typer.Option(help="Lines a batch may hold.")
+    ] = BATCH_MAX_REQUESTS,
     batch_max_bytes: Annotated[
-        int, typer.Option(help="Bytes a batch input file may hold (200 MiB).")
-    ] = 209_715_200,
+        int, typer.Option(help="Bytes a batch input file may hold (200 MB).")
+    ] = BATCH_MAX_BYTES,
 ) -> None:
     """Serve the simulated OpenAI-compatible endpoint on loopback (Ctrl-C stops it)."""
     from mmevol.sim.server import SimOptions, serve_forever

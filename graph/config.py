@@ -59,6 +59,12 @@ def option(
     return field(default=default, metadata=meta, repr=repr)
 
 
+BATCH_MAX_REQUESTS = 50_000
+"""Requests one Batch API input file may hold (OpenAI's limit); the sim's default too."""
+BATCH_MAX_BYTES = 200_000_000
+"""Bytes one Batch API input file may hold (OpenAI's 200 MB); the sim's default too."""
+
+
 @dataclass(kw_only=True)
 class Settings:
     """Everything a run needs to know, and the one declaration of `mmevol run`'s options.
@@ -150,8 +156,12 @@ class Settings:
     batch_fallback: float | None = option(
         None, "Send batch requests still unanswered after this many hours through the online API."
     )
-    batch_max_requests: int = option(50_000, "Requests per batch shard (OpenAI's limit).")
-    batch_max_bytes: int = option(200_000_000, "Bytes per batch shard file (OpenAI's limit).")
+    batch_max_requests: int = option(
+        BATCH_MAX_REQUESTS, "Requests per batch shard (OpenAI's limit)."
+    )
+    batch_max_bytes: int = option(
+        BATCH_MAX_BYTES, "Bytes per batch shard file (OpenAI's limit: 200 MB)."
+    )
 
     def __post_init__(self) -> None:
         """Fill unset values from the environment and check ranges."""

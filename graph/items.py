@@ -182,6 +182,10 @@ def _yes_no_value(value: Any) -> bool | None:
     return None
 
 
+SCORE_SCALE = (0, 10)
+"""The judge's scores: 0 (a "no") to 10; scores on other scales are rescaled into it."""
+
+
 class Verdict(BaseModel):
     """The judge's verdict on one rewritten item."""
 
@@ -236,7 +240,7 @@ class Verdict(BaseModel):
             value = math.floor(value + 0.5)  # half up: 6.5 -> 7, as a reader expects
         if not isinstance(value, int):
             raise ValueError(f"expected a number, got {value!r}")
-        return min(10, max(0, value))
+        return min(SCORE_SCALE[1], max(SCORE_SCALE[0], value))
 
     @field_validator("item", mode="before")
     @classmethod

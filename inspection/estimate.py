@@ -97,59 +97,37 @@ class Estimate:
         """Return the expected dollars of the whole run through the Batch API."""
         return sum(r.batch_cost for r in self.rounds)
 
-    def round_rows(self) -> list[dict]:
-        """Return one row per round, as `mmevol estimate` shows them (rounded)."""
-        return [
-            {
-                "round": r.round,
-                "items in": round(r.items_in),
-                "calls": round(r.calls),
-                "input tokens": round(r.input_tokens),
-                "output tokens": round(r.output_tokens),
-                "cost USD": round(r.cost, 2),
-                "batch cost USD": round(r.batch_cost, 2),
-            }
-            for r in self.rounds
+    def as_dict(self) -> dict:
+        """Return the estimate as `mmevol estimate --json` prints it (snake_case keys, as stats).
+
+        Counts are rounded to whole calls and tokens, dollars to cents.
+        """
+        rounds = [
+            {"round": r.round, "items_in": round(r.items_in), **_work(r)} for r in self.rounds
         ]
-
-    def model_rows(self) -> list[dict]:
-        """Return one row per model, as `mmevol estimate` shows them (rounded)."""
-        return [
-            {
-                "model": m.model,
-                "calls": round(m.calls),
-                "input tokens": round(m.input_tokens),
-                "output tokens": round(m.output_tokens),
-                "cost USD": round(m.cost, 2),
-                "batch cost USD": round(m.batch_cost, 2),
-            }
-            for m in self.models
-        ]
-
-    def total_row(self) -> dict:
-        """Return the row adding up ``model_rows``."""
-        models = self.model_rows()
-        return {
-            "model": "total",
-            "calls": sum(m["calls"] for m in models),
-            "input tokens": sum(m["input tokens"] for m in models),
-            "output tokens": sum(m["output tokens"] for m in models),
-            "cost USD": round(self.total_cost, 2),
-            "batch cost USD": round(self.total_batch_cost, 2),
-        }
-
-    def as_json(self) -> dict:
-        """Return what `mmevol estimate --json` prints."""
+        models = [{"model": m.model, **_work(m)} for m in self.models]
         return {
             "samples": self.samples,
             "skipped": self.skipped,
-            "rounds": self.round_rows(),
-            "models": self.model_rows(),
+            "rounds": rounds,
+            "models": models,
             "total_cost": round(self.total_cost, 2),
             "total_batch_cost": round(self.total_batch_cost, 2),
-            "batch_within_hours": 24,
+            "batch_within_hours": BATCH_WITHIN_HOURS,
             "unpriced": self.unpriced,
         }
+
+    def total_row(self) -> dict:
+        """Return the row adding up the models of ``as_dict``, as `mmevol estimate` shows it."""
+        models = self.as_dict()["models"]
+        return (
+            {"model": "total"}
+            | {k: sum(m[k] for m in models) for k in ("calls", "input_tokens", "output_tokens")}
+            | {
+                "cost_usd": round(self.total_cost, 2),
+                "batch_cost_usd": round(self.total_batch_cost, 2),
+            }
+        )
 
     def summary(self, model: str, judge_model: str) -> str:
         """Return one line: the samples, and the expected cost online and in batch mode."""
@@ -165,6 +143,20 @@ class Estimate:
             f"note: no price known for {name!r}; its cost counts as 0 (see --prices)"
             for name in self.unpriced
         ]
+
+
+BATCH_WITHIN_HOURS = 24
+"""The Batch API's completion window."""
+
+
+def _work(part: RoundEstimate | ModelEstimate) -> dict:
+    return {
+        "calls": round(part.calls),
+        "input_tokens": round(part.input_tokens),
+        "output_tokens": round(part.output_tokens),
+        "cost_usd": round(part.cost, 2),
+        "batch_cost_usd": round(part.batch_cost, 2),
+    }
 
 
 def estimate(settings: Settings, seed: Path) -> Estimate:

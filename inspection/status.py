@@ -7,6 +7,9 @@ interrupted (the next run resumes them).
 
 from __future__ import annotations
 
+import ast
+import http
+import re
 import time
 from pathlib import Path
 
@@ -22,11 +25,13 @@ def run_summary(results_db: Path) -> dict:
     its ``cached_tokens`` (part of ``input_tokens``) and ``cost_usd``; ``cost_usd`` is the
     whole run's, ``batch_cost_usd`` the share of it answered in batch mode and
     ``cached_tokens`` the prompt tokens the endpoint's prompt cache answered.
+    ``errors`` lists the failed calls by node, endpoint, HTTP status and message.
     """
     with Store(results_db) as store:
         summary = store.summary(live=run_is_live(results_db))
         prices_path = (store.get_meta("settings") or {}).get("prices")
         summary["batches"] = batch_rows(store.batch_summary()["shards"])
+        summary["errors"] = error_rows(store.call_errors())
     prices = PriceTable(prices_path)
     total = batch = 0.0
     for row in summary["models"]:
@@ -55,6 +60,7 @@ def status_view(summary: dict, run: str) -> tuple[str, list[tuple[str, list[dict
         # One endpoint says nothing the calls table does not: shown from two on.
         ("endpoints", summary["endpoints"] if len(summary["endpoints"]) > 1 else []),
         ("answers: how each model answer parsed", summary["answers"]),
+        ("endpoint errors: calls that failed, by HTTP status", summary["errors"]),
         ("models", models),
         ("dropped items", summary["dropped"]),
         ("failures", summary["failures"]),
@@ -101,3 +107,52 @@ def _age(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds:.0f} s"
+
+
+_STATUS_ERROR = re.compile(r"(\w+): Error code: (\d{3})(?: - (.*))?", re.DOTALL)
+
+
+def describe_error(error: str) -> tuple[str, str]:
+    """Split a recorded call error into its HTTP status ("HTTP 404 Not Found") and message.
+
+    Errors are recorded as ``"<openai error class>: <its text>"``; an HTTP error's text is
+    "Error code: N - <body>", and an OpenAI-style body's message is taken from it. An error
+    without an HTTP answer (unreachable, timed out) has its class name as its status.
+    """
+    match = _STATUS_ERROR.fullmatch(error.strip())
+    if match is None:
+        name, _, rest = error.partition(": ")
+        return name, rest
+    code = int(match[2])
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = match[1]
+    return f"HTTP {code} {phrase}".strip(), _body_message(match[3] or "")
+
+
+def _body_message(body: str) -> str:
+    """Return the message of an OpenAI-style error body (as the SDK prints it), else the body."""
+    if body.startswith("{") and len(body) < 20_000:
+        try:
+            value = ast.literal_eval(body)  # literals only: the SDK prints the body's dict
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = None
+        if isinstance(value, dict):
+            inner = value.get("error", value)
+            message = inner.get("message") if isinstance(inner, dict) else inner
+            if isinstance(message, str) and message:
+                return message
+    return body
+
+
+def error_rows(rows: list[dict]) -> list[dict]:
+    """Return failed calls as `mmevol status` lists them: node, endpoint, status, message."""
+    merged: dict[tuple, int] = {}
+    for row in rows:
+        key = (row["node"], row["endpoint"], *describe_error(row["error"]))
+        merged[key] = merged.get(key, 0) + row["calls"]
+    return [
+        {"node": n, "endpoint": e, "status": s, "message": m, "calls": c}
+        for (n, e, s, m), c in merged.items()
+    ]

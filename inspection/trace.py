@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import unicodedata
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -19,9 +20,11 @@ from langgraph.types import StateSnapshot
 
 from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.graph.state import SampleState
+from mmevol.inspection.status import describe_error
 from mmevol.nodes.evolve import chunked, render_evolve_prompt
 from mmevol.nodes.score import judge_groups, render_score_prompt
 from mmevol.run.engine import compile_graph
+from mmevol.run.runfolder import run_is_live
 from mmevol.store.results import Store
 
 
@@ -86,7 +89,7 @@ def describe_step(
                 for c in chunked(prev.current_items(), chunk_size)
             ]
     elif node == "validate":
-        calls = [store.get_call(i) for i in (prev.calls if prev else [])]
+        # Its calls are the evolve step's (listed there, with how each parsed).
         step["items_out"] = len(cur.candidates)
         new = cur.round_drops[len(prev.round_drops) if prev else 0 :]
         step["dropped"] = [_drop(d.item, d.reason, d.stage) for d in new]
@@ -214,6 +217,11 @@ async def trace_sample(
             steps.append(
                 {"step": len(steps) + 1, "node": "failed", "error": sample["reason"], "calls": []}
             )
+        status = sample["status"] if sample is not None else None
+        if branch == "main" and (
+            status == "interrupted" or (status == "running" and not run_is_live(results_db))
+        ):
+            steps.append(interrupted_step(store, hash_id, len(steps) + 1, raw))
         return steps
 
 
@@ -227,6 +235,36 @@ def trace_in_run(
     return asyncio.run(trace_sample(graph_db, results_db, hash_id, branch, raw, chunk_size))
 
 
+def interrupted_step(store: Store, hash_id: str, number: int, raw: bool = False) -> dict:
+    """Describe why an interrupted sample stopped: its last failed call, else the run's stop.
+
+    A call the endpoint failed (after its retries) interrupts the sample; a 4xx other than
+    408, 409 and 429 will fail again until the endpoint settings change.
+    """
+    failed = [c for c in store.rows("calls", hash_id=hash_id, branch="main") if c["error"]]
+    step: dict[str, Any] = {"step": number, "node": "interrupted", "calls": []}
+    if not failed:
+        step["error"] = (
+            "the run stopped before this sample finished (Ctrl-C, a budget, a stop after "
+            "failing calls, or a killed process); running the run again resumes it"
+        )
+        return step
+    last = failed[-1]
+    status, message = describe_error(last["error"])
+    code = status.split()[1] if status.startswith("HTTP ") else ""
+    if code.startswith("4") and code not in ("408", "409", "429"):
+        advice = "fix the endpoint (--base-url, --model, the key) and run the run again"
+    else:
+        advice = "running the run again resumes it"
+    reason = f"{status}: {message}" if message else status
+    step["error"] = (
+        f"the endpoint failed call {last['id']} ({last['node']}, round {last['round']}): "
+        f"{reason}; {advice}"
+    )
+    step["calls"] = [_call(last, raw)]
+    return step
+
+
 def step_pairs(path: Sequence[StateSnapshot]) -> list[tuple[StateSnapshot, StateSnapshot]]:
     """Pair each checkpoint with the one before it: one pair per node that ran.
 
@@ -237,16 +275,20 @@ def step_pairs(path: Sequence[StateSnapshot]) -> list[tuple[StateSnapshot, State
 
 
 def format_steps(steps: Sequence[dict]) -> str:
-    """Render steps as text, one line per step and indented details."""
+    r"""Render steps as text, one line per step and indented details.
+
+    Model text is shown with its control characters escaped (``\x1b``), so an answer
+    cannot move the cursor, clear the screen or reorder what the terminal shows.
+    """
     lines = []
     for s in steps:
-        if s["node"] == "failed":
-            lines.append(f"{s['step']:>3} failed: {s['error']}")
+        if s["node"] in ("failed", "interrupted"):
+            lines.append(f"{s['step']:>3} {s['node']}: {_line(s['error'])}")
             continue
-        head = f"{s['step']:>3} r{s.get('round', '?')} a{s.get('attempt', '?')} {s['node']:<15}"
+        head = f"{s['step']:>3} r{s.get('round', '?')} a{s.get('attempt', '?')} {s['node']:<15} "
         parts = []
         if s.get("operator"):
-            parts.append(f"operator {s['operator']}")
+            parts.append(f"operator {_line(s['operator'])}")
         if "items_in" in s:
             parts.append(f"in {s['items_in']}")
         if "items_out" in s:
@@ -265,12 +307,13 @@ def format_steps(steps: Sequence[dict]) -> str:
         if "kept_scores" in s:
             lines.append(f"      kept scores: {s['kept_scores']}")
         for d in s.get("dropped", []):
-            lines.append(f"      dropped ({d['stage']}): {d['reason']} | {str(d['question'])[:80]}")
+            question = _line(str(d["question"]))[:80]
+            lines.append(f"      dropped ({d['stage']}): {_line(d['reason'])} | {question}")
         if s.get("error"):
-            lines.append(f"      problem: {s['error']}")
+            lines.append(f"      problem: {_line(s['error'])}")
         for c in s["calls"]:
             if c.get("error") or (c.get("parse") and c["parse"] not in ("ok",)):
-                lines.append(f"      call {c['id']}: {c.get('error') or c.get('parse')}")
+                lines.append(f"      call {c['id']}: {_line(c.get('error') or c.get('parse'))}")
         for p in s.get("prompts", []):
             lines.append("      --- prompt ---\n" + _indent(p))
         for c in s["calls"]:
@@ -281,5 +324,31 @@ def format_steps(steps: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+# Bidirectional controls reorder what a terminal shows; the rest of Cf is left alone
+# (zero-width joiners belong to emoji).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def visible(text: str, newlines: bool = True) -> str:
+    r"""Escape control characters (ANSI escapes, bells, bidi overrides) as ``\xNN``/``\uNNNN``.
+
+    Tabs are kept, and newlines too unless ``newlines`` is False.
+    """
+    out = []
+    for ch in text:
+        if ch == "\t" or (ch == "\n" and newlines):
+            out.append(ch)
+        elif ch in _BIDI or unicodedata.category(ch) == "Cc":
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _line(value: object) -> str:
+    return visible(str(value), newlines=False)
+
+
 def _indent(text: str) -> str:
-    return "\n".join("        " + line for line in text.splitlines())
+    return "\n".join("        " + line for line in visible(text).splitlines())

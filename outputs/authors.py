@@ -34,6 +34,10 @@ class ExportResult:
     """Samples in flight in a run still going."""
     never_started: int | None = 0
     """Seed rows the run has not reached (None when the seed file cannot be read any more)."""
+    shard: str | None = None
+    """The run's --shard: never_started counts that shard's rows only."""
+    limit: int | None = None
+    """The run's --limit: never_started includes the rows past it."""
 
     def summary(self, output: Path) -> str:
         """Return one line: samples written to ``output``, and those not written and why."""
@@ -56,7 +60,11 @@ class ExportResult:
         if self.running:
             parts.append(f"{self.running} still running")
         if self.never_started:
-            parts.append(f"{self.never_started} never started (the run has not reached them)")
+            rows = f"rows of shard {self.shard}" if self.shard else "seed rows"
+            past = f", or past its --limit {self.limit}" if self.limit is not None else ""
+            parts.append(
+                f"{self.never_started} never started ({rows} this run has not reached{past})"
+            )
         if self.never_started is None:
             parts.append("an unknown number never started (the seed file cannot be read)")
         return parts
@@ -136,10 +144,12 @@ def _left_out(store: Store, results_db: Path, written: int) -> ExportResult:
         unfinished=counts.get("interrupted", 0) + (0 if live else running),
         running=running if live else 0,
     )
-    shard = (store.get_meta("settings") or {}).get("shard")
+    settings = store.get_meta("settings") or {}
+    shard = settings.get("shard")
     total = _seed_rows(store.get_meta("seed"), parse_shard(shard) if shard else None)
     known = sum(counts.values())
     result.never_started = None if total is None else max(total - known, 0)
+    result.shard, result.limit = shard, settings.get("limit")
     return result
 
 

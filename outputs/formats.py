@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from mmevol.graph.items import QAItem
+from mmevol.graph.items import SCORE_SCALE, QAItem
 from mmevol.run.seed import turns_to_items
 from mmevol.store.results import Store
 
@@ -111,6 +111,12 @@ class ExportOptions:
         """Check the options (a bad one is a one-line ValueError)."""
         if self.steps not in STEP_MODES:
             raise ValueError(f"--steps must be one of {', '.join(STEP_MODES)}, not {self.steps!r}")
+        low, high = SCORE_SCALE
+        if self.min_score is not None and not low <= self.min_score <= high:
+            raise ValueError(
+                f"--min-score must be from {low} to {high} (the judge's scale),"
+                f" not {self.min_score}"
+            )
         if not self.rounds:
             raise ValueError("--rounds names no round")
         if any(r < 0 for r in self.rounds):
@@ -250,13 +256,15 @@ BOX = re.compile(r"\[\s*" + r"\s*,\s*".join([f"({_NUMBER})"] * 4) + r"\s*\]")
 """A box as the run writes it in text: ``[x1, y1, x2, y2]``."""
 
 
-def convert_boxes(text: str, mode: str, size: tuple[int, int] | None, counts: Counter) -> str:
+def convert_boxes(
+    text: str | None, mode: str, size: tuple[int, int] | None, counts: Counter
+) -> str | None:
     """Rewrite the 0-1 boxes of ``text`` as 0-1000 integers or as pixels of an image of ``size``.
 
     A bracketed four-number list that is not a 0-1 box (``x1 <= x2``, ``y1 <= y2``) is left
-    as it is and counted as ``left``.
+    as it is and counted as ``left``. None (a step without a manipulation) stays None.
     """
-    if mode == "unit":
+    if mode == "unit" or text is None:
         return text
 
     def convert(match: re.Match) -> str:
@@ -331,7 +339,7 @@ def _pairs(
             continue
         steps = [
             {
-                "manipulation": clean_text(s.get("manipulation"), removed) or "None",
+                "manipulation": _manipulation(s.get("manipulation"), removed),
                 "description": clean_text(s.get("description"), removed),
             }
             for s in item.get("steps") or []
@@ -340,6 +348,12 @@ def _pairs(
         question = clean_text(item.get("question"), removed)
         pairs.append(Pair(question, clean_text(item.get("answer"), removed), steps, score))
     return pairs
+
+
+def _manipulation(value: Any, removed: Counter | None = None) -> str | None:
+    """Return a step's manipulation, or None for none (the authors write the string "None")."""
+    text = clean_text(value, removed)
+    return None if text in ("", "None") else text
 
 
 def check_record(record: Record, image_root: Path, image_seen: bool = False) -> None:

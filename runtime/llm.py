@@ -28,10 +28,12 @@ import contextlib
 import contextvars
 import email.utils
 import functools
+import http
 import json
 import logging
 import random
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -784,6 +786,16 @@ async def _endpoint_problem(settings: Settings, url: str) -> str | None:
         return f"the endpoint {name} rejected the API key ({err.status_code})"
     except (openai.APIConnectionError, openai.APITimeoutError) as err:
         return f"cannot reach the endpoint {name}: {err}"
+    except openai.NotFoundError as err:
+        # A URL without its /v1 answers 404 to every call; the run would only interrupt
+        # samples. Other 404s are proxies that do not serve /models (see below).
+        with_v1 = await _v1_instead(settings, url)
+        if with_v1 is not None:
+            return (
+                f"the endpoint {name} answered GET /models with HTTP {err.status_code} "
+                f"{_reason(err.status_code)}; the API answers at {with_v1}: run again with "
+                f"--base-url {with_v1}"
+            )
     except openai.APIStatusError:
         # Some OpenAI-compatible proxies do not serve /models; the endpoint answered, so
         # it is reachable and the first real call will tell the rest.
@@ -791,3 +803,32 @@ async def _endpoint_problem(settings: Settings, url: str) -> str | None:
     finally:
         await client.close()
     return None
+
+
+async def _v1_instead(settings: Settings, url: str) -> str | None:
+    """Return the URL with /v1 added (as shown) when the API answers there, else None."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path.rstrip("/").endswith("/v1"):
+        return None
+    candidate = urllib.parse.urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/v1"))
+    client = openai.AsyncOpenAI(
+        base_url=candidate, api_key=settings.api_key, max_retries=0, timeout=15
+    )
+    try:
+        body = (await client.models.with_raw_response.list()).http_response.json()
+    except openai.AuthenticationError:
+        body = {"data": []}  # the API is there; the key is another problem, told next time
+    except (openai.APIError, ValueError):
+        return None
+    finally:
+        await client.close()
+    if isinstance(body, dict) and isinstance(body.get("data"), list):
+        return endpoints.display_url(candidate)
+    return None
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""

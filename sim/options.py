@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmevol.graph.config import BATCH_MAX_BYTES, BATCH_MAX_REQUESTS
+
 
 @dataclass
 class SimOptions:
@@ -45,9 +47,9 @@ class SimOptions:
     """Share of batch lines that fail with a 500 (in the error file) instead of an answer."""
     batch_expire_after: float | None = None
     """Seconds after creation when a batch not done expires, keeping its partial output."""
-    batch_max_requests: int = 50_000
+    batch_max_requests: int = BATCH_MAX_REQUESTS
     """Lines a batch input file may hold (OpenAI's limit)."""
-    batch_max_bytes: int = 200 * 2**20
+    batch_max_bytes: int = BATCH_MAX_BYTES
     """Bytes a batch input file may hold (OpenAI's 200 MB)."""
 
     def __post_init__(self) -> None:

@@ -33,6 +33,18 @@ class Queries(StoreBase):
             [since, limit, limit],
         ).fetchone()[0]
 
+    def call_errors(self, limit: int = 50) -> list[dict]:
+        """Per node, endpoint and error text: the calls that failed, commonest first."""
+        return [
+            dict(r)
+            for r in self.db.query(
+                "select node, endpoint, error, count(*) as calls from calls"
+                " where error is not null group by node, endpoint, error"
+                " order by calls desc, min(id) limit ?",
+                [limit],
+            )
+        ]
+
     def endpoint_counts(self) -> list[dict]:
         """Per endpoint: calls made, calls that failed, calls answered (runs before m005: none)."""
         return [

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +16,32 @@ import pytest
 from mmevol.graph.config import Settings
 from mmevol.sim.demo_seed import make_demo_seed
 from mmevol.sim.server import SimOptions, SimServer
+
+# Caches that libraries write under the user's home (datasets writes Arrow files for every
+# hf export). Set before collection, since huggingface_hub and datasets read them on import.
+CACHE_VARIABLES = {
+    "HF_HOME": "hf",
+    "HF_DATASETS_CACHE": "hf/datasets",
+    "HF_HUB_CACHE": "hf/hub",
+    "HF_XET_CACHE": "hf/xet",
+    "MPLCONFIGDIR": "matplotlib",
+}
+_cache_root: Path | None = None
+
+
+def pytest_configure(config):
+    """Point every library cache at a folder of this test session, removed at its end."""
+    global _cache_root
+    _cache_root = Path(tempfile.mkdtemp(prefix="mmevol-test-caches-"))
+    for name, sub in CACHE_VARIABLES.items():
+        os.environ[name] = str(_cache_root / sub)
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+
+def pytest_unconfigure(config):
+    """Remove the session's caches."""
+    if _cache_root is not None:
+        shutil.rmtree(_cache_root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -33,6 +34,18 @@ def test_every_command_has_help_text():
     assert result.exit_code == 0, result.output
     for name in ("run", "status", "export", "serve-sim", "demo"):
         assert name in result.output
+
+
+def test_bracketed_words_of_help_texts_survive_rich_markup():
+    # Issue 19.13: "needs mmevol[plots]" showed as "needs mmevol", replay's --base-url
+    # lost "[default: the run's]": rich took them for markup.
+    command = typer.main.get_command(app)
+    for name, sub in command.commands.items():
+        shown = " ".join(invoke(name, "--help", env={"COLUMNS": "400"}).output.split())
+        for param in sub.params:
+            for words in re.findall(r"\[[^\]]*\]", getattr(param, "help", None) or ""):
+                words = words.replace("\\[", "[")
+                assert words in shown, (name, param.name, words)
 
 
 def test_serve_sim_reports_the_cached_share_it_is_given():
@@ -231,6 +244,19 @@ def test_export_says_what_it_did_not_write(sim, demo_seed, tmp_path):
     text = " ".join(result.output.split())
     assert "wrote 8 samples" in text and "not written: 4 failed" in text
     assert "unfinished" not in text and "never started" not in text
+
+
+def test_export_words_never_started_for_limit_and_shard_runs(sim, demo_seed, tmp_path):
+    # Issue 19.14: rows past --limit (or of no shard's concern) were "not reached yet".
+    seed_path, images = demo_seed
+    run_cli(seed_path, images, sim, "lim", "--limit", 3)
+    result = invoke("export", "--run", "lim", "-o", tmp_path / "lim.json")
+    text = " ".join(result.output.split())
+    assert "9 never started (seed rows this run has not reached, or past its --limit 3)" in text
+    run_cli(seed_path, images, sim, "sh", "--shard", "1/2", "--max-calls", 4)
+    result = invoke("export", "--run", "sh", "-o", tmp_path / "sh.json")
+    text = " ".join(result.output.split())
+    assert "never started (rows of shard 1/2 this run has not reached)" in text
 
 
 def test_round_counts_add_up(sim, demo_seed, tmp_path):
@@ -561,3 +587,97 @@ def test_serve_sim_takes_the_batch_options():
         assert process.wait(timeout=10) == 0
     finally:
         process.kill()
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"mmevol {version('mmevol')}\n"
+
+
+def test_steps_field_stores_null_for_no_manipulation(demo_run, tmp_path):
+    # Issue 19.13: a step without a manipulation was exported as the string "None".
+    out = tmp_path / "llava.json"
+    result = invoke(
+        "export", "--run", demo_run.run, "--checkpoints", demo_run.checkpoints,
+        "--format", "llava", "--steps", "field", "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    steps = [s for r in json.loads(out.read_text()) for pair in r["steps"] for s in pair]
+    manipulations = {s["manipulation"] for s in steps}
+    assert None in manipulations and "None" not in manipulations
+
+
+@pytest.mark.parametrize("score", ["-1", "11"])
+def test_min_score_outside_the_judges_scale_is_refused(demo_run, tmp_path, score):
+    # Issue 19.13: --min-score 11 silently exported nothing.
+    out = tmp_path / "llava.json"
+    result = invoke(
+        "export", "--run", demo_run.run, "--checkpoints", demo_run.checkpoints,
+        "--format", "llava", "--min-score", score, "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: --min-score must be from 0 to 10 (the judge's scale), not {score}\n"
+    )
+    assert not out.exists()
+
+
+def test_tests_never_write_to_the_users_huggingface_cache():
+    # Issue 19.13: the hf export tests filled ~/.cache/huggingface.
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    home = Path.home()
+    root = Path(os.environ["HF_HOME"]).parent
+    for path in (datasets.config.HF_DATASETS_CACHE, hub.HF_HUB_CACHE, hub.HF_HOME):
+        assert Path(path).is_relative_to(root) and not Path(path).is_relative_to(home), path
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_exit_status_table_says_what_run_help_says():
+    # Issue 19.14: the README's table and `mmevol run --help` described the statuses apart.
+    table = re.search(r"\| status \| meaning \|\n\|---\|---\|\n((?:\|.*\n)+)", README.read_text())
+    documented = {
+        int(code): " ".join(text.split())
+        for code, text in re.findall(r"^\| (\d+) \| (.*) \|$", table[1], re.MULTILINE)
+    }
+    helptext = invoke("run", "--help", env={"COLUMNS": "400"}).output
+    block = helptext[helptext.index("Exit status:") : helptext.index("Every option but")]
+    block = " ".join(line.strip(" │") for line in block.splitlines())
+    shown = {
+        int(code): " ".join(text.split())
+        for code, text in re.findall(r"(?:^|\s)(\d{1,3})\s{2,}(.*?)(?=\s\d{1,3}\s{2,}|$)", block)
+    }
+    assert sorted(documented) == [0, 1, 2, 3, 4, 5, 130]
+    assert documented == shown
+
+
+def test_batch_limits_are_one_number_everywhere():
+    # Issue 19.14: the run split shards at 200,000,000 bytes, serve-sim refused above 200 MiB.
+    from mmevol.sim.options import SimOptions
+
+    command = typer.main.get_command(app)
+    sim_params = {p.name: p.default for p in command.commands["serve-sim"].params}
+    fields = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for name in ("batch_max_requests", "batch_max_bytes"):
+        assert fields[name] == sim_params[name] == getattr(SimOptions(), name), name
+    assert fields["batch_max_bytes"] == 200_000_000 and "200 MB" in README.read_text()
+    assert "MiB" not in README.read_text()
+
+
+def test_readme_serve_sim_walkthrough_works_from_a_fresh_clone(tmp_path):
+    # Issue 19.14: the walkthrough's seed was ../shared/mmevol-demo/seed_1612.jsonl.
+    text = README.read_text()
+    block = text[text.index("To try everything against the simulated endpoint") :]
+    block = block[block.index("```bash") : block.index("```", block.index("```bash") + 3)]
+    assert "../" not in block
+    (draw,) = [line for line in block.splitlines() if line.startswith("python -c ")]
+    code = draw.removeprefix("python -c ").strip().strip('"')
+    subprocess.run([sys.executable, "-c", code.replace("/tmp/", f"{tmp_path}/")], check=True)
+    for path in re.findall(r"(/tmp/\S+)", block.split("mmevol run", 1)[1]):
+        assert Path(path.replace("/tmp/", f"{tmp_path}/")).exists(), path

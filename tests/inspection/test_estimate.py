@@ -60,7 +60,7 @@ def test_estimate_prices_online_and_batch_side_by_side_per_model_and_in_total(tm
     args = ["estimate", str(seed_path), "--scorer-model", "gpt-4o"]
     data = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
     assert [m["model"] for m in data["models"]] == ["gpt-4o-mini", "gpt-4o"]
-    assert all(m["batch cost USD"] == pytest.approx(m["cost USD"] / 2, abs=0.01)
+    assert all(m["batch_cost_usd"] == pytest.approx(m["cost_usd"] / 2, abs=0.01)
                for m in data["models"] + data["rounds"])  # fmt: skip
     assert data["total_batch_cost"] == round(result.total_batch_cost, 2)
     assert data["batch_within_hours"] == 24
@@ -81,3 +81,25 @@ def test_estimate_of_a_shard_counts_its_rows_only(tmp_path):
     result = CliRunner().invoke(app, ["estimate", str(seed_path), "--shard", "2/3", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["samples"] == parts[1].samples
+
+
+def test_estimate_json_keys_are_snake_case_like_stats(tmp_path):
+    # Issue 19.13: rows had keys "items in", "cost USD", "batch cost USD".
+    seed_path, _ = make_demo_seed(tmp_path, n=3, seed=0)
+    data = json.loads(CliRunner().invoke(app, ["estimate", str(seed_path), "--json"]).output)
+    assert list(data["rounds"][0]) == [
+        "round", "items_in", "calls", "input_tokens", "output_tokens", "cost_usd",
+        "batch_cost_usd",
+    ]  # fmt: skip
+    assert list(data["models"][0]) == [
+        "model",
+        "calls",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "batch_cost_usd",
+    ]
+    assert list(data) == [
+        "samples", "skipped", "rounds", "models", "total_cost", "total_batch_cost",
+        "batch_within_hours", "unpriced",
+    ]  # fmt: skip

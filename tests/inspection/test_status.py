@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 
+import pytest
 from typer.testing import CliRunner
 
 from mmevol.cli import app
@@ -83,3 +84,59 @@ def test_a_batch_row_costs_exactly_half_and_status_shows_batch_spend_and_cached_
     assert result.exit_code == 0, result.output
     assert f"(batch ${summary['batch_cost_usd']:.4f})" in result.output
     assert "cached" in result.output  # the models table has a cached_tokens column
+
+
+def test_status_shows_the_http_status_and_message_of_endpoint_errors(
+    sim, demo_seed, make_settings, monkeypatch
+):
+    # Issue 19.9: every call failed with a 404 and status showed only "http error".
+    from mmevol.run import runner
+    from mmevol.sim.errors import error_body
+
+    seed_path, images = demo_seed
+    sim.set_behaviour("status", status=404, body=error_body(404, "The model `x` does not exist"))
+    settings = make_settings(sim, images, limit=2, max_retries=0)
+    report = runner.run(settings, seed_path)
+    assert report.interrupted == 2
+
+    from mmevol.store.results import Store
+
+    with Store(settings.results_db) as store:
+        failed = [c for c in store.rows("calls") if c["error"]]
+    (row,) = run_summary(settings.results_db)["errors"]
+    assert row == {
+        "node": "evolve",
+        "endpoint": sim.base_url,
+        "status": "HTTP 404 Not Found",
+        "message": "The model `x` does not exist",
+        "calls": len(failed),
+    }
+    monkeypatch.setenv("MMEVOL_CHECKPOINTS", str(settings.checkpoints))
+    result = CliRunner().invoke(app, ["status", "--run", settings.run])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "endpoint errors" in text
+    assert "HTTP 404 Not Found" in text and "does not exist" in text
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "message"),
+    [
+        ("NotFoundError: Error code: 404", "HTTP 404 Not Found", ""),
+        (
+            "InternalServerError: Error code: 500 - The server had an error",
+            "HTTP 500 Internal Server Error",
+            "The server had an error",
+        ),
+        (
+            "RateLimitError: Error code: 429 - {'error': {'message': 'slow down', 'code': None}}",
+            "HTTP 429 Too Many Requests",
+            "slow down",
+        ),
+        ("APIConnectionError: Connection error.", "APIConnectionError", "Connection error."),
+    ],
+)
+def test_describe_error_names_the_http_status_and_message(error, status, message):
+    from mmevol.inspection.status import describe_error
+
+    assert describe_error(error) == (status, message)

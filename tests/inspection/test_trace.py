@@ -11,6 +11,7 @@ from mmevol.cli import app
 from mmevol.graph.checkpoints import open_checkpointer
 from mmevol.inspection.trace import trace_sample
 from mmevol.run import runner
+from mmevol.store.results import Store
 
 GOOD = {
     "question": "Which shape lies closest to the top edge of the picture?",
@@ -49,7 +50,7 @@ def test_trace_shows_retry_drops_and_empty_round(sim_factory, demo_seed, make_se
 
     validate1, validate2 = steps[2], steps[5]
     assert validate1["error"] == "the answer was a refusal" and validate1["items_out"] == 0
-    assert validate1["calls"][0]["parse"] == "unusable: the answer was a refusal"
+    assert steps[1]["calls"][0]["parse"] == "unusable: the answer was a refusal"  # evolve
     assert validate2["items_out"] == 1
     assert validate2["attempt"] == 2
     (drop,) = validate2["dropped"]
@@ -134,3 +135,56 @@ def test_trace_of_a_failed_sample_says_why(sim_factory, demo_seed, make_settings
     assert "BadRequestError" in steps[-1]["error"]
     result = cli.invoke(app, ["trace", "0_shapes_000000.jpg", "--run", settings.run])
     assert "failed: row 0 (0_shapes_000000.jpg): BadRequestError" in result.output
+
+
+def test_trace_of_an_interrupted_sample_says_why_it_stopped(sim, demo_seed, make_settings):
+    # Issue 19.9: every call of the sample failed with a 404; trace printed nothing.
+    from mmevol.sim.errors import error_body
+
+    seed_path, images = demo_seed
+    sim.set_behaviour("status", status=404, body=error_body(404, "The model `x` does not exist"))
+    settings = make_settings(sim, images, limit=1, max_retries=0)
+    assert runner.run(settings, seed_path).interrupted == 1
+    result = CliRunner().invoke(app, ["trace", "0_shapes_000000.jpg", "--run", settings.run])
+    assert result.exit_code == 0, result.output
+    last = " ".join(result.output.split("\n")[-2].split())
+    assert last.startswith("1 interrupted: the endpoint failed call ")
+    assert "(evolve, round 1): HTTP 404 Not Found: The model `x` does not exist" in last
+    assert last.endswith("fix the endpoint (--base-url, --model, the key) and run the run again")
+
+    steps = asyncio.run(trace_sample(settings.graph_db, settings.results_db, "0_shapes_000000.jpg"))
+    assert steps[-1]["node"] == "interrupted"
+    assert steps[-1]["calls"][0]["error"].startswith("NotFoundError: Error code: 404")
+
+
+def test_trace_text_escapes_control_characters_of_model_text(sim_factory, demo_seed, make_settings):
+    # Issue 19.10: a model's answer could clear the screen or retitle the terminal.
+    seed_path, images = demo_seed
+    server = sim_factory(seed=0)
+    evil = dict(GOOD, question="Which shape\x1b[2J\x1b]0;owned\x07 is on top?\u202e")
+    server.enqueue("content", content=json.dumps([evil]))
+    settings = make_settings(server, images, limit=1, rounds=1, concurrency=1)
+    runner.run(settings, seed_path)
+    result = CliRunner().invoke(
+        app, ["trace", "0_shapes_000000.jpg", "--run", settings.run, "--raw"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "\u202e" not in result.output
+    assert "Which shape\\x1b[2J\\x1b]0;owned\\x07 is on top?\\u202e" in result.output
+
+
+def test_trace_text_keeps_columns_apart_and_counts_each_call_once(
+    sim_factory, demo_seed, make_settings
+):
+    # Issue 19.10: "select_operatoroperator", and the evolve call counted on validate too.
+    settings = scripted_run(sim_factory, demo_seed, make_settings)
+    result = CliRunner().invoke(app, ["trace", "0_shapes_000000.jpg", "--run", settings.run])
+    assert result.exit_code == 0, result.output
+    heads = [line.split() for line in result.output.splitlines() if line[:3].strip().isdigit()]
+    assert heads[0][3:5] == ["select_operator", "operator"]
+    calls = {(h[3], "call(s)," in h) for h in heads}
+    assert ("evolve", True) in calls and ("validate", True) not in calls
+    total = sum(int(h[h.index("call(s),") - 1]) for h in heads if "call(s)," in h)
+    with Store(settings.results_db) as store:
+        assert total == len(store.rows("calls"))

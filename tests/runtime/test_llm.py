@@ -244,3 +244,26 @@ def test_leaving_an_async_with_block_closes_the_connection_pool(sim, make_settin
         store.close()
     assert answer.text and not answer.reused  # a real call over the pool
     assert client.http.is_closed
+
+
+def test_preflight_refuses_a_base_url_without_v1_and_suggests_it(sim, demo_seed, tmp_path):
+    # Issue 19.9: without /v1 every call answered 404 and the run exited 3 with "run
+    # again to resume", which could not help.
+    from typer.testing import CliRunner
+
+    from mmevol.cli import app
+
+    seed_path, images = demo_seed
+    bare = sim.base_url.removesuffix("/v1")
+    result = CliRunner().invoke(
+        app,
+        ["run", str(seed_path), "--images", str(images), "--base-url", bare, "--limit", "1"],
+        env={"OPENAI_API_KEY": "sim"},
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: the endpoint {bare} answered GET /models with HTTP 404 Not Found; the API "
+        f"answers at {bare}/v1: run again with --base-url {bare}/v1\n"
+    )
+    assert sim.stats()["by_kind"] == {"evolve": 0, "score": 0, "other": 0}
+    assert not (tmp_path / "checkpoints").exists()

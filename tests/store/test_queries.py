@@ -22,6 +22,7 @@ def query_calls(settings) -> dict[str, list[tuple]]:
         "status_counts": [()],
         "failed_before": [(time.time(),), (time.time(), 3)],
         "endpoint_counts": [()],
+        "call_errors": [(), (5,)],
         "batch_summary": [()],
         "summary": [(), (False,)],
         "round_operator_counts": [()],
