@@ -408,17 +408,19 @@ def export(
 
     path = _existing_run(run, checkpoints)
     if fmt == "authors":
-        given = [rounds, min_score, steps, images, image_max_side, push_to_hub]
+        given = [rounds, min_score, steps, image_max_side, push_to_hub]
         if any(v is not None for v in given):
-            fail("--rounds, --min-score, --steps, --images, --image-max-side and --push-to-hub"
+            fail("--rounds, --min-score, --steps, --image-max-side and --push-to-hub"
                  " apply to --format llava, sharegpt or hf")  # fmt: skip
         from mmevol.outputs.authors import export_json
 
-        result = guarded(export_json, path, output)
+        result = guarded(export_json, path, output, images)
         message = f"wrote {result.written} samples to {output}"
         if result.not_written():
             message += "; not written: " + ", ".join(result.not_written())
         out.print(message, highlight=False, markup=False, soft_wrap=True)
+        for line in result.problems:
+            err.print(f"skipped: {line}", highlight=False, markup=False, soft_wrap=True)
         return
     options = guarded(
         formats.ExportOptions,
@@ -485,17 +487,24 @@ def report(
     run: RunOpt = "default",
     checkpoints: CheckpointsOpt = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Samples in the gallery.")] = 300,
+    images: Annotated[
+        Path | None, typer.Option(help="Image root.  [default: the run's --images]")
+    ] = None,
 ) -> None:
     """Write one self-contained HTML report: statistics, charts and a gallery of samples."""
     from mmevol.outputs.report import write_report
 
     path = _existing_run(run, checkpoints)
-    info = guarded(write_report, path, output, samples)
+    info = guarded(write_report, path, output, samples, images=images)
     out.print(
         f"wrote {output}: {info.samples} samples ({info.images} with their image),"
-        f" {info.bytes / 1e6:.1f} MB",
+        f" {info.bytes / 1e6:.1f} MB" + (f"; {info.left_out()}" if info.without else ""),
         highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
+    if info.problem:
+        fail(info.problem)
 
 
 @app.command()

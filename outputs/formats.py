@@ -3,7 +3,9 @@
 One record is made per kept round of a finished sample (and per sample's seed items when
 round 0 is asked for). Records stream from ``results.db`` through ``Store.export_rows``,
 are validated one by one (a record with a problem is skipped, counted and named by sample
-and round), and are written to a temporary file renamed into place at the end.
+and round; its image must be a readable image inside the image root, see
+``mmevol.runtime.images.check``), and are written to a temporary file renamed into place
+at the end (``mmevol.outputs.trust.write_whole``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +23,9 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from mmevol.graph.items import QAItem
+from mmevol.outputs import trust
 from mmevol.run.seed import turns_to_items
+from mmevol.runtime import images
 from mmevol.store.results import Store
 
 FORMATS = ("authors", "llava", "sharegpt", "hf")
@@ -121,6 +126,7 @@ class Record:
     image: str
     """Path relative to the image root, as in the seed."""
     image_file: Path
+    """The image file (``check_record`` sets it to the checked file, symlinks resolved)."""
     pairs: list[Pair]
     source_id: str | None = None
 
@@ -211,7 +217,10 @@ def _pairs(items: list[dict], min_score: int | None, rnd: int) -> list[Pair]:
 def check_record(record: Record, image_root: Path, image_seen: bool = False) -> None:
     """Raise RecordProblem unless the record can be trained on as it is.
 
-    ``image_seen`` skips the image checks (already passed for another round of the sample).
+    The image must resolve (symlinks followed) to a file inside the image root that reads
+    as an image (``mmevol.runtime.images.check``); ``record.image_file`` is set to that
+    file. ``image_seen`` skips the image checks (already passed for another round of the
+    sample, whose file the caller sets).
     """
     name = (record.hash_id, record.round)
     if not record.pairs:
@@ -221,17 +230,12 @@ def check_record(record: Record, image_root: Path, image_seen: bool = False) -> 
             raise RecordProblem("empty question", *name, f"question {n} is empty")
         if not pair.answer:
             raise RecordProblem("empty answer", *name, f"answer {n} is empty")
-    image = record.image
     if image_seen:
         return
-    if not image or Path(image).is_absolute() or ".." in Path(image).parts:
-        raise RecordProblem(
-            "image path outside the image root",
-            *name,
-            f"image {image!r} is not a path inside the image root",
-        )
-    if not record.image_file.is_file():
-        raise RecordProblem("image missing", *name, f"image {image} not found under {image_root}")
+    try:
+        record.image_file = images.check(image_root, record.image)
+    except images.ImageProblem as problem:
+        raise RecordProblem(problem.kind, *name, str(problem)) from problem
 
 
 def check_turns(turns: list[tuple[str, str]], record: Record, user: str, assistant: str) -> None:
@@ -276,6 +280,10 @@ class ExportReport:
     """Records skipped, by kind of problem."""
     problems: list[str] = field(default_factory=list)
     """The first problem lines (PROBLEMS_KEPT of them), naming sample and round."""
+    missing_images: list[str] = field(default_factory=list)
+    """The first images skipped as missing (looked for near the root to suggest one)."""
+    missing_example: str | None = None
+    """The line of the first record skipped as image missing."""
     files: list[Path] = field(default_factory=list)
     """Files written beside the output (dataset_info.json, the dataset card)."""
     pushed_to: str | None = None
@@ -285,6 +293,28 @@ class ExportReport:
         self.skipped[problem.kind] += 1
         if len(self.problems) < PROBLEMS_KEPT:
             self.problems.append(str(problem))
+        if problem.kind == "image missing" and self.missing_example is None:
+            self.missing_example = str(problem)
+
+    def check_found(self, root: Path, done: int) -> None:
+        """Refuse an export that wrote nothing of a finished run or lost most to no image.
+
+        See ``mmevol.outputs.trust.check_found``.
+        """
+        why = [f"skipped {k} {n}" for k, n in self.skipped.most_common()]
+        if self.below_min_score:
+            why.append(f"{self.below_min_score} rounds had no item at --min-score")
+        trust.check_found(
+            root,
+            unit="records",
+            done=done,
+            written=self.written,
+            considered=self.written + sum(self.skipped.values()),
+            missing=self.skipped["image missing"],
+            missing_images=self.missing_images,
+            example=self.missing_example,
+            why=", ".join(why) or "no kept item in the rounds asked for",
+        )
 
     def summary(self) -> str:
         """Return one line: records written per round, and what was skipped."""
@@ -308,9 +338,7 @@ def run_settings(store: Store) -> dict:
 
 def image_root(store: Store, override: Path | None) -> Path:
     """Return the image root: ``override``, else the run's recorded --images."""
-    if override is not None:
-        return Path(override)
-    return Path(run_settings(store).get("images") or ".")
+    return trust.image_root(run_settings(store), override)
 
 
 def iter_records(
@@ -321,7 +349,7 @@ def iter_records(
     too_far = [r for r in options.rounds if r > run_rounds]
     if too_far:
         raise ValueError(f"--rounds {too_far} beyond the run's {run_rounds} rounds")
-    checked: str | None = None  # the image of the last record that passed its checks
+    checked: tuple[str, Path] | None = None  # the last image that passed, and its file
     for sample in store.export_rows(run_rounds):
         hash_id = sample["hash_id"]
         image = str(sample.get("image") or "")
@@ -343,11 +371,20 @@ def iter_records(
                 report.below_min_score += 1
                 continue
             record = Record(hash_id, rnd, image, root / image, pairs, source_id)
+            seen = checked is not None and checked[0] == image
+            if seen:
+                record.image_file = checked[1]
             try:
-                check_record(record, root, image_seen=checked == image)
-                checked = image
+                check_record(record, root, image_seen=seen)
+                checked = (image, record.image_file)
             except RecordProblem as problem:
                 report.skip(problem)
+                if (
+                    problem.kind == "image missing"
+                    and len(report.missing_images) < trust.ROOT_SAMPLE
+                    and image not in report.missing_images
+                ):
+                    report.missing_images.append(image)
                 continue
             made = True
             yield record
@@ -421,17 +458,18 @@ def part_path(output: Path) -> Path:
 
 
 def write_json_records(
-    output: Path, records: Iterator[dict], report: ExportReport, lines: bool
+    output: Path,
+    records: Iterator[dict],
+    report: ExportReport,
+    lines: bool,
+    accept: Callable[[None], None] | None = None,
 ) -> None:
-    """Stream records into a JSON list (or JSON lines) file, renamed into place when whole."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part_path(output)
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            _write_stream(fh, records, report, lines)
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Stream records into a JSON list (or JSON lines) file, put in place when whole.
+
+    See ``mmevol.outputs.trust.write_whole``: ``accept`` may refuse what was written, a
+    symlink is written through and a device directly.
+    """
+    trust.write_whole(output, lambda fh: _write_stream(fh, records, report, lines), accept)
 
 
 def _write_stream(fh: TextIO, records: Iterator[dict], report: ExportReport, lines: bool) -> None:
@@ -475,9 +513,8 @@ def write_dataset_info(output: Path, name: str) -> Path:
         except json.JSONDecodeError as err:
             raise ValueError(f"{info_path} is not valid JSON ({err}); fix or remove it") from err
     info[name] = dataset_info_entry(output)
-    tmp = part_path(info_path)
-    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(info_path)
+    text = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
+    trust.write_whole(info_path, lambda fh: fh.write(text))
     return info_path
 
 
@@ -516,11 +553,29 @@ def export_records(
         raise ValueError("--format hf is written by mmevol.outputs.hfexport.export_hf")
     report = ExportReport(output=output, format=fmt)
     with Store(results_db) as store:
+        trust.check_output(output, results_db, store.get_meta("seed"))
         root = image_root(store, options.images)
         records = iter_records(store, options, report, root)
         shape = llava_record if fmt == "llava" else sharegpt_record
         lines = output.suffix.lower() == ".jsonl"
-        write_json_records(output, _shaped(records, shape, options, report), report, lines)
-    if fmt == "sharegpt":
+        done = store.status_counts().get("done", 0)
+        write_json_records(
+            output,
+            _shaped(records, shape, options, report),
+            report,
+            lines,
+            accept=lambda _: report.check_found(root, done),
+        )
+    if fmt == "sharegpt" and _is_file(
+        output
+    ):  # a device (/dev/stdout) has no folder to register in
         report.files.append(write_dataset_info(output, output.stem))
     return report
+
+
+def _is_file(path: Path) -> bool:
+    """Tell whether ``path`` is (or links to) a regular file."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
