@@ -399,16 +399,18 @@ def export(
 
     path = _existing_run(run, checkpoints)
     if fmt == "authors":
-        given = [rounds, min_score, steps, images, image_max_side, push_to_hub, relative_to,
+        given = [rounds, min_score, steps, image_max_side, push_to_hub, relative_to,
                  boxes, split, license, image_column]  # fmt: skip
         if any(v is not None for v in given):
-            fail("--rounds, --min-score, --steps, --images, --image-max-side, --push-to-hub,"
+            fail("--rounds, --min-score, --steps, --image-max-side, --push-to-hub,"
                  " --relative-to, --boxes, --split, --license and --image-column"
                  " apply to --format llava, llava-next, sharegpt or hf")  # fmt: skip
         from mmevol.outputs.authors import export_json
 
-        result = guarded(export_json, path, output)
+        result = guarded(export_json, path, output, images)
         out.print(result.summary(output), highlight=False, markup=False, soft_wrap=True)
+        for line in result.problems:
+            err.print(f"skipped: {line}", highlight=False, markup=False, soft_wrap=True)
         return
     options = guarded(
         formats.ExportOptions.from_given,
@@ -485,13 +487,18 @@ def report(
     checkpoints: CheckpointsOpt = None,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Samples in the gallery.")] = 300,
     min_score: MarkScoreOpt = None,
+    images: Annotated[
+        Path | None, typer.Option(help=escape("Image root.  [default: the run's --images]"))
+    ] = None,
 ) -> None:
     """Write one self-contained HTML report: statistics, charts and a gallery of samples."""
     from mmevol.outputs.report import write_report
 
     path = _existing_run(run, checkpoints)
-    info = guarded(write_report, path, output, samples, min_score=min_score)
-    out.print(info.summary(), highlight=False)
+    info = guarded(write_report, path, output, samples, min_score=min_score, images=images)
+    out.print(info.summary(), highlight=False, markup=False, soft_wrap=True)
+    if info.problem:
+        fail(info.problem)
 
 
 @app.command()

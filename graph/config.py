@@ -170,7 +170,8 @@ class Settings:
             if env and getattr(self, f.name) is None:
                 setattr(self, f.name, os.environ.get(env) or None)
         self.checkpoints = Path(self.checkpoints)
-        self.images = Path(self.images)
+        # Recorded absolute, so that export and report find the images from any folder.
+        self.images = Path(os.path.abspath(self.images))
         self.prices = Path(self.prices) if self.prices else None
         self.batch_dir = Path(self.batch_dir) if self.batch_dir else None
         self.batch = bool(self.batch or self.batch_dir)

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import stat
-import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from mmevol.graph.config import parse_shard
+from mmevol.outputs import trust
+from mmevol.outputs.trust import ExportProblem
 from mmevol.run.runfolder import run_is_live
 from mmevol.run.seed import count_rows, raw_rows, shard_rows
+from mmevol.runtime import images
 from mmevol.store.results import Store
 
+__all__ = ["ExportProblem", "ExportResult", "export_json"]
 
-class ExportProblem(ValueError):
-    """The output path cannot take the export; the message says why."""
+PROBLEMS_KEPT = 20
+"""How many skip lines an export keeps to show (all are counted)."""
 
 
 @dataclass
@@ -34,6 +35,10 @@ class ExportResult:
     """Samples in flight in a run still going."""
     never_started: int | None = 0
     """Seed rows the run has not reached (None when the seed file cannot be read any more)."""
+    skipped: Counter = field(default_factory=Counter)
+    """Finished samples left out for their image, by kind of problem (see ImageProblem)."""
+    problems: list[str] = field(default_factory=list)
+    """The first skip lines (PROBLEMS_KEPT of them), naming sample and image."""
     shard: str | None = None
     """The run's --shard: never_started counts that shard's rows only."""
     limit: int | None = None
@@ -49,6 +54,9 @@ class ExportResult:
     def not_written(self) -> list[str]:
         """Describe each group of rows left out, most actionable advice included."""
         parts = []
+        if self.skipped:
+            kinds = ", ".join(f"{k} {n}" for k, n in self.skipped.most_common())
+            parts.append(f"{sum(self.skipped.values())} skipped for their image ({kinds})")
         if self.failed:
             parts.append(
                 f"{self.failed} failed (mmevol status lists why; --retry-failed reruns them)"
@@ -70,51 +78,82 @@ class ExportResult:
         return parts
 
 
-def export_json(results_db: Path, output: Path) -> ExportResult:
+class _Skips:
+    """Finished samples left out for their image: counts, lines, the missing images."""
+
+    def __init__(self) -> None:
+        self.kinds: Counter = Counter()
+        self.lines: list[str] = []
+        self.missing: list[str] = []
+
+    def add(self, hash_id: str, image: str, problem: images.ImageProblem) -> None:
+        self.kinds[problem.kind] += 1
+        if len(self.lines) < PROBLEMS_KEPT:
+            self.lines.append(f"sample {hash_id}: {problem}")
+        if problem.kind == "image missing" and len(self.missing) < trust.ROOT_SAMPLE:
+            self.missing.append(image)
+
+
+def export_json(results_db: Path, output: Path, images: Path | None = None) -> ExportResult:
     """Stream finished samples, in seed order, into a JSON list file; say what was left out.
 
-    A regular file is written whole or not at all: the samples go to a temporary file
-    beside it, renamed over ``output`` only once complete, and removed on any failure.
-    A device or pipe (``/dev/stdout``) is written directly. An output named ``*.jsonl``
-    gets JSON lines (one sample a line) instead of a list.
+    Each sample's image must be a readable image inside the image root (``images``, else
+    the run's recorded ``--images``; see ``mmevol.runtime.images.check``): a sample whose
+    image escapes it (a symlink out of it included), is missing or is no image is left
+    out, counted and named. See ``mmevol.outputs.trust.write_whole`` for how the file is
+    written (whole or not at all; through a symlink; a device directly). An output named
+    ``*.jsonl`` gets JSON lines (one sample a line) instead of a list.
 
     Raises:
-        ExportProblem: ``output`` is a folder.
+        ExportProblem: ``output`` is a folder, a file of the run or its seed; or no
+            sample could be written, or most were left out for a missing image (the
+            message suggests the folder that holds them). Nothing is written then.
         OSError: the write failed (a full disk, no permission); nothing is left behind.
     """
     output = Path(output)
-    try:
-        mode = output.stat().st_mode
-    except FileNotFoundError:
-        mode = None
-    if mode is not None and stat.S_ISDIR(mode):
-        raise ExportProblem(f"-o {str(output)!r} is a folder: give the path of a file to write")
-    lines = output.suffix.lower() == ".jsonl"
     with Store(results_db) as store:
-        rounds = (store.get_meta("settings") or {}).get("rounds", 3)
-        if mode is not None and not stat.S_ISREG(mode):
-            with output.open("w", encoding="utf-8") as fh:
-                return _left_out(store, results_db, _write(store, rounds, fh, lines))
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
-        try:
-            os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else _default_mode())
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                count = _write(store, rounds, fh, lines)
-            # Replace the old file only once the new one is whole.
-            os.replace(tmp, output)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return _left_out(store, results_db, count)
+        settings = store.get_meta("settings") or {}
+        trust.check_output(output, results_db, store.get_meta("seed"))
+        rounds = settings.get("rounds", 3)
+        lines = output.suffix.lower() == ".jsonl"
+        root = trust.image_root(settings, images)
+        skips = _Skips()
+
+        def accept(count: int) -> None:
+            missing = skips.kinds["image missing"]
+            trust.check_found(
+                root,
+                unit="samples",
+                done=store.status_counts().get("done", 0),
+                written=count,
+                considered=count + sum(skips.kinds.values()),
+                missing=missing,
+                missing_images=skips.missing,
+                example=next((line for line in skips.lines if "not found" in line), None),
+            )
+
+        count = trust.write_whole(
+            output, lambda fh: _write(store, rounds, fh, root, skips, lines), accept
+        )
+        result = _left_out(store, results_db, count)
+        result.skipped, result.problems = skips.kinds, skips.lines
+        return result
 
 
-def _write(store: Store, rounds: int, fh: TextIO, lines: bool = False) -> int:
+def _write(
+    store: Store, rounds: int, fh: TextIO, root: Path, skips: _Skips, lines: bool = False
+) -> int:
     count = 0
     if not lines:
         fh.write("[")
     for sample in store.export_rows(rounds):
+        image = sample.get("image")
+        image = image if isinstance(image, str) else ""
+        try:
+            images.check(root, image)
+        except images.ImageProblem as problem:
+            skips.add(sample["hash_id"], image, problem)
+            continue
         if lines:
             fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
         else:
@@ -125,13 +164,6 @@ def _write(store: Store, rounds: int, fh: TextIO, lines: bool = False) -> int:
         fh.write("\n]\n")
     fh.flush()
     return count
-
-
-def _default_mode() -> int:
-    """Return the permissions a new file gets (mkstemp's are owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _left_out(store: Store, results_db: Path, written: int) -> ExportResult:

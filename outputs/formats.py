@@ -3,26 +3,32 @@
 One record is made per kept round of a finished sample (and per sample's seed items when
 round 0 is asked for). Records stream from ``results.db`` through ``Store.export_rows``,
 are validated one by one (a record with a problem is skipped, counted and named by sample
-and round), and are written to a temporary file renamed into place at the end.
+and round; its image must be a readable image inside the image root, see
+``mmevol.runtime.images.check``), and are written to a temporary file renamed into place
+at the end (``mmevol.outputs.trust.write_whole``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from pydantic import ValidationError
 
 from mmevol.graph.items import SCORE_SCALE, QAItem
+from mmevol.outputs import trust
 from mmevol.run.seed import turns_to_items
+from mmevol.runtime import images
 from mmevol.store.results import Store
 
 FORMATS = ("authors", "llava", "llava-next", "sharegpt", "hf")
@@ -214,6 +220,7 @@ class Record:
     image: str
     """Path relative to the image root, as in the seed."""
     image_file: Path
+    """The image file (``check_record`` sets it to the checked file, symlinks resolved)."""
     pairs: list[Pair]
     source_id: str | None = None
     image_out: str | None = None
@@ -359,7 +366,10 @@ def _manipulation(value: Any, removed: Counter | None = None) -> str | None:
 def check_record(record: Record, image_root: Path, image_seen: bool = False) -> None:
     """Raise RecordProblem unless the record can be trained on as it is.
 
-    ``image_seen`` skips the image checks (already passed for another round of the sample).
+    The image must resolve (symlinks followed) to a file inside the image root that reads
+    as an image (``mmevol.runtime.images.check``); ``record.image_file`` is set to that
+    file. ``image_seen`` skips the image checks (already passed for another round of the
+    sample, whose file the caller sets).
     """
     name = (record.hash_id, record.round)
     if not record.pairs:
@@ -369,17 +379,12 @@ def check_record(record: Record, image_root: Path, image_seen: bool = False) -> 
             raise RecordProblem("empty question", *name, f"question {n} is empty")
         if not pair.answer:
             raise RecordProblem("empty answer", *name, f"answer {n} is empty")
-    image = record.image
     if image_seen:
         return
-    if not image or Path(image).is_absolute() or ".." in Path(image).parts:
-        raise RecordProblem(
-            "image path outside the image root",
-            *name,
-            f"image {image!r} is not a path inside the image root",
-        )
-    if not record.image_file.is_file():
-        raise RecordProblem("image missing", *name, f"image {image} not found under {image_root}")
+    try:
+        record.image_file = images.check(image_root, record.image)
+    except images.ImageProblem as problem:
+        raise RecordProblem(problem.kind, *name, str(problem)) from problem
 
 
 def check_turns(turns: list[tuple[str, str]], record: Record, user: str, assistant: str) -> None:
@@ -424,6 +429,10 @@ class ExportReport:
     """Records skipped, by kind of problem."""
     problems: list[str] = field(default_factory=list)
     """The first problem lines (PROBLEMS_KEPT of them), naming sample and round."""
+    missing_images: list[str] = field(default_factory=list)
+    """The first images skipped as missing (looked for near the root to suggest one)."""
+    missing_example: str | None = None
+    """The line of the first record skipped as image missing."""
     files: list[Path] = field(default_factory=list)
     """Files written beside the output (dataset_info.json, the dataset card, split files)."""
     pushed_to: str | None = None
@@ -441,6 +450,28 @@ class ExportReport:
         self.skipped[problem.kind] += 1
         if len(self.problems) < PROBLEMS_KEPT:
             self.problems.append(str(problem))
+        if problem.kind == "image missing" and self.missing_example is None:
+            self.missing_example = str(problem)
+
+    def check_found(self, root: Path, done: int) -> None:
+        """Refuse an export that wrote nothing of a finished run or lost most to no image.
+
+        See ``mmevol.outputs.trust.check_found``.
+        """
+        why = [f"skipped {k} {n}" for k, n in self.skipped.most_common()]
+        if self.below_min_score:
+            why.append(f"{self.below_min_score} rounds had no item at --min-score")
+        trust.check_found(
+            root,
+            unit="records",
+            done=done,
+            written=self.written,
+            considered=self.written + sum(self.skipped.values()),
+            missing=self.skipped["image missing"],
+            missing_images=self.missing_images,
+            example=self.missing_example,
+            why=", ".join(why) or "no kept item in the rounds asked for",
+        )
 
     def summary(self) -> str:
         """Return one line: records written per round, and what was skipped."""
@@ -489,9 +520,7 @@ def run_settings(store: Store) -> dict:
 
 def image_root(store: Store, override: Path | None) -> Path:
     """Return the image root: ``override``, else the run's recorded --images."""
-    if override is not None:
-        return Path(override)
-    return Path(run_settings(store).get("images") or ".")
+    return trust.image_root(run_settings(store), override)
 
 
 def iter_records(
@@ -503,7 +532,7 @@ def iter_records(
     if too_far:
         raise ValueError(f"--rounds {too_far} beyond the run's {run_rounds} rounds")
     base = None if options.relative_to is None else relative_base(root, options.relative_to)
-    checked: str | None = None  # the image of the last record that passed its checks
+    checked: tuple[str, Path] | None = None  # the last image that passed, and its file
     size: tuple[int, int] | None = None  # its size, for --boxes pixels
     for sample in store.export_rows(run_rounds):
         hash_id = sample["hash_id"]
@@ -526,14 +555,22 @@ def iter_records(
                 report.below_min_score += 1
                 continue
             record = Record(hash_id, rnd, image, root / image, pairs, source_id)
+            seen = checked is not None and checked[0] == image
+            if seen:
+                record.image_file = checked[1]
             try:
-                seen = checked == image
                 check_record(record, root, image_seen=seen)
                 if options.boxes == "pixels" and not seen:
                     size = image_size(record)
-                checked = image
+                checked = (image, record.image_file)
             except RecordProblem as problem:
                 report.skip(problem)
+                if (
+                    problem.kind == "image missing"
+                    and len(report.missing_images) < trust.ROOT_SAMPLE
+                    and image not in report.missing_images
+                ):
+                    report.missing_images.append(image)
                 continue
             if options.boxes != "unit":
                 for pair in pairs:
@@ -637,56 +674,68 @@ def part_path(output: Path) -> Path:
 
 
 class JsonWriter:
-    """Stream records into a JSON list (or JSON lines) file under its ``.part`` name."""
+    """Stream records into a JSON list (or JSON lines) file, put in place by ``commit``.
+
+    The file is a ``trust.WholeFile``: whole or not at all, through a symlink, a device
+    written directly. Leaving a ``with`` block without ``commit`` aborts.
+    """
 
     def __init__(self, output: Path, lines: bool):
-        """Open ``output``'s temporary file; ``lines`` writes JSON lines instead of a list."""
+        """Open the file that will become ``output``; ``lines`` writes JSON lines."""
         self.output = output
         self.lines = lines
         self.count = 0
-        output.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = part_path(output)
-        self._fh: TextIO | None = self._tmp.open("w", encoding="utf-8")
+        self._file = trust.WholeFile(output)
         if not lines:
-            self._fh.write("[")
+            self._file.fh.write("[")
 
     def add(self, record: dict) -> None:
         """Write one record."""
         text = json.dumps(record, ensure_ascii=False)
         if self.lines:
-            self._fh.write(text + "\n")
+            self._file.fh.write(text + "\n")
         else:
-            self._fh.write((",\n" if self.count else "\n") + text)
+            self._file.fh.write((",\n" if self.count else "\n") + text)
         self.count += 1
 
     def commit(self) -> None:
-        """Close the file and rename it into place."""
-        if not self.lines:
-            self._fh.write("\n]\n")
-        self._fh.close()
-        self._fh = None
-        self._tmp.replace(self.output)
+        """Close the file and put it in place."""
+        if self._file.fh is not None and not self.lines:
+            self._file.fh.write("\n]\n")
+        self._file.commit()
 
     def abort(self) -> None:
         """Close and remove the temporary file (the output, if any, is left untouched)."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self._tmp.unlink(missing_ok=True)
+        self._file.abort()
+
+    def __enter__(self) -> JsonWriter:
+        """Return the open writer."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Abort unless committed."""
+        self.abort()
 
 
 def write_json_records(
-    output: Path, records: Iterator[dict], report: ExportReport, lines: bool
+    output: Path,
+    records: Iterator[dict],
+    report: ExportReport,
+    lines: bool,
+    accept: Callable[[None], None] | None = None,
 ) -> None:
-    """Stream records into a JSON list (or JSON lines) file, renamed into place when whole."""
-    writer = JsonWriter(output, lines)
-    try:
+    """Stream records into a JSON list (or JSON lines) file, put in place when whole.
+
+    See ``mmevol.outputs.trust.WholeFile``: ``accept`` may refuse what was written, a
+    symlink is written through and a device directly.
+    """
+    with JsonWriter(output, lines) as writer:
         for record in records:
             writer.add(record)
             report.written += 1
+        if accept is not None:
+            accept(None)
         writer.commit()
-    finally:
-        writer.abort()
 
 
 def _shaped_records(
@@ -716,11 +765,6 @@ def _shaped(
         yield out
 
 
-def write_dataset_info(output: Path, name: str) -> Path:
-    """Add (or replace) this export's entry in the dataset_info.json beside it."""
-    return write_dataset_infos(output.parent, {name: output})
-
-
 def write_dataset_infos(folder: Path, outputs: dict[str, Path]) -> Path:
     """Add (or replace) one entry per written file in ``folder/dataset_info.json``."""
     info_path = folder / "dataset_info.json"
@@ -732,9 +776,8 @@ def write_dataset_infos(folder: Path, outputs: dict[str, Path]) -> Path:
             raise ValueError(f"{info_path} is not valid JSON ({err}); fix or remove it") from err
     for name, output in outputs.items():
         info[name] = dataset_info_entry(output)
-    tmp = part_path(info_path)
-    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(info_path)
+    text = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
+    trust.write_whole(info_path, lambda fh: fh.write(text))
     return info_path
 
 
@@ -783,7 +826,10 @@ def check_request(fmt: str, options: ExportOptions) -> None:
 
 
 def check_output(fmt: str, output: Path) -> None:
-    """Refuse an output whose suffix the format would not honour."""
+    """Refuse an output whose suffix the format would not honour (a device has none)."""
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(mode := output.stat().st_mode) and not stat.S_ISDIR(mode):
+            return  # /dev/stdout, a pipe: written as a JSON list
     suffix = output.suffix.lower()
     if fmt == "hf":
         if suffix in (".json", ".jsonl", ".parquet"):
@@ -817,14 +863,17 @@ def export_records(
     check_request(fmt, options)
     if fmt == "hf":
         raise ValueError("--format hf is written by mmevol.outputs.hfexport.export_hf")
-    check_output(fmt, output)
     report = ExportReport(output=output, format=fmt)
     lines = output.suffix.lower() == ".jsonl"
     paths = split_outputs(output, options.split)
     with Store(results_db) as store:
+        for path in {output, *paths.values()}:
+            trust.check_output(path, results_db, store.get_meta("seed"))
+        check_output(fmt, output)
         root = image_root(store, options.images)
         records = iter_records(store, options, report, root)
         shape = sharegpt_record if fmt == "sharegpt" else llava_record
+        done = store.status_counts().get("done", 0)
         writers: dict[str, JsonWriter] = {}
         try:
             for name, path in paths.items():
@@ -835,6 +884,7 @@ def export_records(
                 report.written += 1
                 if options.split:
                     report.splits[name] += 1
+            report.check_found(root, done)
             for writer in writers.values():
                 writer.commit()
         finally:
@@ -842,7 +892,7 @@ def export_records(
                 writer.abort()
     if options.split:
         report.files.extend(paths.values())
-    if fmt == "sharegpt":
+    if fmt == "sharegpt" and all(map(_is_file, paths.values())):  # not a device (/dev/stdout)
         folder = output.parent
         report.files.append(write_dataset_infos(folder, {p.stem: p for p in paths.values()}))
         if options.relative_to is not None and os.path.abspath(
@@ -861,3 +911,11 @@ def export_records(
             " reads .jsonl only through a .yaml list (--format llava-next writes it)"
         )
     return report
+
+
+def _is_file(path: Path) -> bool:
+    """Tell whether ``path`` is (or links to) a regular file."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mmevol.outputs import trust
 from mmevol.outputs.formats import (
     ExportOptions,
     ExportReport,
@@ -19,6 +20,7 @@ from mmevol.outputs.formats import (
     RecordProblem,
     _shaped_records,
     answer_text,
+    check_output,
     check_turns,
     image_root,
     iter_records,
@@ -399,12 +401,30 @@ def export_hf(
     shard_bytes: int = SHARD_BYTES,
     group_records: int = ROW_GROUP_RECORDS,
 ) -> ExportReport:
-    """Write the run as a dataset folder: data/<split>-*.parquet (one per split), README.md."""
+    """Write the run as a dataset folder: data/<split>-*.parquet (one per split), README.md.
+
+    Only images checked by ``iter_records`` are embedded (readable images inside the
+    image root). The folder is built beside ``output`` and replaces it once whole; a
+    symlink to a folder is written through (its target replaced, the link kept).
+
+    Raises:
+        ExportProblem: ``output`` is a file, is or holds the run's folder or seed, or the
+            export found too few images (``ExportReport.check_found``). Nothing is
+            written or pushed then.
+    """
     from mmevol.outputs.formats import require_extra
 
     require_extra("hf", "datasets", "pyarrow", "huggingface_hub", "yaml")
-    token = hub_token() if options.push_to_hub else None  # fail before the long part
     report = ExportReport(output=output, format="hf")
+    if output.exists() and not output.is_dir():
+        raise trust.ExportProblem(
+            f"-o {str(output)!r} is not a folder: --format hf writes a folder of Parquet shards"
+        )
+    with Store(results_db) as store:
+        trust.check_output(output, results_db, store.get_meta("seed"), folder=True)
+    check_output("hf", output)
+    token = hub_token() if options.push_to_hub else None  # fail before the long part
+    output = trust.real_path(output)  # through a symlink
     tmp = part_path(output)
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -444,13 +464,14 @@ def export_hf(
                     report.splits[name] += 1
             for writer in writers.values():
                 writer.close()
+            report.check_found(root, store.status_counts().get("done", 0))
             facts = run_facts(store)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     (tmp / "README.md").write_text(dataset_card(report, facts, options), encoding="utf-8")
     replace_dir(tmp, output)
-    report.files.append(output / "README.md")
+    report.files.append(report.output / "README.md")
     if options.push_to_hub:
         push(output, options.push_to_hub, token)
         report.pushed_to = options.push_to_hub

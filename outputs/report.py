@@ -19,10 +19,12 @@ import html
 import json
 import random
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmevol.outputs import trust
 from mmevol.outputs.plots import CHARTS, chart_pngs
 from mmevol.outputs.stats import compute_stats, tables
 from mmevol.run.seed import prepare
@@ -46,12 +48,23 @@ class ReportInfo:
     bytes: int
     samples: int
     images: int
+    without: Counter = field(default_factory=Counter)
+    """Finished samples of the gallery shown without their image, by kind of problem."""
+    problem: str | None = None
+    """Set when most finished samples' images are missing: the root is likely wrong."""
+
+    def left_out(self) -> str:
+        """Return "N without (kind n, ...)" for the finished samples shown without image."""
+        if not self.without:
+            return ""
+        kinds = ", ".join(f"{k} {n}" for k, n in self.without.most_common())
+        return f"{sum(self.without.values())} without ({kinds})"
 
     def summary(self) -> str:
         """Return one line: the file written, its samples (with their image) and its size."""
         return (
             f"wrote {self.path}: {self.samples} samples ({self.images} with their image),"
-            f" {self.bytes / 1e6:.1f} MB"
+            f" {self.bytes / 1e6:.1f} MB" + (f"; {self.left_out()}" if self.without else "")
         )
 
 
@@ -127,14 +140,16 @@ def gallery_record(store: Store, hash_id: str, images: Path | None) -> dict | No
     seed = prepare(detail["idx"] or 0, raw) if raw is not None else None
     sample = seed.sample if seed else None
     image_rel = raw.get("image") if isinstance(raw, dict) else None
-    image, image_problem = None, None
+    image, image_problem, image_kind = None, None, None
     if images is not None and isinstance(image_rel, str):
-        try:
+        try:  # resolved inside the root (symlinks followed), decoded as an image
             image = data_url(images, image_rel, max_side=IMAGE_SIDE, quality=IMAGE_QUALITY)
-        except (ImageProblem, OSError) as err:
-            image_problem = str(err)
+        except ImageProblem as err:
+            image_problem, image_kind = str(err), err.kind
+        except OSError as err:
+            image_problem, image_kind = str(err), "image unreadable"
     else:
-        image_problem = "no image recorded for this sample"
+        image_problem, image_kind = "no image recorded for this sample", "no image path"
     v0 = [i.model_dump() for i in sample.seed_items] if sample else []
     rounds = []
     items_by_round: dict[int, list[dict]] = {}
@@ -171,6 +186,8 @@ def gallery_record(store: Store, hash_id: str, images: Path | None) -> dict | No
         "failure": detail.get("reason") if detail["status"] == "failed" else None,
         "image": image,
         "image_problem": image_problem,
+        "image_kind": image_kind,
+        "image_path": image_rel if isinstance(image_rel, str) else None,
         "caption": _cut(sample.caption if sample else ""),
         "boxes": [{"label": b.label, "bbox": list(b.bbox)} for b in sample.boxes] if sample else [],
         "v0": [_item(i) for i in v0[:MAX_ITEMS]],
@@ -229,21 +246,37 @@ def write_report(
     samples: int = 300,
     seed: int = 0,
     min_score: int | None = None,
+    images: Path | None = None,
 ) -> ReportInfo:
     """Write the report of the run at ``results_db`` to ``output``.
 
-    ``min_score`` marks the export's ``--min-score`` cut-off on the score chart.
+    ``min_score`` marks the export's ``--min-score`` cut-off on the score chart. Images are
+    read from ``images``, else the run's recorded ``--images``. The report is written even
+    when most finished samples' images are missing; ``ReportInfo.problem`` then says so
+    (with the folder that holds them, if one nearby does).
+
+    Raises:
+        ExportProblem: ``output`` is a folder, a file of the run or its seed.
     """
+    with Store(results_db) as store:
+        trust.check_output(output, results_db, store.get_meta("seed"))
     stats = compute_stats(results_db)
     pngs = chart_pngs(stats, min_score)
     with Store(results_db) as store:
         settings = store.get_meta("settings") or {}
-        images = Path(settings["images"]) if settings.get("images") else None
+        root = trust.image_root(settings, images) if images or settings.get("images") else None
         gallery = []
         for hash_id in choose_samples(store, samples, seed):
-            record = gallery_record(store, hash_id, images)
+            record = gallery_record(store, hash_id, root)
             if record is not None:
                 gallery.append(record)
+    # A failed sample's image problem is its failure, shown as such: only finished
+    # samples are counted. The image's kind and path are for the counts, not the page.
+    done = [
+        (g.pop("image_kind"), g.pop("image_path"), g["image_problem"], g["status"] == "done")
+        for g in gallery
+    ]
+    done = [(kind, path, line) for kind, path, line, finished in done if finished]
     title = f"mmevol run {stats['run']}"
     parts = {
         "title": html.escape(title),
@@ -256,16 +289,32 @@ def write_report(
     }
     # One pass, so a placeholder inside inserted text is never replaced in turn.
     page = re.sub(r"\{(title|models|charts|tables|data)\}", lambda m: parts[m[1]], PAGE)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".part")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(output)
-    return ReportInfo(
+    trust.write_whole(output, lambda fh: fh.write(page))
+    without = Counter(kind for kind, _, _ in done if kind)
+    info = ReportInfo(
         path=output,
-        bytes=output.stat().st_size,
+        bytes=len(page.encode("utf-8")),
         samples=len(gallery),
         images=sum(1 for g in gallery if g["image"]),
+        without=without,
     )
+    if root is not None:
+        missing = [(path, line) for kind, path, line in done if kind == "image missing"]
+        try:
+            trust.check_found(
+                root,
+                unit="finished samples shown",
+                done=0,
+                written=len(done) - len(missing),
+                considered=len(done),
+                missing=len(missing),
+                missing_images=[path for path, _ in missing[: trust.ROOT_SAMPLE]],
+                example=missing[0][1] if missing else None,
+                what="the report shows few images",
+            )
+        except trust.ExportProblem as problem:
+            info.problem = str(problem)
+    return info
 
 
 PAGE = """<!DOCTYPE html>

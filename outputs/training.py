@@ -17,7 +17,6 @@ def export_training(
     """Write a run's kept rounds as training records in ``fmt`` (see formats.TRAINING_FORMATS)."""
     options = options or formats.ExportOptions()
     formats.check_request(fmt, options)
-    formats.check_output(fmt, output)
     if fmt == "hf":
         from mmevol.outputs import hfexport  # only now: its extra may be missing
 

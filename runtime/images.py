@@ -18,19 +18,36 @@ decoded at a reduced scale (up to 1/8 a side, ``Image.draft``) and counts at tha
 
 
 class ImageProblem(ValueError):
-    """Raised when a sample's image cannot be used; the message names the problem."""
+    """Raised when a sample's image cannot be used; the message names the problem.
+
+    ``kind`` names the problem in a few words, for the counts of exports and reports:
+    ``no image path``, ``image outside the image root``, ``image missing``,
+    ``image unreadable`` (not an image, or damaged) or ``image too large``.
+    """
+
+    def __init__(self, message: str, kind: str = "image unreadable"):
+        """Keep the message and the kind of problem."""
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):
+        """Pickle the kind too (a worker process may send the problem back)."""
+        return (type(self), (str(self), self.kind))
 
 
 def resolve(root: Path, relative: str) -> Path:
     """Return the image file for a path relative to the root, refusing escapes and misses."""
     if not relative or not str(relative).strip():
-        raise ImageProblem("the sample has no image path")
+        raise ImageProblem("the sample has no image path", "no image path")
     root = root.resolve()
     candidate = (root / relative).resolve()
     if Path(relative).is_absolute() or not candidate.is_relative_to(root):
-        raise ImageProblem(f"image path {relative!r} escapes the image root {str(root)!r}")
+        raise ImageProblem(
+            f"image path {relative!r} escapes the image root {str(root)!r}",
+            "image outside the image root",
+        )
     if not candidate.is_file():
-        raise ImageProblem(f"image {relative!r} not found under {str(root)!r}")
+        raise ImageProblem(f"image {relative!r} not found under {str(root)!r}", "image missing")
     return candidate
 
 
@@ -64,7 +81,9 @@ def _open(path: str | Path, relative: str, max_side: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError as err:
-        raise ImageProblem(f"image {relative!r} is too large to decode ({err})") from err
+        raise ImageProblem(
+            f"image {relative!r} is too large to decode ({err})", "image too large"
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageProblem(f"image {relative!r} is not a readable image ({err})") from err
     try:
@@ -79,7 +98,8 @@ def _open(path: str | Path, relative: str, max_side: int) -> Image.Image:
         raise ImageProblem(
             f"image {relative!r} is {width}x{height} pixels, more than the "
             f"{MAX_DECODED_PIXELS / 1e6:g} megapixels mmevol decodes (too large to decode "
-            "safely; downscale it)"
+            "safely; downscale it)",
+            "image too large",
         )
     return img
 
@@ -121,5 +141,7 @@ def encode(path: str | Path, relative: str, max_side: int = 512, quality: int = 
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ImageProblem(f"image {relative!r} is not a readable image ({err})") from err
         except Image.DecompressionBombError as err:  # a frame larger than the header said
-            raise ImageProblem(f"image {relative!r} is too large to decode ({err})") from err
+            raise ImageProblem(
+                f"image {relative!r} is too large to decode ({err})", "image too large"
+            ) from err
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

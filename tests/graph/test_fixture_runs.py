@@ -28,7 +28,8 @@ def test_an_old_run_exports_and_resumes_byte_for_byte(
     expected = old / "expected"
     results_db = old / "checkpoints" / run / "results.db"
 
-    export_json(results_db, tmp_path / "before.json")
+    # The run recorded where its images were when it was made: give where they are now.
+    export_json(results_db, tmp_path / "before.json", images=old / "seed" / "images")
     assert (tmp_path / "before.json").read_bytes() == (
         expected / "export-before-resume.json"
     ).read_bytes()

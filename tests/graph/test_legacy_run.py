@@ -70,7 +70,8 @@ def test_status_export_and_trace_read_the_old_run(old_run, tmp_path):
     assert status["samples"] == {"done": 3, "interrupted": 3, "failed": 4}
 
     out = tmp_path / "old.json"
-    cli("export", "--run", "v010", "--checkpoints", checkpoints, "-o", out)
+    images = old_run / "seed" / "images"  # the run recorded where they were when it was made
+    cli("export", "--run", "v010", "--checkpoints", checkpoints, "-o", out, "--images", images)
     exported = json.loads(out.read_text())
     assert [row["hash_id"] for row in exported] == DONE
     assert all(row["conversations_v3"] or row["conversations_v2"] for row in exported)

@@ -303,8 +303,8 @@ def test_missing_image_is_named_with_sample_and_round(demo_run, authors, tmp_pat
     assert result.exit_code == 0, result.output
     for rnd in lost:
         assert (
-            f"skipped: sample {victim['hash_id']} round {rnd}: image {victim['image']} "
-            f"not found under {images}"
+            f"skipped: sample {victim['hash_id']} round {rnd}: image {victim['image']!r} "
+            f"not found under {str(images)!r}"
         ) in result.output
     assert f"skipped {len(lost)} records (image missing {len(lost)})" in result.output
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
