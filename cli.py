@@ -746,6 +746,9 @@ def serve_sim(
     truncate_rate: Annotated[
         float, typer.Option(help="Share of answers cut at the token limit.")
     ] = 0.0,
+    surrogate_rate: Annotated[
+        float, typer.Option(help="Share of answers holding a lone surrogate (not text).")
+    ] = 0.0,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
     cached_share: Annotated[
         float, typer.Option(help="Share of prompt tokens reported as cached (prompt caching).")
@@ -776,6 +779,7 @@ def serve_sim(
         rate_limit_rate=rate_limit_rate,
         garbage_rate=garbage_rate,
         truncate_rate=truncate_rate,
+        surrogate_rate=surrogate_rate,
         api_key=api_key,
         cached_share=cached_share,
         batch_turnaround=batch_turnaround,
@@ -784,7 +788,7 @@ def serve_sim(
         batch_max_requests=batch_max_requests,
         batch_max_bytes=batch_max_bytes,
     )
-    serve_forever(options, "127.0.0.1", port)
+    guarded(serve_forever, options, "127.0.0.1", port)
 
 
 @app.command()
