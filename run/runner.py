@@ -62,9 +62,9 @@ def run(
         check_resume(settings, seed, seed_print)  # before anything is written
         if spent := runfolder.budget_spent(settings):  # stop before any model call
             return RunReport(stop=spent)
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        _record(settings, seed, seed_print)  # before the checkpoint tables: see _record
         eventloop.run(_prepare(settings))
-        with Store(settings.results_db) as store:
-            record_run(store, settings, seed, seed_print)
         listener(Total(count_total(seed, settings.limit, settings.shard_of)))
         if min(settings.workers, settings.concurrency) > 1:
             return run_workers(settings, seed, retry_failed=retry_failed, listener=listener)
@@ -73,6 +73,29 @@ def run(
         return eventloop.run(
             run_rows(settings, rows, stop, retry_failed=retry_failed, listener=listener)
         )
+
+
+def _record(settings: Settings, seed: Path, seed_print: str) -> None:
+    """Record the run in its results database; a new run's appears whole or not at all.
+
+    It is written aside and renamed into place, before the checkpoint tables are made: a
+    kill during start-up leaves neither an empty results database nor checkpoint tables
+    without one, both of which ``runfolder.check_databases`` must refuse as a lost record.
+    """
+    if settings.results_db.exists():
+        with Store(settings.results_db) as store:
+            record_run(store, settings, seed, seed_print)
+        return
+    aside = settings.results_db.with_name(settings.results_db.name + ".new")
+    for leftover in ("", "-wal", "-shm"):  # of a start-up killed before
+        Path(f"{aside}{leftover}").unlink(missing_ok=True)
+    with Store(aside) as store:
+        record_run(store, settings, seed, seed_print)
+    if Path(f"{aside}-wal").exists():  # not folded in on close: keep both files together
+        with Store(aside) as store:
+            store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    aside.replace(settings.results_db)
+    Path(f"{aside}-shm").unlink(missing_ok=True)
 
 
 async def _prepare(settings: Settings) -> None:
