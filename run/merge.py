@@ -25,6 +25,7 @@ record the merge last: a merge that dies half-way is completed by the next one.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,8 @@ def _inspect(planner: Store, path: Path, target: Path) -> ShardRun:
             " wait for it to finish or stop it, then merge again"
         )
     runfolder.check_databases(path)
+    for database in (results, path / "graph.sqlite"):
+        _check_readable(database)
     with planner.attached(results, "shard"):
         meta = planner.attached_meta("shard")
         samples = planner.attached_count("shard", "samples") if meta is not None else 0
@@ -173,6 +176,29 @@ def _inspect(planner: Store, path: Path, target: Path) -> ShardRun:
     except ValueError:
         raise MergeProblem(f"{path} records an unreadable shard {label!r}") from None
     return ShardRun(path, meta, shard, samples)
+
+
+def _check_readable(database: Path) -> None:
+    """Refuse a shard database that SQLite cannot read through (truncated, overwritten).
+
+    Reads every page (``PRAGMA quick_check``), without writing, so that a damaged shard is
+    refused before anything is merged rather than half-way.
+    """
+    if not database.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        found = [str(err)]
+    if found != ["ok"]:
+        raise MergeProblem(
+            f"{database} is damaged ({found[0]}): restore it from a backup, or merge the"
+            " other shards without this folder"
+        )
 
 
 def _check_alike(first: ShardRun, other: ShardRun | dict, where: str | None = None) -> None:
