@@ -252,7 +252,8 @@ def run(
       0    the seed is through and every sample is done
       1    an error, in one line: a bad option or run name, a missing seed or key, an
            image root that lacks the seed's images, an unusable endpoint, a damaged run
-           folder, a full disk or an unwritable folder
+           folder, a resume with settings that change results or another seed, a full
+           disk or an unwritable folder
       2    a usage error (an unknown option or a missing argument)
       3    stopped by --max-cost, --max-calls or a failing endpoint, or samples were
            interrupted by endpoint errors or still wait for batch answers (resumable:
@@ -662,6 +663,9 @@ def serve_sim(
     truncate_rate: Annotated[
         float, typer.Option(help="Share of answers cut at the token limit.")
     ] = 0.0,
+    surrogate_rate: Annotated[
+        float, typer.Option(help="Share of answers holding a lone surrogate (not text).")
+    ] = 0.0,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
     cached_share: Annotated[
         float, typer.Option(help="Share of prompt tokens reported as cached (prompt caching).")
@@ -694,6 +698,7 @@ def serve_sim(
         rate_limit_rate=rate_limit_rate,
         garbage_rate=garbage_rate,
         truncate_rate=truncate_rate,
+        surrogate_rate=surrogate_rate,
         api_key=api_key,
         cached_share=cached_share,
         batch_turnaround=batch_turnaround,
@@ -702,7 +707,7 @@ def serve_sim(
         batch_max_requests=batch_max_requests,
         batch_max_bytes=batch_max_bytes,
     )
-    serve_forever(options, "127.0.0.1", port)
+    guarded(serve_forever, options, "127.0.0.1", port)
 
 
 @app.command()

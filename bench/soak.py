@@ -6,7 +6,10 @@ seconds in, some meet a second `mmevol run` started beside them (it must refuse 
 status 5, naming the holder, and pay nothing), one meets an outage (every chat call
 answered 503 until the endpoint comes back: the breaker stops it with exit 3 and its
 samples are interrupted, not failed). Then the loop lets a run finish (exit 0, or 4 for
-the seed's bad rows).
+the seed's bad rows). Some answers hold a lone surrogate (``\ud800``, not text): each must
+be recorded once as unusable, never crash a run. Once, a resume with another ``--seed``
+and ``--rounds`` (settings that change results) must be refused in one line with exit 1,
+paying nothing and changing nothing on record.
 
 Checked at the end, against an uninterrupted reference run of the same seed (`--seed`
 too) on a fresh endpoint with the same options:
@@ -46,6 +49,10 @@ from _common import REPO, SimProcess, scratch, verdict
 
 RUN = "soak"
 GARBAGE_RATE = 0.2
+SURROGATE_RATE = 0.05
+"""Share of answers holding a lone surrogate (issue 19, item 3)."""
+CHANGED_AT = 3
+"""Before the run of this index, a resume with result-changing settings is tried (item 4)."""
 SEED_VALUE = 7
 ROUNDS = 3
 
@@ -118,8 +125,11 @@ class Soak:
 
     # -- processes ----------------------------------------------------------------------
 
-    def start(self, label: str) -> tuple[subprocess.Popen, Path]:
-        """Start `mmevol run` in its own process group; its output goes to a log file."""
+    def start(self, label: str, *extra: str) -> tuple[subprocess.Popen, Path]:
+        """Start `mmevol run` in its own process group; its output goes to a log file.
+
+        ``extra`` options come last, so they override the soak's own (``--seed 8``).
+        """
         self.count += 1
         log = self.logs / f"{self.count:03d}-{label}.log"
         env = {
@@ -132,7 +142,7 @@ class Soak:
             "--run", RUN, "--base-url", self.sim.base_url,
             "--concurrency", str(self.plan.concurrency), "--seed", str(SEED_VALUE),
             "--rounds", str(ROUNDS), "--chunk-size", str(self.plan.chunk_size),
-            "--retries", "2", "--timeout", "60",
+            "--retries", "2", "--timeout", "60", *extra,
         ]  # fmt: skip
         with log.open("w") as fh:
             proc = subprocess.Popen(
@@ -235,6 +245,8 @@ class Soak:
         outage_at = 1
         race_at = set(range(2, 2 + 3 * plan.races, 3))
         for index in range(plan.kills + 12):
+            if index == CHANGED_AT:
+                changed_resume(self)
             before = self.sim.stats()["requests"]
             proc, log = self.start(f"run{index}")
             if not self.until_calling(proc, before):
@@ -346,7 +358,100 @@ def reference(plan: Plan, work: Path, seed: Path, images: Path) -> tuple[list[di
 
 def sim_for(plan: Plan) -> SimProcess:
     """The simulated endpoint of a soak (and of its reference), not started."""
-    return SimProcess(latency_ms=plan.latency_ms, seed=3, garbage_rate=GARBAGE_RATE)
+    return SimProcess(
+        latency_ms=plan.latency_ms, seed=3, garbage_rate=GARBAGE_RATE,
+        surrogate_rate=SURROGATE_RATE,
+    )  # fmt: skip
+
+
+# -- lone surrogates and a resume that would change results (issue 19, items 3 and 4) -------
+
+
+@dataclass
+class Changed:
+    """The resume tried with result-changing settings: how it ended and what it touched."""
+
+    code: int | None = None
+    line: str = ""
+    paid: int = 0
+    """Chat requests the endpoint saw during the attempt."""
+    same_record: bool = False
+    """The results DB holds the same settings, samples and calls before and after."""
+
+
+CHANGED = Changed()
+
+
+def _record_of(soak: Soak) -> dict:
+    """What must not change: the recorded settings and seed, every sample and every call."""
+    from mmevol.store.results import Store
+
+    if not soak.results_db.exists():
+        return {}
+    store = Store(soak.results_db)
+    try:
+        return {
+            "settings": store.get_meta("settings"),
+            "seed": store.get_meta("seed_fingerprint"),
+            "samples": store.rows("samples"),
+            "calls": len(store.rows("calls")),
+        }
+    finally:
+        store.close()
+
+
+def changed_resume(soak: Soak) -> None:
+    """Resume with another --seed and --rounds: exit 1, one line naming them, nothing done."""
+    before, requests = _record_of(soak), soak.sim.stats()["requests"]
+    proc, log = soak.start("changed", "--seed", str(SEED_VALUE + 1), "--rounds", "2")
+    CHANGED.code = soak.wait(proc, log, 60)
+    # Besides its error, the run may note that it took over a killed run's lock.
+    errors = [line for line in log.read_text(errors="replace").splitlines() if "rror" in line]
+    CHANGED.line = errors[0] if len(errors) == 1 and errors[0].startswith("Error: ") else ""
+    CHANGED.paid = soak.sim.stats()["requests"] - requests
+    CHANGED.same_record = bool(before) and _record_of(soak) == before
+    soak.account(f"{log.name} (a resume with other settings)")
+
+
+def _surrogates_on_record(soak: Soak) -> int:
+    """Answers on record as not valid text (each held a lone surrogate)."""
+    from mmevol.store.results import Store
+
+    store = Store(soak.results_db)
+    try:
+        return sum(c["finish_reason"] == "invalid_text" for c in store.rows("calls"))
+    finally:
+        store.close()
+
+
+def print_surrogates(soak: Soak, stats: dict, ref_stats: dict, recorded: int) -> bool:
+    """Print the surrogate line: every such answer on record once as unusable (or lost at
+    a kill, then asked again), and no run crashed by one."""
+    sent = stats["faults"].get("surrogate", 0)
+    lost = sum(k.lost for k in soak.tally.kills)
+    crashed = sum(code not in (-9, 0, 1, 3, 4, 5) for code in soak.tally.runs)
+    ok = sent > 0 and sent - lost <= recorded <= sent and crashed == 0
+    print(
+        f"soak-surrogates: {sent} answers held a lone surrogate (reference "
+        f"{ref_stats['faults'].get('surrogate', 0)}), {recorded} on record as unusable "
+        f"(invalid_text), the rest among the {lost} lost at kills; {crashed} runs crashed "
+        f"(goal: each on record once, none crashed, a resume pays none again: see "
+        f"soak-repeats) {verdict(ok)}"
+    )
+    return ok
+
+
+def print_changed() -> bool:
+    """Print the line of the resume with result-changing settings."""
+    named = "--seed" in CHANGED.line and "--rounds" in CHANGED.line and "--run" in CHANGED.line
+    ok = CHANGED.code == 1 and named and CHANGED.paid == 0 and CHANGED.same_record
+    print(
+        f"soak-changed: a resume with --seed {SEED_VALUE + 1} --rounds 2 exited {CHANGED.code}"
+        f" with one error line naming both and a new --run: {named}; {CHANGED.paid} calls"
+        f" paid; record unchanged: {CHANGED.same_record} (goal: exit 1, named, nothing paid"
+        f" or changed) {verdict(ok)}"
+    )
+    return ok
 
 
 def make_seed(work: Path, n: int) -> tuple[Path, Path, int, int]:
@@ -399,6 +504,9 @@ def main() -> int:
                 stats = sim.stats()
                 statuses = soak.statuses()
                 answered_on_record = _answered(soak)
+                if CHANGED.code is None:  # the seed was through before CHANGED_AT
+                    changed_resume(soak)
+                surrogates_on_record = _surrogates_on_record(soak)
                 rows = soak.export(soak.checkpoints, "soak")
             soak_s = time.perf_counter() - wall
             expected, ref_stats, ref_code = reference(plan, work, seed, images)
@@ -478,9 +586,11 @@ def main() -> int:
         f"answered, {ref_stats['faults'].get('garbage', 0)} garbage] (goal: repeats only "
         f"from calls in flight at kills) {verdict(repeats_ok)}"
     )
+    surrogates_ok = print_surrogates(soak, stats, ref_stats, surrogates_on_record)
+    changed_ok = print_changed()
     for problem in tally.problems:
         print(f"  {problem}", file=sys.stderr)
-    ok = race_ok and outage_ok and export_ok and repeats_ok
+    ok = race_ok and outage_ok and export_ok and repeats_ok and surrogates_ok and changed_ok
     return 1 if args.strict and not ok else 0
 
 

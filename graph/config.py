@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ def option(
     flag: str | None = None,
     cli: bool = True,
     many: bool = False,
+    results: bool = False,
     repr: bool = True,
 ) -> Any:
     """Declare one setting: its default, help text, environment fallback and CLI flag.
@@ -52,8 +54,9 @@ def option(
     ``flag`` overrides the option name (``--`` + the field name with dashes); ``cli=False``
     keeps the field off the command line; ``many=True`` lets the option be given more than
     once (the field then receives a list). ``factory`` computes the default at construction.
+    ``results=True`` marks a setting that changes what a run makes (see ``RESULT_SETTINGS``).
     """
-    meta = {"help": help, "env": env, "flag": flag, "cli": cli, "many": many}
+    meta = {"help": help, "env": env, "flag": flag, "cli": cli, "many": many, "results": results}
     if factory is not None:
         return field(default_factory=factory, metadata=meta, repr=repr)
     return field(default=default, metadata=meta, repr=repr)
@@ -83,6 +86,11 @@ class Settings:
 
     Precedence: an explicit value (a CLI option) wins, then the environment variable
     named by ``env``, then the default.
+
+    ``results=True`` marks the settings that change what a run makes (its samples, items
+    and scores): a resume may not change them (``mmevol run`` refuses), nor may the shards
+    of one merge differ in them. The others say where and how calls are sent (endpoints,
+    concurrency, timeouts, retries, rates, budgets, batch mode) and may change freely.
     """
 
     run: str = option(
@@ -94,7 +102,7 @@ class Settings:
         env="MMEVOL_CHECKPOINTS",
     )
     images: Path = option(Path("."), "Image root folder.")
-    rounds: int = option(3, "Evolution rounds.")
+    rounds: int = option(3, "Evolution rounds.", results=True)
     concurrency: int = option(16, "Samples in flight.")
     workers: int = option(1, "Processes sharing the samples in flight (one core each).")
     limit: int | None = option(None, "Only the first N rows of the seed.")
@@ -102,9 +110,10 @@ class Settings:
         None,
         "Only shard I of N of the seed (e.g. 2/3): the rows whose key hashes into it"
         " (of the first --limit rows).",
+        results=True,
     )
-    model: str = option("gpt-4o-mini", "Evolution model.")
-    scorer_model: str | None = option(None, "Judge model [default: --model].")
+    model: str = option("gpt-4o-mini", "Evolution model.", results=True)
+    scorer_model: str | None = option(None, "Judge model [default: --model].", results=True)
     base_url: str | None = option(
         None,
         "OpenAI-compatible endpoint [default: OpenAI's]; repeat it to spread calls over"
@@ -115,9 +124,9 @@ class Settings:
     api_key: str | None = option(
         None, "API key. Never stored.", env="OPENAI_API_KEY", cli=False, repr=False
     )
-    seed: int = option(0, "Seed of the operator choice.")
-    temperature: float = option(1.0, "Sampling temperature.")
-    max_tokens: int = option(4096, "Output token limit per call.")
+    seed: int = option(0, "Seed of the operator choice.", results=True)
+    temperature: float = option(1.0, "Sampling temperature.", results=True)
+    max_tokens: int = option(4096, "Output token limit per call.", results=True)
     timeout: float = option(120.0, "Seconds a model request may take before it is given up.")
     max_retries: int = option(
         5,
@@ -125,13 +134,15 @@ class Settings:
         " (none once the run stops).",
         flag="--retries",
     )
-    max_attempts: int = option(3, "Evolution attempts per round.")
-    chunk_size: int = option(10, "Items per evolution or judge call.")
-    image_max_side: int = option(512, "Downscale images to this many pixels.")
-    image_detail: str = option("low", "Image detail: low, high or auto.")
-    jpeg_quality: int = option(85, "JPEG quality of the downscaled images.", cli=False)
+    max_attempts: int = option(3, "Evolution attempts per round.", results=True)
+    chunk_size: int = option(10, "Items per evolution or judge call.", results=True)
+    image_max_side: int = option(512, "Downscale images to this many pixels.", results=True)
+    image_detail: str = option("low", "Image detail: low, high or auto.", results=True)
+    jpeg_quality: int = option(
+        85, "JPEG quality of the downscaled images.", cli=False, results=True
+    )
     structured_output: bool = option(
-        False, "Ask for JSON following the item schema (falls back if refused)."
+        False, "Ask for JSON following the item schema (falls back if refused).", results=True
     )
     rpm: float | None = option(None, "Requests per minute (both models).")
     tpm: float | None = option(None, "Tokens per minute (both models).")
@@ -275,6 +286,44 @@ class Settings:
         # One endpoint stays a string, as 0.1.0 recorded it.
         data["base_url"] = urls if len(urls) > 1 else urls[0]
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+RESULT_SETTINGS = tuple(f.name for f in fields(Settings) if f.metadata.get("results"))
+"""The settings that change what a run makes (declared by ``option(..., results=True)``)."""
+
+
+def result_values(recorded: dict) -> dict[str, Any]:
+    """Return the result-changing settings of a recorded (``public()``) settings dict.
+
+    Values that make the same run are made equal: no ``scorer_model`` is the evolution
+    model, and shard ``1/1`` is the whole seed. Settings a run did not record (an older
+    version) are left out, so they compare as unknown rather than as changed.
+    """
+    values = {name: recorded[name] for name in RESULT_SETTINGS if name in recorded}
+    if "scorer_model" in values:
+        values["scorer_model"] = values["scorer_model"] or recorded.get("model")
+    if values.get("shard") is not None:
+        with contextlib.suppress(ValueError):
+            values["shard"] = "{}/{}".format(*parse_shard(values["shard"]))
+        if values["shard"] == "1/1":
+            values["shard"] = None
+    return values
+
+
+def changed_results(
+    recorded: dict, now: dict, skip: Iterable[str] = ()
+) -> list[tuple[str, Any, Any]]:
+    """Return the result-changing settings that differ: (option, recorded value, value now).
+
+    Both are settings dicts as ``Settings.public()`` makes them; ``skip`` names settings
+    not compared (``mmevol merge`` compares shards on their own).
+    """
+    old, new = result_values(recorded), result_values(now)
+    return [
+        (_option(name), old[name], new[name])
+        for name in RESULT_SETTINGS
+        if name not in skip and name in old and name in new and old[name] != new[name]
+    ]
 
 
 def without_credentials(url: str) -> str:

@@ -10,8 +10,8 @@ What is checked before anything is written (each refusal is one line):
 - every folder is a run (``results.db`` with the run's settings), undamaged, and no live
   process writes it (its run lock, ``run.runfolder``);
 - every shard ran the same seed (its content fingerprint, so that paths may differ between
-  machines) with the settings that change results (``IGNORED_SETTINGS`` lists those that
-  do not), split the same way (the same N);
+  machines) with the settings that change results (``graph.config.RESULT_SETTINGS``; the
+  others say where, how fast and how the calls were sent), split the same way (the same N);
 - no sample is held by two folders, nor by a folder and the target from another folder.
 
 Merging again is incremental: a sample already merged from the same folder (its run id,
@@ -25,48 +25,16 @@ record the merge last: a merge that dies half-way is completed by the next one.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmevol.graph.checkpoints import make_serde, open_checkpointer
-from mmevol.graph.config import check_run_name, parse_shard
+from mmevol.graph.config import changed_results, check_run_name, parse_shard
 from mmevol.run import runfolder
 from mmevol.store.results import CheckpointRows, Store
-
-IGNORED_SETTINGS = frozenset(
-    {
-        "run",
-        "checkpoints",
-        "images",
-        "shard",
-        "limit",
-        "base_url",
-        "concurrency",
-        "workers",
-        "timeout",
-        "max_retries",
-        "rpm",
-        "tpm",
-        "scorer_rpm",
-        "scorer_tpm",
-        "max_cost",
-        "max_calls",
-        "prices",
-        "keep_history",
-        "batch",
-        "batch_dir",
-        "batch_flush",
-        "batch_poll",
-        "batch_fallback",
-        "batch_max_requests",
-        "batch_max_bytes",
-    }
-)
-"""Settings that may differ between shards: where, how fast and how (online or in batch mode)
-they ran, not what they made.
-Every other setting recorded by both shards must be equal."""
 
 THREADS_PER_WRITE = 200
 """Samples whose checkpoints are written in one transaction."""
@@ -210,6 +178,8 @@ def _inspect(planner: Store, path: Path, target: Path) -> ShardRun:
             " wait for it to finish or stop it, then merge again"
         )
     runfolder.check_databases(path)
+    for database in (results, path / "graph.sqlite"):
+        _check_readable(database)
     with planner.attached(results, "shard"):
         meta = planner.attached_meta("shard")
         samples = planner.attached_count("shard", "samples") if meta is not None else 0
@@ -221,6 +191,29 @@ def _inspect(planner: Store, path: Path, target: Path) -> ShardRun:
     except ValueError:
         raise MergeProblem(f"{path} records an unreadable shard {label!r}") from None
     return ShardRun(path, meta, shard, samples)
+
+
+def _check_readable(database: Path) -> None:
+    """Refuse a shard database that SQLite cannot read through (truncated, overwritten).
+
+    Reads every page (``PRAGMA quick_check``), without writing, so that a damaged shard is
+    refused before anything is merged rather than half-way.
+    """
+    if not database.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        found = [str(err)]
+    if found != ["ok"]:
+        raise MergeProblem(
+            f"{database} is damaged ({found[0]}): restore it from a backup, or merge the"
+            " other shards without this folder"
+        )
 
 
 def _check_alike(first: ShardRun, other: ShardRun | dict, where: str | None = None) -> None:
@@ -239,11 +232,12 @@ def _check_alike(first: ShardRun, other: ShardRun | dict, where: str | None = No
             f"{where} ran another seed ({meta.get('seed')}) than {first.path}"
             f" ({first.meta.get('seed')}): only shards of one seed merge"
         )
-    theirs = meta.get("settings") or {}
+    # The shard is compared above (each shard has its own I, of the same N).
     differ = [
-        f"--{k.replace('_', '-')} {first.settings[k]!r} vs {theirs[k]!r}"
-        for k in sorted(first.settings.keys() & theirs.keys())
-        if k not in IGNORED_SETTINGS and first.settings[k] != theirs[k]
+        f"{flag} {mine!r} vs {theirs!r}"
+        for flag, mine, theirs in changed_results(
+            first.settings, meta.get("settings") or {}, skip=("shard",)
+        )
     ]
     if differ:
         raise MergeProblem(

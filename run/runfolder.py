@@ -13,7 +13,11 @@ other's lock.
 Databases that belong together: ``results.db`` records every paid call, ``graph.sqlite``
 the checkpoints. A folder where one of them is empty, unreadable, not SQLite, or missing
 while the other holds a run is refused rather than taken for a new run, which would pay
-for every sample again.
+for every sample again. A checkpoint file that was never written (0 bytes, or SQLite
+without the checkpoint tables, as a kill during start-up leaves it) counts as missing:
+next to a results database without paid calls, or none, the folder is a new run. (A new
+run's results database appears whole, renamed into place by ``run.runner``, so a kill
+leaves no empty one.)
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import os
 import shlex
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -180,18 +185,53 @@ def check_databases(run_dir: Path | str) -> None:
     """
     run_dir = Path(run_dir)
     results, graph = run_dir / "results.db", run_dir / "graph.sqlite"
-    for path in (results, graph):
-        _check_file(path)
+    _check_file(results)
+    empty = _empty(graph)
+    if not empty:  # 0 bytes: never written (a kill during start-up), unless paid calls say
+        _check_file(graph)
     restore = "restore it from a backup, or move the run folder away to start the run over"
-    if graph.exists() and not results.exists():
+    if graph.exists() and not results.exists() and _has_tables(graph):
         raise RunFolderProblem(
             f"{results} is missing next to {graph.name}: the record of this run's paid calls "
             f"is gone; {restore}"
         )
-    if results.exists() and not graph.exists() and _calls_recorded(results):
+    if results.exists() and (empty or not graph.exists()) and _calls_recorded(results):
+        what = "is empty (0 bytes)" if empty else "is missing"
         raise RunFolderProblem(
-            f"{graph} is missing next to {results.name}, which records paid calls; {restore}"
+            f"{graph} {what} next to {results.name}, which records paid calls; {restore}"
         )
+
+
+def _empty(path: Path) -> bool:
+    """Whether a database file is 0 bytes, with no WAL file holding more."""
+    try:
+        if path.stat().st_size > 0:
+            return False
+        wal = path.with_name(path.name + "-wal")
+        return not wal.exists() or wal.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def _has_tables(graph: Path) -> bool:
+    """Whether a checkpoint file was written: it has the checkpoint tables (or is damaged).
+
+    A kill during start-up leaves it 0 bytes or SQLite without those tables: nothing was
+    lost, and next to no results database the folder is a new run. Tables without rows
+    are a run's (a finished run keeps no checkpoints of its samples), whose results
+    database is missing.
+    """
+    if _empty(graph):
+        return False
+    try:
+        conn = sqlite3.connect(f"{graph.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("select name from sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return True  # damaged: refused, not taken for a new run
+    return bool(tables & {"checkpoints", "writes"})
 
 
 def _check_file(path: Path) -> None:

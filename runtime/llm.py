@@ -13,6 +13,8 @@ refused what this request holds, e.g. an image it cannot read or a prompt over t
 context window): the API error goes up and the sample *fails*. A 200 answer that is not
 a chat completion (a proxy's HTML page, ``{"choices": []}``) is recorded as an unusable
 answer of that call (``NOT_A_COMPLETION``), which the node asks again like any other.
+So is an answer that is not valid text (a lone surrogate, ``INVALID_TEXT``): what the
+model sends is always recorded, escaped where it must be, never lost to an encoding error.
 
 With several endpoints (``--base-url`` given more than once) each call goes to one of them
 (``runtime.endpoints``); a call that an endpoint fails goes on on another usable one
@@ -96,9 +98,13 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 NOT_A_COMPLETION = "not_a_completion"
 """The finish reason recorded for a 200 answer that is not a chat completion."""
 
+INVALID_TEXT = "invalid_text"
+"""The finish reason recorded for an answer that is not valid text (see ``checked_text``)."""
+
 _PROBLEMS = {
     "length": "the answer was cut off at the output token limit",
     NOT_A_COMPLETION: "the endpoint's answer was not a chat completion",
+    INVALID_TEXT: "the answer is not valid text (it holds a lone surrogate, e.g. \\ud800)",
 }
 
 # The HTTP answers seen by the call running in this context (see ModelClient._observe).
@@ -115,6 +121,29 @@ def sample_at_fault(err: BaseException) -> bool:
 def answer_problem(finish_reason: str | None) -> str | None:
     """Why a recorded answer is unusable whatever its text says (cut off, not an answer)."""
     return _PROBLEMS.get(finish_reason or "")
+
+
+def storable(text: str) -> str:
+    r"""Return text that any UTF-8 encoder takes: lone surrogates escaped as ``\udXXX``.
+
+    JSON may carry half of a UTF-16 pair alone (``"\ud800"``); Python decodes it into a
+    str that SQLite, files and terminals refuse. Everything else is returned unchanged.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def checked_text(text: str, finish_reason: str | None) -> tuple[str, str | None]:
+    """Return a model answer as it is recorded: storable text and its finish reason.
+
+    An answer that is not valid text (a lone surrogate) is kept, escaped, and recorded as
+    unusable (``INVALID_TEXT``): its node asks again, and a resume finds it like any other.
+    """
+    safe = storable(text)
+    return (text, finish_reason) if safe is text else (safe, INVALID_TEXT)
 
 
 class NotACompletion(Exception):
@@ -367,7 +396,7 @@ class ModelClient:
                 except openai.APIError as err:
                     self.usage.errors += 1
                     row.update(latency_ms=_ms(started), error=f"{error_name(err)}: {err}")
-                    self.store.log_call(row)
+                    self._log(row)
                     if sample_at_fault(err):
                         self.endpoints.release(slot)  # it answered
                         self._outcome(False, row["error"])
@@ -384,10 +413,11 @@ class ModelClient:
                     # reason.
                     self.endpoints.release(slot)
                     self._outcome(False, f"not a chat completion: {err}")
+                    text = storable(str(err))
                     row.update(
-                        latency_ms=_ms(started), finish_reason=NOT_A_COMPLETION, response=str(err)
+                        latency_ms=_ms(started), finish_reason=NOT_A_COMPLETION, response=text
                     )
-                    return Answer(self.store.log_call(row), str(err), NOT_A_COMPLETION, False)
+                    return Answer(self._log(row), text, NOT_A_COMPLETION, False)
                 except BaseException:
                     self.endpoints.release(slot, done=False)
                     raise
@@ -399,6 +429,7 @@ class ModelClient:
         usage = reply.usage_metadata or {}
         finish = reply.response_metadata.get("finish_reason")
         content = reply.content if isinstance(reply.content, str) else str(reply.content)
+        content, finish = checked_text(content, finish)
         tokens_in = usage.get("input_tokens") or 0
         tokens_out = usage.get("output_tokens") or 0
         tokens_cached = cached_tokens(usage)
@@ -411,7 +442,7 @@ class ModelClient:
             finish_reason=finish,
             response=content,
         )
-        return Answer(self.store.log_call(row), content, finish, False)
+        return Answer(self._log(row), content, finish, False)
 
     async def _queue(
         self, key: CallKey, chat: ChatOpenAI, text: str, image_url: str | None, schema: dict | None
@@ -470,7 +501,7 @@ class ModelClient:
         row = {name: request[name] for name in _CALL_FIELDS} | {"batch": 1}
         if result.status != 200:
             self.usage.errors += 1
-            self.store.log_call(row | {"error": f"batch line: {result.error}"})
+            self._log(row | {"error": f"batch line: {result.error}"})
             return "failed", 0.0
         role = "score" if request["node"].startswith("score") else "evolve"
         try:
@@ -479,24 +510,36 @@ class ModelClient:
             content = reply.content if isinstance(reply.content, str) else str(reply.content)
         except (ValueError, TypeError, AttributeError, LookupError) as err:
             text = f"batch line: {type(err).__name__}: {json.dumps(result.body)[:200]}"
-            self.store.log_call(row | {"finish_reason": NOT_A_COMPLETION, "response": text})
+            self._log(row | {"finish_reason": NOT_A_COMPLETION, "response": text})
             return "answered", 0.0
+        finish = (generation.generation_info or {}).get("finish_reason")
+        content, finish = checked_text(content, finish)
         usage = reply.usage_metadata or {}
         tokens_in = usage.get("input_tokens") or 0
         tokens_out = usage.get("output_tokens") or 0
         cached = (usage.get("input_token_details") or {}).get("cache_read") or 0
         cost = self._count(request["model"], tokens_in, tokens_out, cached, batch=True)
-        self.store.log_call(
+        self._log(
             row
             | {
                 "input_tokens": tokens_in,
                 "output_tokens": tokens_out,
                 "cached_tokens": cached,
-                "finish_reason": (generation.generation_info or {}).get("finish_reason"),
+                "finish_reason": finish,
                 "response": content,
             }
         )
         return "answered", cost
+
+    def _log(self, row: dict) -> int:
+        """Record a call row, its text escaped where it is not valid text; return its id.
+
+        Error messages may quote what the endpoint sent, so every text of the row is made
+        storable: a paid answer is never lost to an encoding error.
+        """
+        return self.store.log_call(
+            {k: storable(v) if isinstance(v, str) else v for k, v in row.items()}
+        )
 
     @staticmethod
     def _call_row(key: CallKey, model: str) -> dict:

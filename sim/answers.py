@@ -21,6 +21,8 @@ GARBAGE = (
     "closely at the objects in it and at how they relate to one another.",
 )
 CUE = "Let's think step by step."
+LONE_SURROGATE = "\ud800"
+"""Half of a UTF-16 pair, alone: JSON can carry it (escaped), but it is not text."""
 
 _VISION = ("Grounding", "Referencing", "Calculating", "OCR", "Existence")
 _LANGUAGE = (
@@ -156,6 +158,12 @@ def build_reply(
     draw -= options.garbage_rate
     if 0 <= draw < options.truncate_rate and content:
         return Reply(content[: max(1, len(content) // 2)], "length", kind, "truncate")
+    draw -= options.truncate_rate
+    if 0 <= draw < options.surrogate_rate:
+        middle = len(content) // 2
+        return Reply(
+            content[:middle] + LONE_SURROGATE + content[middle:], "stop", kind, "surrogate"
+        )
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(limit, int) and limit > 0 and len(content) > 4 * limit:
         return Reply(content[: 4 * limit], "length", kind, fault)

@@ -25,6 +25,9 @@ class SimOptions:
     """Share answered 200 with unusable text: empty, a refusal, an HTML page or prose."""
     truncate_rate: float = 0.0
     """Share cut in the middle with finish_reason "length"."""
+    surrogate_rate: float = 0.0
+    """Share holding a lone surrogate (sent escaped in the JSON, ``\\ud800``), which is not
+    text: no UTF-8 encoder takes it, as a broken model or proxy may send."""
     verdict_mismatch_rate: float = 0.0
     """Share of judge answers with one verdict fewer or more than asked."""
     no_rate: float = 0.3
@@ -55,7 +58,7 @@ class SimOptions:
     def __post_init__(self) -> None:
         """Check the rates and the latency distribution."""
         rates = ("error_rate", "rate_limit_rate", "garbage_rate", "truncate_rate",
-                 "verdict_mismatch_rate", "no_rate", "cached_share",
+                 "surrogate_rate", "verdict_mismatch_rate", "no_rate", "cached_share",
                  "batch_failed_lines")  # fmt: skip
         for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:

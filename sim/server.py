@@ -29,7 +29,7 @@ SCRIPT_KINDS = ("status", "content", "hang", "drop", *NOT_COMPLETIONS)
 """One-shot answers of ``enqueue``; "hang" without ``seconds`` also serves as a standing
 behaviour (``set_behaviour``), which never answers until the behaviour is cleared."""
 FAULTS = (
-    "error", "rate_limit", "garbage", "truncate", "verdict_mismatch",
+    "error", "rate_limit", "garbage", "truncate", "surrogate", "verdict_mismatch",
     "unauthorized", "bad_request", "scripted", "behaviour", "batch_failed",
 )  # fmt: skip
 BATCH_OPTIONS = (
@@ -59,6 +59,10 @@ class Outcome:
     headers: dict[str, str] | None = None
     delay: float = 0.0
     """Seconds an online request waits before the answer is sent (batch lines do not)."""
+
+
+class PortUnavailable(ValueError):
+    """The port to serve on cannot be bound (in use, or privileged); the message says so."""
 
 
 class SimServer:
@@ -101,7 +105,14 @@ class SimServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as err:
+            sock.close()
+            raise PortUnavailable(
+                f"cannot serve on {self.host}:{self.port} ({err.strerror or err}): the port is"
+                " in use or not yours to take; choose another --port (0 picks a free one)"
+            ) from None
         self.port = sock.getsockname()[1]
         self._loop = asyncio.new_event_loop()
         self._desk.open()

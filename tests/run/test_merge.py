@@ -208,6 +208,29 @@ def test_settings_that_change_results_are_refused(sharded, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("damage", ["random_bytes", "truncated", "graph_truncated"])
+def test_a_shard_with_a_malformed_database_is_one_line_writing_nothing(damage, sharded, tmp_path):
+    """Item 12 of issue 19: a damaged shard database was a traceback."""
+    import random
+
+    copy = tmp_path / "s2-damaged"
+    shutil.copytree(sharded / "s2", copy)
+    name = "graph.sqlite" if damage == "graph_truncated" else "results.db"
+    for suffix in ("-wal", "-shm"):
+        (copy / f"{name}{suffix}").unlink(missing_ok=True)
+    data = (copy / name).read_bytes()
+    if damage == "random_bytes":
+        data = random.Random(1).randbytes(len(data))
+    else:  # its SQLite header intact, its second half gone
+        data = data[: len(data) // 2]
+    (copy / name).write_bytes(data)
+    result = invoke("merge", "--run", "m", "--checkpoints", tmp_path, sharded / "s1", copy)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(copy / name) in lines[0], result.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_folders_that_are_not_runs_or_are_busy_are_refused(sharded, tmp_path):
     (tmp_path / "empty").mkdir()
     result = invoke("merge", "--run", "m", "--checkpoints", tmp_path, tmp_path / "empty")

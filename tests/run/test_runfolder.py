@@ -228,3 +228,50 @@ def test_a_run_killed_outright_leaves_a_lock_the_next_run_takes_over(
     env = {"MMEVOL_CHECKPOINTS": str(checkpoints)}
     assert invoke("export", "--run", "killed", "-o", out, env=env).exit_code == 0
     assert json.loads(out.read_text()) == reference16[0]
+
+
+# -- a checkpoint file a kill left unwritten is new, not lost (issue 19, item 11) -------------
+
+
+def _unwritten_graph(path, how):
+    """Leave ``graph.sqlite`` as a kill during start-up may: nothing checkpointed in it."""
+    import asyncio
+    import sqlite3
+
+    from mmevol.graph.checkpoints import open_checkpointer
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if how == "zero_bytes":
+        path.write_bytes(b"")
+    elif how == "no_tables":
+        conn = sqlite3.connect(path)
+        conn.execute("pragma journal_mode=wal")
+        conn.close()
+    else:  # "no_rows": its tables created, no checkpoint yet
+
+        async def create():
+            async with open_checkpointer(path) as saver:
+                saver.setup()
+
+        asyncio.run(create())
+
+
+@pytest.mark.parametrize("how", ["zero_bytes", "no_tables"])
+def test_a_checkpoint_file_never_written_is_a_new_run_not_a_lost_one(
+    how, sim, demo_seed, make_settings
+):
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images, run="fresh", limit=2)
+    _unwritten_graph(settings.graph_db, how)
+    check_databases(settings.run_dir)  # no RunFolderProblem
+    assert runner.run(settings, seed_path).done == 2
+
+
+def test_an_empty_checkpoint_file_next_to_paid_calls_is_still_refused(finished_run, sim):
+    settings, seed_path = finished_run
+    for suffix in ("", "-wal", "-shm"):
+        (settings.run_dir / f"graph.sqlite{suffix}").unlink(missing_ok=True)
+    _unwritten_graph(settings.graph_db, "zero_bytes")
+    result = _run_again(settings, seed_path, sim)
+    assert result.exit_code == 1
+    assert "graph.sqlite" in one_line(result) and "paid calls" in one_line(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -195,3 +196,92 @@ def test_a_shard_runs_its_rows_only_and_records_its_shard(sim, demo_seed, make_s
     runner.run(limited, seed_path)
     with Store(limited.results_db) as store:
         assert sorted(store.statuses()) == sorted(key for i, key in mine if i < 5)
+
+
+# -- a resume must not change what the run makes (issue 19, item 4) ---------------------------
+
+
+def _recorded(settings) -> dict:
+    with Store(settings.results_db) as store:
+        return {table: store.rows(table) for table in ("meta", "samples", "rounds", "calls")}
+
+
+@pytest.fixture
+def resumable(sim, demo_seed, make_settings):
+    """A run of two rows, stopped after a few calls so that samples remain to resume."""
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images, run="kept", limit=3, max_calls=4)
+    runner.run(settings, seed_path)
+    return settings, seed_path
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"seed": 1}, "--seed 0 (recorded) vs 1 (now)"),
+        ({"model": "gpt-4o"}, "--model 'gpt-4o-mini' (recorded) vs 'gpt-4o' (now)"),
+        ({"rounds": 2}, "--rounds 3 (recorded) vs 2 (now)"),
+        ({"temperature": 0.2}, "--temperature 1.0 (recorded) vs 0.2 (now)"),
+        ({"shard": "1/2"}, "--shard None (recorded) vs '1/2' (now)"),
+        ({"scorer_model": "gpt-4o"}, "--scorer-model 'gpt-4o-mini' (recorded) vs 'gpt-4o'"),
+        ({"max_tokens": 100, "seed": 2}, "vs 2 (now), --max-tokens 4096 (recorded) vs 100 (now);"),
+    ],
+)
+def test_a_resume_with_settings_that_change_results_is_refused_touching_nothing(
+    change, named, resumable, sim
+):
+    settings, seed_path = resumable
+    before, requests = _recorded(settings), sim.stats()["requests"]
+    changed = dataclasses.replace(settings, max_calls=None, **change)
+    with pytest.raises(runner.SettingsChanged) as caught:
+        runner.run(changed, seed_path)
+    message = str(caught.value)
+    assert named in message and "\n" not in message
+    assert "--run" in message  # what to do: a new run name
+    assert _recorded(settings) == before and sim.stats()["requests"] == requests
+
+
+def test_a_resume_with_another_seed_file_is_refused(resumable, sim, tmp_path):
+    settings, seed_path = resumable
+    other = tmp_path / "other.jsonl"
+    other.write_text(seed_path.read_text() + seed_path.read_text().splitlines()[0] + "\n")
+    before = _recorded(settings)
+    with pytest.raises(runner.SettingsChanged, match="another seed") as caught:
+        runner.run(dataclasses.replace(settings, max_calls=None), other)
+    assert str(other) in str(caught.value) and "--run" in str(caught.value)
+    assert _recorded(settings) == before
+
+
+def test_a_resume_may_change_how_calls_are_sent(resumable, sim, demo_seed, tmp_path):
+    settings, seed_path = resumable
+    recorded = _recorded(settings)["meta"]
+    free = dataclasses.replace(
+        settings, concurrency=2, timeout=30.0, max_retries=1, rpm=6000.0, max_calls=None,
+        max_cost=50.0, limit=4, keep_history=True, batch_poll=1.0,
+    )  # fmt: skip
+    report = runner.run(free, seed_path)
+    assert report.done + report.failed + report.skipped == 4 and not report.stopped
+    with Store(settings.results_db) as store:
+        assert store.get_meta("settings")["concurrency"] == 2  # the latest, as before
+    assert recorded  # the first run recorded its settings
+
+
+def test_the_cli_refuses_a_changed_resume_in_one_line(resumable, sim):
+    from typer.testing import CliRunner
+
+    from mmevol.cli import app
+
+    settings, seed_path = resumable
+    before = _recorded(settings)
+    result = CliRunner().invoke(
+        app,
+        [
+            "run", str(seed_path), "--images", str(settings.images), "--run", settings.run,
+            "--limit", "3", "--base-url", sim.base_url, "--seed", "7",
+        ],
+        env={"OPENAI_API_KEY": "sim", "MMEVOL_CHECKPOINTS": str(settings.checkpoints)},
+    )  # fmt: skip
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--seed 0 (recorded) vs 7 (now)" in lines[0], result.output
+    assert _recorded(settings) == before

@@ -267,3 +267,35 @@ def test_preflight_refuses_a_base_url_without_v1_and_suggests_it(sim, demo_seed,
     )
     assert sim.stats()["by_kind"] == {"evolve": 0, "score": 0, "other": 0}
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_answers_holding_a_lone_surrogate_are_recorded_once_and_unusable(
+    sim_factory, demo_seed, make_settings, tmp_path
+):
+    """Item 3 of issue 19: a lone surrogate (``"\\ud800"`` in the JSON) crashed the whole run
+    before its answer was recorded, so every resume paid for the same call again."""
+    from mmevol.outputs.authors import export_json
+
+    sim = sim_factory(seed=0, surrogate_rate=0.3)
+    seed_path, images = demo_seed
+    settings = make_settings(sim, images, limit=6)
+    report = runner.run(settings, seed_path)
+    assert report.done + report.failed == 6 and not report.stopped
+    sent = sim.stats()
+    assert sent["faults"]["surrogate"] > 0
+    calls = calls_of(settings)
+    assert len(calls) == sent["requests"]  # every paid answer is on record, once
+    broken = [c for c in calls if c["finish_reason"] == "invalid_text"]
+    assert len(broken) == sent["faults"]["surrogate"]
+    for call in broken:  # kept as it came, the surrogate escaped
+        assert "\\ud800" in call["response"] and call["error"] is None
+        assert call["parse"].startswith("unusable: the answer is not valid text")
+    with Store(settings.results_db) as store:
+        counted = store.answered_calls()
+    assert counted["answered"] == counted["keys"]
+    again = runner.run(settings, seed_path)
+    assert sim.stats()["requests"] == sent["requests"]  # a resume pays nothing again
+    assert again.done + again.failed == 0
+    out = tmp_path / "out.json"
+    assert export_json(settings.results_db, out).written == report.done
+    assert "\ud800" not in out.read_text(encoding="utf-8")

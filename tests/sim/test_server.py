@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from mmevol.nodes import prompts
-from mmevol.sim.answers import GARBAGE
+from mmevol.sim.answers import GARBAGE, LONE_SURROGATE
 from mmevol.sim.server import SimOptions, SimServer
 
 BOXES = [
@@ -304,6 +304,23 @@ def test_garbage_and_verdict_mismatch_faults(sim_factory):
     assert server.stats()["faults"]["verdict_mismatch"] == 1
 
 
+def test_a_lone_surrogate_is_sent_escaped_in_the_json(sim_factory):
+    """Item 3 of issue 19: the endpoint can send a lone surrogate, which is not text."""
+    server = sim_factory(surrogate_rate=1.0)
+    prompt = evolve_prompt("reasoning")
+    raw = client(server).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=user(prompt)
+    )
+    assert b"\\ud800" in raw.http_response.content  # escaped: the body is valid JSON
+    content = raw.parse().choices[0].message.content
+    assert LONE_SURROGATE in content
+    with pytest.raises(UnicodeEncodeError):
+        content.encode("utf-8")
+    full = ask(sim_factory(), prompt).choices[0].message.content
+    assert content.replace(LONE_SURROGATE, "") == full
+    assert server.stats()["faults"]["surrogate"] == 1
+
+
 def test_latency_delays_answers_without_blocking_others(sim_factory):
     server = sim_factory(latency_ms=3000)
     started = time.perf_counter()
@@ -384,6 +401,20 @@ def test_serve_forever_prints_its_url_and_stops_on_ctrl_c():
         assert process.wait(timeout=10) == 0
     finally:
         process.kill()
+
+
+def test_serve_sim_on_a_busy_port_is_one_line(sim):
+    """Item 12 of issue 19: a port in use is a one-line error, not a traceback."""
+    from typer.testing import CliRunner
+
+    from mmevol.cli import app
+
+    result = CliRunner().invoke(app, ["serve-sim", "--port", str(sim.port)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert f"127.0.0.1:{sim.port}" in lines[0] and "in use" in lines[0]
+    assert "--port" in lines[0]
 
 
 def test_drop_closes_the_connection_unanswered(sim):
