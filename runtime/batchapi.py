@@ -560,9 +560,10 @@ class BatchQueue:
     async def poll(self) -> int:
         """Check every submitted shard once; record what finished. Return answers recorded.
 
-        Also submits the shard being filled when it is due (``--batch-flush``) and cancels
+        Also submits the shard being filled when it is due (``--batch-flush``), cancels
         batches older than ``--batch-fallback`` hours, whose unanswered requests then go
-        through the online API.
+        through the online API, and gives up batches the server no longer knows
+        (``LOST_AFTER`` checks in a row answered 404).
         """
         if self.due():
             await self.flush()
