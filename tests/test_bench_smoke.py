@@ -19,7 +19,14 @@ EXPECTED = {
     "footprint": ["footprint:", "footprint:", "footprint-flat:"],
     "export": ["export:"] * 8 + ["export-flat:"] * 4,
     "scale": ["scale:", "scale:", "scale-ratio:"] * 2,  # no latency, then with latency
-    "soak": ["soak-runs:", "soak-race:", "soak-outage:", "soak-export:", "soak-repeats:"],
+    "soak": [
+        "soak-runs:",
+        "soak-race:",
+        "soak-outage:",
+        "soak-export:",
+        "soak-repeats:",
+        "soak-batch-lost:",
+    ],
 }
 STRICT = {"soak"}
 """Benchmarks whose goals are correctness, not speed: a missed goal is a bug, even in smoke."""
