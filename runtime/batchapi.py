@@ -30,7 +30,8 @@ yet submitted), ``submitted``, ``answered``, ``failed`` (its line came back with
 asked again in a later shard), ``missing`` (its batch expired, was cancelled or was lost
 before running it; asked again) or ``online`` (``--batch-fallback``: asked through the
 online API). A failed line and a missing one both count toward ``--retries``
-(``batch_requests.failures``); past them the request is asked online (``online_allowed``).
+(``batch_requests.failures``, counted when the batch ends); past them the request is
+asked online when the run may (``online_allowed``).
 """
 
 from __future__ import annotations
@@ -619,7 +620,10 @@ class BatchQueue:
         counts toward ``--retries``, as an expiry does). What the run recorded stays.
         """
         online = self.settings.batch_fallback is not None
-        left = self.store.move_requests(shard["id"], "submitted", "online" if online else "missing")
+        if online:
+            left = self.store.move_requests(shard["id"], "submitted", "online")
+        else:
+            left = self._missed(shard["id"], f"batch {shard['batch_id']} was lost")
         self.store.update_shard(
             shard["id"], state="finished", status="lost", finished_at=time.time(),
             error=f"the server no longer knows batch {shard['batch_id']} (404 on "
@@ -661,7 +665,7 @@ class BatchQueue:
                 state, dollars = self.on_result(request, result)
                 cost += dollars
                 recorded += state == "answered"
-                failures = (request["failures"] or 0) + (state == "failed")
+                failures = (request["failures"] or 0) + (state != "answered")
                 self.store.set_request(
                     result.key, state=state, status=result.status, error=result.error,
                     failures=failures,
@@ -670,7 +674,10 @@ class BatchQueue:
             for path in paths:
                 path.unlink(missing_ok=True)
         left = "online" if shard.get("fallback") else "missing"
-        unanswered = self.store.move_requests(shard["id"], "submitted", left)
+        if left == "online":
+            unanswered = self.store.move_requests(shard["id"], "submitted", left)
+        else:
+            unanswered = self._missed(shard["id"], f"no result line (batch {shard['status']})")
         error = shard.get("error")
         if twice:
             note = (
@@ -691,6 +698,18 @@ class BatchQueue:
             )
         self.progress.set()
         return recorded
+
+    def _missed(self, shard_id: int, why: str) -> int:
+        """Mark a shard's requests still out as missing; return how many.
+
+        Their batch ended without running them: each is asked again in a later shard, and
+        the miss counts toward ``--retries`` as a failed line does.
+        """
+        missed = self.store.shard_requests(shard_id, "submitted")
+        for request in missed:
+            failures = (request["failures"] or 0) + 1
+            self.store.set_request(request["key"], state="missing", error=why, failures=failures)
+        return len(missed)
 
     def _answered_twice(self, shard: dict, path: Path, key: str, count: int) -> None:
         if count <= NAMED_TWICE:

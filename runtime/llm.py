@@ -444,12 +444,11 @@ class ModelClient:
         failures = (request or {}).get("failures") or 0
         if state == "failed" and request["status"] in SAMPLE_FAULT_STATUSES:
             raise LineRefused(f"{key}: {request['error']}")
-        if state == "missing":  # its batch ended before running it: a miss counts as a failure
-            failures += 1
-            self.store.set_request(str(key), failures=failures)
+        # A failed line and a request its batch never ran (expired, cancelled, lost) both
+        # count, when the batch ends (``BatchQueue._finish``).
         if state in ("failed", "missing") and failures > self.settings.max_retries:
-            why = request["error"] if state == "failed" else "its batch ended before running it"
-            said = f"{key}: its batch request went unanswered {failures} times ({why})"
+            said = f"{key}: its batch request went unanswered {failures} times"
+            said += f" ({request['error']})" if request["error"] else ""
             if not online_allowed(self.settings):
                 self.on_notice(
                     f"{said}; there is no online endpoint to ask (--batch-dir without "
