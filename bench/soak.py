@@ -405,6 +405,7 @@ class BatchLost:
     on_record: dict[str, int] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     statuses: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 class BatchSoak(Soak):
@@ -462,7 +463,7 @@ def batch_lost(plan: Plan, work: Path, seed: Path, images: Path) -> BatchLost:
     """Run the seed in batch mode while the endpoint forgets its batches twice."""
     from mmevol.store.results import Store
 
-    seen = BatchLost()
+    seen, started = BatchLost(), time.perf_counter()
     sim = SimProcess(seed=3, garbage_rate=GARBAGE_RATE, batch_turnaround=BATCH_TURNAROUND)
     with sim:
         soak = BatchSoak(plan, work / "batch", seed, images, sim)
@@ -492,6 +493,7 @@ def batch_lost(plan: Plan, work: Path, seed: Path, images: Path) -> BatchLost:
         seen.lost_requests = sum(s["requests"] or 0 for s in lost)
         seen.statuses = soak.statuses()
         seen.rows = soak.export(soak.checkpoints, "batch")
+    seen.seconds = time.perf_counter() - started
     return seen
 
 
@@ -520,8 +522,8 @@ def print_batch_lost(seen: BatchLost, expected: list[dict], bad: int) -> bool:
         f"{len(set(ids))} of {len(want)} good rows exported, in seed order: {ids == want}, "
         f"{failed} failed (the {bad} bad rows); {twice} keys answered twice on record; "
         f"{unrecorded} answers of forgotten batches never recorded (<= {seen.lost_requests}) "
-        f"(goal: the seed finishes, each forgotten batch lost and asked again, nothing "
-        f"recorded paid twice) {verdict(ok)}"
+        f"[{seen.seconds:.0f} s] (goal: the seed finishes, each forgotten batch lost and "
+        f"asked again, nothing recorded paid twice) {verdict(ok)}"
     )
     return ok
 
