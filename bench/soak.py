@@ -28,6 +28,14 @@ too) on a fresh endpoint with the same options:
   grow only at kills, by at most the calls in flight there (<= concurrency x the seed's
   largest number of chunks per step), and no call key is answered twice on record.
 
+Batch mode (``soak-batch-lost``): the same seed goes through `mmevol run --batch` against
+an endpoint that forgets its batches (a restart without its batch table: 404 from then
+on) twice: once under a live run, which must give the batch up as lost and ask its
+requests again, and once right before a SIGKILL, so that the next run finds the batch
+lost on its own. The run must finish the seed (every good row once, in order), record
+each forgotten shard as lost, answer no key twice on record, and leave unrecorded only
+answers of the forgotten batches.
+
     python bench/soak.py [--smoke] [--strict]
 """
 
@@ -42,6 +50,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -477,6 +486,153 @@ def key_of(row: dict) -> str:
     return str(row.get("hash_id"))
 
 
+# -- batch mode: the endpoint forgets its batches ---------------------------------------
+
+BATCH_TURNAROUND = 0.5
+"""Seconds the endpoint takes over a batch in the batch soak."""
+
+
+@dataclass
+class BatchLost:
+    """What the batch soak saw."""
+
+    runs: list[int] = field(default_factory=list)
+    """Exit status of each `mmevol run --batch`, in order (-9: killed)."""
+    forgotten: list[int] = field(default_factory=list)
+    """Batches the endpoint forgot at each forgetting (finished ones included)."""
+    lost_shards: int = 0
+    lost_requests: int = 0
+    """Requests of the shards recorded as lost (what the endpoint may have answered unseen)."""
+    noticed: bool = False
+    """The live run said that it gave a batch up."""
+    answered: int = 0
+    """Chat answers the endpoint sent (batch lines and online calls)."""
+    on_record: dict[str, int] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    statuses: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class BatchSoak(Soak):
+    """The soak's run folder and processes, with `mmevol run --batch`."""
+
+    def start(self, label: str) -> tuple[subprocess.Popen, Path]:
+        """Start `mmevol run --batch` in its own process group; its output goes to a log."""
+        self.count += 1
+        log = self.logs / f"{self.count:03d}-{label}.log"
+        env = {**os.environ, "OPENAI_API_KEY": "sim", "MMEVOL_CHECKPOINTS": str(self.checkpoints)}
+        cmd = [
+            sys.executable, "-m", "mmevol", "run", str(self.seed), "--images", str(self.images),
+            "--run", RUN, "--base-url", self.sim.base_url, "--concurrency",
+            str(self.plan.concurrency), "--seed", str(SEED_VALUE), "--rounds", str(ROUNDS),
+            "--chunk-size", str(self.plan.chunk_size), "--retries", "2", "--timeout", "60",
+            "--batch", "--batch-poll", "0.1",
+        ]  # fmt: skip
+        with log.open("w") as fh:
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        return proc, log
+
+    def forget(self) -> int:
+        """Make the endpoint forget every batch; return how many it forgot."""
+        root = self.sim.base_url.removesuffix("/v1")
+        req = urllib.request.Request(f"{root}/sim/forget-batches", data=b"{}", method="POST")
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())["forgotten"]
+
+    def until_batches(self, proc: subprocess.Popen, count: int, seconds: float = 120) -> None:
+        """Wait until the endpoint has created ``count`` batches in all."""
+        deadline = time.monotonic() + min(seconds, self.left())
+        while self.sim.stats().get("batches_created", 0) < count:
+            if proc.poll() is not None:
+                raise Broken(f"the batch run exited {proc.returncode} before batch {count}")
+            if time.monotonic() > deadline:
+                raise Broken(f"the batch run did not submit batch {count} in {seconds:.0f} s")
+            time.sleep(0.01)
+
+    def until_lines(self, proc: subprocess.Popen, count: int, seconds: float = 60) -> None:
+        """Wait until the endpoint has answered ``count`` batch lines in all."""
+        deadline = time.monotonic() + min(seconds, self.left())
+        while self.sim.stats()["batch_lines_answered"] < count:
+            if proc.poll() is not None:
+                raise Broken(f"the batch run exited {proc.returncode} before line {count}")
+            if time.monotonic() > deadline:
+                raise Broken(f"the endpoint answered no batch line in {seconds:.0f} s")
+            time.sleep(0.005)
+
+
+def batch_lost(plan: Plan, work: Path, seed: Path, images: Path) -> BatchLost:
+    """Run the seed in batch mode while the endpoint forgets its batches twice."""
+    from mmevol.store.results import Store
+
+    seen, started = BatchLost(), time.perf_counter()
+    sim = SimProcess(seed=3, garbage_rate=GARBAGE_RATE, batch_turnaround=BATCH_TURNAROUND)
+    with sim:
+        soak = BatchSoak(plan, work / "batch", seed, images, sim)
+        # A live run: its first batch is forgotten; it gives it up and goes on.
+        proc, log = soak.start("batch-forget")
+        soak.until_batches(proc, 1)
+        seen.forgotten.append(soak.forget())
+        # Its next batches come once it gave the first up; once the third has answered
+        # a few lines (paid, not yet collected), forget, and kill at once.
+        soak.until_batches(proc, 3)
+        soak.until_lines(proc, sim.stats()["batch_lines_answered"] + 1)
+        seen.forgotten.append(soak.forget())
+        soak.kill(proc)
+        seen.runs.append(-9)
+        seen.noticed = "no longer knows" in " ".join(log.read_text(errors="replace").split())
+        # The next run finds the last batch lost by itself, and finishes the seed.
+        proc, log = soak.start("batch-resume")
+        seen.runs.append(soak.wait(proc, log, soak.left()))
+        seen.answered = sim.stats()["answered"]
+        store = Store(soak.results_db)
+        try:
+            lost = [s for s in store.rows("batch_shards") if s["status"] == "lost"]
+            seen.on_record = store.answered_calls()
+        finally:
+            store.close()
+        seen.lost_shards = len(lost)
+        seen.lost_requests = sum(s["requests"] or 0 for s in lost)
+        seen.statuses = soak.statuses()
+        seen.rows = soak.export(soak.checkpoints, "batch")
+    seen.seconds = time.perf_counter() - started
+    return seen
+
+
+def print_batch_lost(seen: BatchLost, expected: list[dict], bad: int) -> bool:
+    """Print the batch soak's line; return whether it met its goals."""
+    ids, want = [key_of(r) for r in seen.rows], [key_of(r) for r in expected]
+    failed = sum(s == "failed" for s in seen.statuses.values())
+    unrecorded = seen.answered - seen.on_record.get("answered", 0)
+    twice = seen.on_record.get("answered", 0) - seen.on_record.get("keys", 0)
+    final = seen.runs[-1] if seen.runs else None
+    ok = (
+        final in (0, 4)
+        and ids == want
+        and all(structured(r) for r in seen.rows)
+        and failed == bad
+        and seen.noticed
+        and seen.lost_shards >= len(seen.forgotten) == 2
+        and twice == 0
+        and 0 <= unrecorded <= seen.lost_requests
+    )
+    print(
+        f"soak-batch-lost: the endpoint forgot its batches {len(seen.forgotten)} times "
+        f"({'+'.join(map(str, seen.forgotten))} batches; once under a live run, which said so: "
+        f"{seen.noticed}; once right before a SIGKILL); {seen.lost_shards} shards recorded lost "
+        f"({seen.lost_requests} requests asked again); runs exited {seen.runs}; "
+        f"{len(set(ids))} of {len(want)} good rows exported, in seed order: {ids == want}, "
+        f"{failed} failed (the {bad} bad rows); {twice} keys answered twice on record; "
+        f"{unrecorded} answers of forgotten batches never recorded (<= {seen.lost_requests}) "
+        f"[{seen.seconds:.0f} s] (goal: the seed finishes, each forgotten batch lost and "
+        f"asked again, nothing recorded paid twice) {verdict(ok)}"
+    )
+    return ok
+
+
 def main() -> int:
     """Run the soak, then the reference, and print one line per result."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -510,6 +666,7 @@ def main() -> int:
                 rows = soak.export(soak.checkpoints, "soak")
             soak_s = time.perf_counter() - wall
             expected, ref_stats, ref_code = reference(plan, work, seed, images)
+            batch = batch_lost(plan, work, seed, images)
         except Broken as exc:
             print(f"soak: broken: {exc}", file=sys.stderr)
             return 2
@@ -588,9 +745,13 @@ def main() -> int:
     )
     surrogates_ok = print_surrogates(soak, stats, ref_stats, surrogates_on_record)
     changed_ok = print_changed()
+    batch_ok = print_batch_lost(batch, expected, bad)
     for problem in tally.problems:
         print(f"  {problem}", file=sys.stderr)
-    ok = race_ok and outage_ok and export_ok and repeats_ok and surrogates_ok and changed_ok
+    ok = (
+        race_ok and outage_ok and export_ok and repeats_ok and surrogates_ok and changed_ok
+        and batch_ok
+    )  # fmt: skip
     return 1 if args.strict and not ok else 0
 
 

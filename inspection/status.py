@@ -79,8 +79,9 @@ def batch_rows(shards: list[dict]) -> list[dict]:
     """Return batch mode's shards as `mmevol status` lists them (newest last).
 
     ``state`` is the batch's status on the server (validating, in_progress, completed,
-    expired, cancelled, failed; "submitted" for a --batch-dir shard not answered yet)
-    once submitted, else the run's own step (filling, closed, uploading, creating).
+    expired, cancelled, failed; "submitted" for a --batch-dir shard not answered yet;
+    "lost" for a batch the server no longer knew, whose requests went again) once
+    submitted, else the run's own step (filling, closed, uploading, creating).
     """
     now = time.time()
     return [

@@ -20,16 +20,25 @@ every batch carries the run's id and its shard number in its metadata. On start
 list of batches and adopted when it is there; a shard never submitted is dropped, and its
 samples ask again, into a new shard.
 
+A batch the server no longer knows (404 on ``LOST_AFTER`` checks in a row: a server
+restarted without its batch table) is *lost*: its shard ends with status "lost" and its
+open requests are asked again, like those of an expired batch (online under
+``--batch-fallback``). What it answered and the run recorded stays recorded.
+
 A request is in one of these states (``batch_requests.state``): ``queued`` (in a shard not
 yet submitted), ``submitted``, ``answered``, ``failed`` (its line came back with an error;
-asked again in a later shard), ``missing`` (its batch expired or was cancelled before
-running it; asked again) or ``online`` (``--batch-fallback``: asked through the online API).
+asked again in a later shard), ``missing`` (its batch expired, was cancelled or was lost
+before running it; asked again) or ``online`` (``--batch-fallback``: asked through the
+online API). A failed line and a missing one both count toward ``--retries``
+(``batch_requests.failures``, counted when the batch ends); past them the request is
+asked online when the run may (``online_allowed``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -54,8 +63,17 @@ FINISHED = frozenset({"completed", "expired", "cancelled", "failed"})
 """Batch statuses after which nothing more comes back."""
 NEVER_RAN = frozenset({"batch_expired", "batch_cancelled"})
 """Error codes of result lines whose request never ran (nothing was paid for it)."""
+LOST_AFTER = 3
+"""Checks in a row that find no batch (404) before the batch counts as lost."""
+NAMED_TWICE = 5
+"""Custom ids answered twice, differently, named one by one per shard; the rest are counted."""
 
 RequestState = Literal["answered", "failed", "missing"]
+
+
+def online_allowed(settings: Settings) -> bool:
+    """Whether the run may ask a batch request online (a --batch-dir run needs --batch-fallback)."""
+    return settings.batch_dir is None or settings.batch_fallback is not None
 
 
 class Parked(Exception):
@@ -92,6 +110,28 @@ def read_results(path: Path) -> Iterator[Result]:
             if not isinstance(data, dict) or not isinstance(data.get("custom_id"), str):
                 continue
             yield _result(data)
+
+
+def _answer_digest(result: Result) -> str:
+    """Name what a result line answers, not when or under which id it was answered.
+
+    The status, then each choice's message and finish reason (or the error): two runs of
+    a line that agree get one name.
+    """
+    what: object = result.error
+    if result.body is not None:
+        choices = result.body.get("choices")
+        what = (
+            [
+                {k: c.get(k) for k in ("message", "finish_reason")}
+                for c in choices
+                if isinstance(c, dict)
+            ]
+            if isinstance(choices, list)
+            else result.body
+        )
+    text = json.dumps([result.status, what], sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _result(data: dict) -> Result:
@@ -332,6 +372,8 @@ class BatchQueue:
         self._lock = asyncio.Lock()
         self._sending: set[asyncio.Task] = set()
         self._uid = ""
+        self._not_found: dict[int, int] = {}
+        """Checks in a row that found no batch, by shard id (see ``LOST_AFTER``)."""
 
     # -- start and stop ---------------------------------------------------------------
 
@@ -519,9 +561,10 @@ class BatchQueue:
     async def poll(self) -> int:
         """Check every submitted shard once; record what finished. Return answers recorded.
 
-        Also submits the shard being filled when it is due (``--batch-flush``) and cancels
+        Also submits the shard being filled when it is due (``--batch-flush``), cancels
         batches older than ``--batch-fallback`` hours, whose unanswered requests then go
-        through the online API.
+        through the online API, and gives up batches the server no longer knows
+        (``LOST_AFTER`` checks in a row answered 404).
         """
         if self.due():
             await self.flush()
@@ -529,6 +572,9 @@ class BatchQueue:
         for shard in self.store.shards("submitted"):
             try:
                 now = await self.backend.check(shard)
+            except openai.NotFoundError as err:
+                self._unknown(shard, err)
+                continue
             except (openai.APIError, OSError) as err:
                 self.on_notice(f"could not check batch shard {shard['name']}: {err}")
                 continue
@@ -536,7 +582,11 @@ class BatchQueue:
             self.store.update_shard(shard["id"], **fields)
             shard = {**shard, **now}
             if now["status"] in FINISHED:
-                recorded += await self._finish(shard)
+                try:
+                    recorded += await self._finish(shard)
+                except openai.NotFoundError as err:  # its result files are gone
+                    self._unknown(shard, err)
+                    continue
             elif self._too_old(shard) and not shard["fallback"]:
                 self.store.update_shard(shard["id"], fallback=1)
                 self.on_notice(
@@ -547,7 +597,45 @@ class BatchQueue:
                     await self.backend.cancel(shard)
                 if self.backend.mode == "dir":
                     recorded += await self._finish({**shard, "fallback": 1})
+            self._not_found.pop(shard["id"], None)  # found: a later 404 counts from 1
         return recorded
+
+    def _unknown(self, shard: dict, err: openai.NotFoundError) -> None:
+        """Count a check that found no batch (404); the ``LOST_AFTER``-th in a row loses it."""
+        strikes = self._not_found.get(shard["id"], 0) + 1
+        self._not_found[shard["id"]] = strikes
+        if strikes < LOST_AFTER:
+            self.on_notice(
+                f"batch shard {shard['name']}: the server does not know batch "
+                f"{shard['batch_id']} ({strikes} of {LOST_AFTER} checks): {err}"
+            )
+            return
+        self._not_found.pop(shard["id"], None)
+        self._lose(shard)
+
+    def _lose(self, shard: dict) -> None:
+        """Give up a batch the server no longer knows: its open requests are asked again.
+
+        They go online under ``--batch-fallback``, else into a later shard (each loss
+        counts toward ``--retries``, as an expiry does). What the run recorded stays.
+        """
+        online = self.settings.batch_fallback is not None
+        if online:
+            left = self.store.move_requests(shard["id"], "submitted", "online")
+        else:
+            left = self._missed(shard["id"], f"batch {shard['batch_id']} was lost")
+        self.store.update_shard(
+            shard["id"], state="finished", status="lost", finished_at=time.time(),
+            error=f"the server no longer knows batch {shard['batch_id']} (404 on "
+            f"{LOST_AFTER} checks in a row)",
+        )  # fmt: skip
+        where = "online (--batch-fallback)" if online else "again in a later shard"
+        self.on_notice(
+            f"batch shard {shard['name']}: the server no longer knows batch "
+            f"{shard['batch_id']} ({LOST_AFTER} checks in a row found nothing): it is lost; "
+            f"its {left} open requests go {where}"
+        )
+        self.progress.set()
 
     def _too_old(self, shard: dict) -> bool:
         hours = self.settings.batch_fallback
@@ -558,17 +646,26 @@ class BatchQueue:
         """Record a finished shard's results; requests without one are asked again."""
         recorded, cost = 0, 0.0
         paths = await self.backend.results(shard, self.folder)
+        seen: dict[str, str] = {}  # custom_id -> digest of its first answer
+        twice = 0
         for path in paths:
             for result in read_results(path):
                 request = self.store.request(result.key)
                 if request is None or request["shard"] != shard["id"]:
                     continue  # not this shard's (or asked again since)
+                digest, first = _answer_digest(result), seen.get(result.key)
+                if first is not None:  # a second line for one custom_id: the first wins
+                    if first != digest:
+                        twice += 1
+                        self._answered_twice(shard, path, result.key, twice)
+                    continue
+                seen[result.key] = digest
                 if request["state"] != "submitted":
                     continue  # recorded before the last run stopped
                 state, dollars = self.on_result(request, result)
                 cost += dollars
                 recorded += state == "answered"
-                failures = (request["failures"] or 0) + (state == "failed")
+                failures = (request["failures"] or 0) + (state != "answered")
                 self.store.set_request(
                     result.key, state=state, status=result.status, error=result.error,
                     failures=failures,
@@ -577,10 +674,22 @@ class BatchQueue:
             for path in paths:
                 path.unlink(missing_ok=True)
         left = "online" if shard.get("fallback") else "missing"
-        unanswered = self.store.move_requests(shard["id"], "submitted", left)
+        if left == "online":
+            unanswered = self.store.move_requests(shard["id"], "submitted", left)
+        else:
+            unanswered = self._missed(shard["id"], f"no result line (batch {shard['status']})")
+        error = shard.get("error")
+        if twice:
+            note = (
+                f"{twice} custom_id{'s' if twice > 1 else ''} answered twice, differently "
+                "(the first answer of each was kept)"
+            )
+            error = f"{error}; {note}" if error else note
+            if twice > NAMED_TWICE:
+                self.on_notice(f"batch shard {shard['name']}: {note}")
         self.store.update_shard(
             shard["id"], state="finished", finished_at=time.time(),
-            cost=(shard.get("cost") or 0.0) + cost,
+            cost=(shard.get("cost") or 0.0) + cost, error=error,
         )  # fmt: skip
         if unanswered and left == "missing":
             self.on_notice(
@@ -589,6 +698,26 @@ class BatchQueue:
             )
         self.progress.set()
         return recorded
+
+    def _missed(self, shard_id: int, why: str) -> int:
+        """Mark a shard's requests still out as missing; return how many.
+
+        Their batch ended without running them: each is asked again in a later shard, and
+        the miss counts toward ``--retries`` as a failed line does.
+        """
+        missed = self.store.shard_requests(shard_id, "submitted")
+        for request in missed:
+            failures = (request["failures"] or 0) + 1
+            self.store.set_request(request["key"], state="missing", error=why, failures=failures)
+        return len(missed)
+
+    def _answered_twice(self, shard: dict, path: Path, key: str, count: int) -> None:
+        if count <= NAMED_TWICE:
+            more = " (more are counted, not named)" if count == NAMED_TWICE else ""
+            self.on_notice(
+                f"batch shard {shard['name']}: {path.name} answers custom_id {key!r} twice, "
+                f"differently; the first answer is kept ({count} in this shard so far){more}"
+            )
 
     async def keep_polling(self) -> None:
         """Poll every ``--batch-poll`` seconds until cancelled."""

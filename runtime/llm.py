@@ -45,7 +45,14 @@ from langchain_openai import ChatOpenAI
 
 from mmevol.graph.config import Settings
 from mmevol.runtime import endpoints
-from mmevol.runtime.batchapi import OUT, BatchQueue, LineRefused, Parked, Result
+from mmevol.runtime.batchapi import (
+    OUT,
+    BatchQueue,
+    LineRefused,
+    Parked,
+    Result,
+    online_allowed,
+)
 from mmevol.runtime.endpoints import EndpointPool, Slot
 from mmevol.runtime.limits import Governor, Outcome, Tally, TokenBucket, estimate_prompt_tokens
 from mmevol.runtime.prices import PriceTable
@@ -450,12 +457,15 @@ class ModelClient:
         """Batch mode: put the call in the shard being filled and park its sample.
 
         Returns (so that the call goes online) only for a request that ``--batch-fallback``
-        sent online, or one whose batch line failed more than ``--retries`` times.
+        sent online, or one that went unanswered more than ``--retries`` times: its line
+        failed, or its batch ended (expired, cancelled, lost) before running it.
 
         Raises:
             Parked: the request is queued or still out.
             LineRefused: its batch line was refused for what it holds (400, 413, 422).
-            RunStopped: ``--max-calls`` is reached.
+            RunStopped: ``--max-calls`` is reached, or the request went unanswered more
+                than ``--retries`` times and the run may not ask online (``--batch-dir``
+                without ``--batch-fallback``): the sample is interrupted.
         """
         assert self.batches is not None
         request = self.store.request(str(key))
@@ -465,15 +475,22 @@ class ModelClient:
         if state == "online":
             return
         failures = (request or {}).get("failures") or 0
-        if state == "failed":
-            if request["status"] in SAMPLE_FAULT_STATUSES:
-                raise LineRefused(f"{key}: {request['error']}")
-            if failures > self.settings.max_retries:
+        if state == "failed" and request["status"] in SAMPLE_FAULT_STATUSES:
+            raise LineRefused(f"{key}: {request['error']}")
+        # A failed line and a request its batch never ran (expired, cancelled, lost) both
+        # count, when the batch ends (``BatchQueue._finish``).
+        if state in ("failed", "missing") and failures > self.settings.max_retries:
+            said = f"{key}: its batch request went unanswered {failures} times"
+            said += f" ({request['error']})" if request["error"] else ""
+            if not online_allowed(self.settings):
                 self.on_notice(
-                    f"{key}: its batch line failed {failures} times ({request['error']});"
-                    " asking online"
+                    f"{said}; there is no online endpoint to ask (--batch-dir without "
+                    "--batch-fallback): the sample is interrupted (run again with "
+                    "--batch-fallback, or a higher --retries)"
                 )
-                return
+                raise RunStopped(str(key))
+            self.on_notice(f"{said}; asking online")
+            return
         self._reserve_call(key)
         options = {"response_format": schema} if self.structured and schema is not None else {}
         body = chat._get_request_payload(

@@ -258,6 +258,30 @@ class FilesAndBatches:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
 
+    async def forget_batches(self) -> int:
+        """Lose every batch, as a server restarted without its batch table; return how many.
+
+        The files stay (uploads and the output of finished batches); the lines a batch
+        answered before it was forgotten count as answered, and nobody gets them. Asking
+        for a forgotten batch is a 404.
+        """
+        batches = list(self.batches.values())
+        self.batches.clear()
+        tasks = [b.task for b in batches if b.task is not None and not b.task.done()]
+        for batch in batches:
+            batch.status = "forgotten"  # not ACTIVE: an observer waiting on it stops
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for batch in batches:
+            for handle in (batch.handle, batch.output, batch.error):
+                if handle is not None:
+                    handle.close()
+            if self.folder is not None:
+                for kind in ("output", "error"):
+                    (self.folder / f"{batch.id}.{kind}").unlink(missing_ok=True)
+        return len(batches)
+
     def add_routes(self, app: web.Application) -> None:
         """Route /v1/files and /v1/batches to this object."""
         app.router.add_post("/v1/files", self._create_file)

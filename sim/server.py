@@ -149,6 +149,7 @@ class SimServer:
         app.router.add_post("/sim/reset", self._reset)
         app.router.add_post("/sim/batch", self._set_batch)
         app.router.add_post("/sim/advance", self._advance)
+        app.router.add_post("/sim/forget-batches", self._forget_batches)
         self._desk.add_routes(app)
         # No access log: benchmarks push thousands of requests a second through here.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
@@ -194,6 +195,17 @@ class SimServer:
         if unknown:
             raise ValueError(f"unknown batch options {sorted(unknown)}; use {BATCH_OPTIONS}")
         self.options = dataclasses.replace(self.options, **options)
+
+    def forget_batches(self) -> int:
+        """Lose every batch, as a restart without its batch table would; return how many.
+
+        Retrieving, cancelling or listing them finds nothing from then on (404); the files
+        stay. Also ``POST /sim/forget-batches``.
+        """
+        if self._loop is None:
+            return 0
+        forgetting = self._desk.forget_batches()
+        return asyncio.run_coroutine_threadsafe(forgetting, self._loop).result(30)
 
     def count_batch_api(self, name: str) -> None:
         """Count an upload ("files_created") or a batch ("batches_created")."""
@@ -530,6 +542,9 @@ class SimServer:
         except (ValueError, TypeError, KeyError) as exc:
             return _error(400, f'Bad advance: send {{"seconds": N}} ({exc})')
         return web.json_response({"clock": self.clock()})
+
+    async def _forget_batches(self, request: web.Request) -> web.Response:
+        return web.json_response({"forgotten": await self._desk.forget_batches()})
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())

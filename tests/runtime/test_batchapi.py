@@ -23,9 +23,13 @@ class FolderAnswerer:
     whole (to a temporary name, then renamed), in vllm's output shape.
     """
 
-    def __init__(self, folder: Path, base_url: str, fail_first_shard: bool = False):
+    def __init__(
+        self, folder: Path, base_url: str, fail_first_shard: bool = False, twice: bool = False
+    ):
         self.folder, self.base_url = folder, base_url
         self.fail_first_shard = fail_first_shard
+        self.twice = twice
+        """Answer two requests of the first shard twice: the first differently, the second alike."""
         self.failed: list[str] = []
         self.shards: list[str] = []
         self._stop = threading.Event()
@@ -65,6 +69,10 @@ class FolderAnswerer:
             lines.append(
                 {"id": f"vllm-{key}", "custom_id": key, "response": response, "error": None}
             )
+        if self.twice and not self.shards and len(lines) >= 2:
+            other = json.loads(json.dumps(lines[0]))
+            other["response"]["body"]["choices"][0]["message"]["content"] = "Another answer."
+            lines += [other, lines[1]]
         part = out.with_suffix(".part")
         part.write_text("".join(json.dumps(line) + "\n" for line in lines))
         part.replace(out)
@@ -525,3 +533,169 @@ def test_the_batch_api_of_a_run_with_several_endpoints_is_the_first_ones(
     assert (report.done, report.failed) == (2, 0)
     assert first.stats()["batches_created"] >= 6
     assert second.stats()["batches_created"] == 0 and second.stats()["requests"] == 0
+
+
+# -- batches that never come back: forgotten by the server, expired again and again ---------
+
+
+def _finish_or_fail(proc, seconds: float, what: str) -> tuple[str, str]:
+    """Wait for a `mmevol run`; a run still going after ``seconds`` fails the test."""
+    import subprocess
+
+    try:
+        out, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"the run did not finish within {seconds:g} s: {what}")
+    return out, " ".join((out + err).split())
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["new-batch", "batch-fallback"])
+def test_a_batch_the_server_forgot_is_lost_and_its_requests_go_again(
+    sim_factory, cli_run, seed16, reference16, tmp_path, fallback
+):
+    """Issue 19.6: the server restarts without its batch table; its batch answers 404.
+
+    The run stops polling it after a few checks and asks its open requests again: in a
+    new batch, or online under --batch-fallback. Nothing recorded is paid twice.
+    """
+    sim = sim_factory(seed=0, batch_turnaround=1000)
+    seed_path, images = seed16
+    checkpoints = tmp_path / "cp"
+    extra = ["--batch", "--batch-poll", "0.05", "--limit", "4", "--retries", "2"]
+    extra += ["--batch-fallback", "24"] if fallback else []
+    proc = cli_run(seed_path, images, sim, checkpoints, "lost", *extra)
+    deadline = time.monotonic() + 60
+    while sim.stats()["batches_created"] < 1:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    assert sim.forget_batches() == 1
+    sim.set_batch(batch_turnaround=0.05)
+    out, said = _finish_or_fail(proc, 90, "it polls the forgotten batch forever")
+    assert proc.returncode == 0, said
+    assert "4 done" in out
+    with Store(checkpoints / "lost" / "results.db") as store:
+        first, *later = store.rows("batch_shards")
+        calls = store.rows("calls")
+        counted = store.answered_calls()
+        requests = {r["key"]: r for r in store.rows("batch_requests")}
+    assert first["state"] == "finished" and first["status"] == "lost"
+    assert f"batch shard {first['name']}" in said and "no longer knows" in said
+    # The first shard held the first evolve call of each sample (one per chunk).
+    first_keys = {c["key"] for c in calls if c["key"].split("|")[1:3] == ["r1", "evolve"]}
+    assert len(first_keys) == first["requests"] >= 4
+    if fallback:  # the lost batch's requests were answered online, the rest in batches
+        assert {requests[k]["state"] for k in first_keys} == {"online"}
+        assert not any(c["batch"] for c in calls if c["key"] in first_keys)
+        assert all(c["batch"] == 1 for c in calls if c["key"] not in first_keys)
+    else:  # asked again in a new batch, and counted as a miss towards --retries
+        assert all(c["batch"] == 1 for c in calls)
+        assert all(requests[k]["failures"] == 1 for k in first_keys)
+        assert all(s["status"] == "completed" for s in later)
+    # Nothing answered twice on record, nothing paid that was not recorded.
+    assert counted["answered"] == counted["keys"] == sim.stats()["answered"]
+    assert _cli_export(checkpoints, "lost", tmp_path) == reference16[0][:4]
+    # `mmevol status` shows the lost shard.
+    from mmevol.inspection.status import run_summary
+
+    states = [row["state"] for row in run_summary(checkpoints / "lost" / "results.db")["batches"]]
+    assert states[0] == "lost" and set(states[1:]) == {"completed"}
+
+
+def test_expiries_count_toward_retries_then_the_request_goes_online(
+    sim_factory, make_settings, seed16, reference16, tmp_path
+):
+    """Issue 19.7: every batch expires before running a line (73 shards for one request).
+
+    Each request is asked in a batch 1 + --retries times, then online.
+    """
+    sim = sim_factory(seed=0, batch_turnaround=1.0, batch_expire_after=0.0)
+    seed_path, images = seed16
+    # --max-calls bounds the run: before the fix, each resubmission reserves a call.
+    settings = make_settings(
+        sim, images, run="expiring", batch=True, batch_poll=0.05, limit=2, max_retries=2,
+        max_calls=150,
+    )  # fmt: skip
+    notices: list[str] = []
+    report = runner.run(
+        settings, seed_path, listener=lambda e: notices.append(getattr(e, "text", ""))
+    )
+    assert (report.done, report.failed, report.stop) == (2, 0, None)
+    assert _export(settings, tmp_path, "expiring") == reference16[0][:2]
+    with Store(settings.results_db) as store:
+        requests = store.rows("batch_requests")
+        calls = store.rows("calls")
+        shards = store.rows("batch_shards")
+    # Three expiries each (1 + --retries), then online.
+    assert requests and all(r["failures"] == 3 for r in requests)
+    assert calls and not any(c["batch"] for c in calls) and len(calls) == len(requests)
+    assert {s["status"] for s in shards} == {"expired"}
+    assert sim.stats()["batches_created"] == len(shards) <= 3 * len(requests)
+    assert any("went unanswered 3 times" in n and "asking online" in n for n in notices)
+
+
+def test_expiries_without_an_online_endpoint_interrupt_the_sample(seed16, tmp_path):
+    """--batch-dir without --batch-fallback: nowhere to ask online; the sample is interrupted."""
+    from mmevol.graph.config import Settings
+
+    seed_path, images = seed16
+    folder = tmp_path / "shards"  # nobody answers a line: each shard is only marked done
+    settings = Settings(
+        run="nowhere", checkpoints=tmp_path / "cp", images=images, concurrency=4,
+        base_url="http://127.0.0.1:9/v1", batch_dir=folder, batch_poll=0.05, limit=1,
+        max_retries=1, max_calls=20,
+    )  # fmt: skip
+    notices: list[str] = []
+
+    def done_marker() -> None:  # `.done` beside each shard: it ended with no line answered
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            for path in folder.glob("mmevol-*.jsonl"):
+                path.with_name(path.name[: -len(".jsonl")] + ".done").touch()
+            time.sleep(0.02)
+
+    stop = threading.Event()
+    marker = threading.Thread(target=done_marker, daemon=True)
+    marker.start()
+    try:
+        report = runner.run(
+            settings, seed_path, listener=lambda e: notices.append(getattr(e, "text", ""))
+        )
+    finally:
+        stop.set()
+        marker.join(5)
+    assert (report.done, report.failed, report.interrupted, report.stop) == (0, 0, 1, None)
+    with Store(settings.results_db) as store:
+        (request,) = store.rows("batch_requests")
+        assert store.rows("calls") == []
+        assert store.statuses() == {request["hash_id"]: "interrupted"}
+    assert request["failures"] == 2 and len(list(folder.glob("mmevol-*.done"))) == 2
+    assert any("no online endpoint" in n and "--batch-fallback" in n for n in notices)
+
+
+def test_a_custom_id_answered_twice_differently_is_noticed_and_the_first_kept(
+    sim, make_settings, seed16, reference16, tmp_path
+):
+    """Issue 19.8: an output file with two different lines for one custom_id."""
+    seed_path, images = seed16
+    folder = tmp_path / "shards"
+    settings = make_settings(sim, images, run="twice", batch_dir=folder, batch_poll=0.05, limit=3)
+    notices: list[str] = []
+    with FolderAnswerer(folder, sim.base_url, twice=True) as answerer:
+        report = runner.run(
+            settings, seed_path, listener=lambda e: notices.append(getattr(e, "text", ""))
+        )
+    assert (report.done, report.failed) == (3, 0)
+    assert _export(settings, tmp_path, "twice") == reference16[0][:3]  # the first answers
+    first = folder / answerer.shards[0].replace(".jsonl", ".output.jsonl")
+    keys = [json.loads(line)["custom_id"] for line in first.read_text().splitlines()]
+    differs, alike = keys[0], keys[1]
+    said = [n for n in notices if "twice" in n]
+    assert len(said) == 1 and first.name in said[0] and differs in said[0]
+    assert alike not in said[0]
+    with Store(settings.results_db) as store:
+        shard = store.rows("batch_shards")[0]
+        calls = store.rows("calls", key=differs)
+    assert "1 custom_id answered twice, differently" in shard["error"]
+    assert len(calls) == 1 and calls[0]["response"] != "Another answer."

@@ -458,3 +458,29 @@ def test_files_and_batches_need_the_api_key_when_one_is_set(sim_factory):
         input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h"
     )
     assert right.batches.retrieve(batch.id).id == batch.id
+
+
+def test_a_server_restarted_without_its_batch_table_forgets_every_batch(sim_factory):
+    server = sim_factory(batch_turnaround=100)
+    api = client(server)
+    running = submit(server, jsonl(bodies(4)))
+    server.set_batch(batch_turnaround=0)
+    done = until(server, submit(server, jsonl(bodies(2))).id)
+    server.set_batch(batch_turnaround=100)
+    assert server.forget_batches() == 2
+    for batch_id in (running.id, done.id):
+        with pytest.raises(openai.NotFoundError):
+            api.batches.retrieve(batch_id)
+        with pytest.raises(openai.NotFoundError):
+            api.batches.cancel(batch_id)
+    assert list(api.batches.list()) == []
+    # The files stay: the uploads and the output of the batch that had finished.
+    assert len(records(server, done.output_file_id)) == 2
+    assert api.files.retrieve(running.input_file_id).purpose == "batch"
+    # Over HTTP too; new batches run as before.
+    again = submit(server, jsonl(bodies(1)))
+    assert http(server, "/sim/forget-batches", {}) == {"forgotten": 1}
+    with pytest.raises(openai.NotFoundError):
+        api.batches.retrieve(again.id)
+    server.set_batch(batch_turnaround=0)
+    assert until(server, submit(server, jsonl(bodies(1))).id).status == "completed"
