@@ -56,6 +56,7 @@ ORDER = {
     "batch_shards": "id",
     "batch_requests": "shard, key",
     "merged": "hash_id",
+    "gates": "hash_id, branch, round, position",
 }
 
 
