@@ -7,11 +7,13 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from mmevol.graph.config import parse_shard
+from mmevol.outputs.filters import FilterOptions, FilterReport, filter_rows
 from mmevol.run.runfolder import run_is_live
 from mmevol.run.seed import count_rows, raw_rows, shard_rows
 from mmevol.store.results import Store
@@ -34,6 +36,8 @@ class ExportResult:
     """Samples in flight in a run still going."""
     never_started: int | None = 0
     """Seed rows the run has not reached (None when the seed file cannot be read any more)."""
+    filtered: FilterReport | None = None
+    """What the export filters left out (None without filters)."""
 
     def not_written(self) -> list[str]:
         """Describe each group of rows left out, most actionable advice included."""
@@ -55,7 +59,9 @@ class ExportResult:
         return parts
 
 
-def export_json(results_db: Path, output: Path) -> ExportResult:
+def export_json(
+    results_db: Path, output: Path, filters: FilterOptions | None = None
+) -> ExportResult:
     """Stream finished samples, in seed order, into a JSON list file; say what was left out.
 
     A regular file is written whole or not at all: the samples go to a temporary file
@@ -75,31 +81,35 @@ def export_json(results_db: Path, output: Path) -> ExportResult:
     if mode is not None and stat.S_ISDIR(mode):
         raise ExportProblem(f"-o {str(output)!r} is a folder: give the path of a file to write")
     lines = output.suffix.lower() == ".jsonl"
+    report = FilterReport() if filters is not None and filters.active else None
     with Store(results_db) as store:
-        rounds = (store.get_meta("settings") or {}).get("rounds", 3)
+        settings = store.get_meta("settings") or {}
+        rounds = settings.get("rounds", 3)
+        root = Path(settings.get("images") or ".")
+        rows = filter_rows(store, store.export_rows(rounds), filters, report, root)
         if mode is not None and not stat.S_ISREG(mode):
             with output.open("w", encoding="utf-8") as fh:
-                return _left_out(store, results_db, _write(store, rounds, fh, lines))
+                return _left_out(store, results_db, _write(rows, fh, lines), report)
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
         try:
             os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else _default_mode())
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                count = _write(store, rounds, fh, lines)
+                count = _write(rows, fh, lines)
             # Replace the old file only once the new one is whole.
             os.replace(tmp, output)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return _left_out(store, results_db, count)
+        return _left_out(store, results_db, count, report)
 
 
-def _write(store: Store, rounds: int, fh: TextIO, lines: bool = False) -> int:
+def _write(rows: Iterable[dict], fh: TextIO, lines: bool = False) -> int:
     count = 0
     if not lines:
         fh.write("[")
-    for sample in store.export_rows(rounds):
+    for sample in rows:
         if lines:
             fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
         else:
@@ -119,7 +129,9 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def _left_out(store: Store, results_db: Path, written: int) -> ExportResult:
+def _left_out(
+    store: Store, results_db: Path, written: int, filtered: FilterReport | None = None
+) -> ExportResult:
     counts = store.status_counts()
     running = counts.get("running", 0)
     live = run_is_live(results_db)
@@ -128,6 +140,7 @@ def _left_out(store: Store, results_db: Path, written: int) -> ExportResult:
         failed=counts.get("failed", 0),
         unfinished=counts.get("interrupted", 0) + (0 if live else running),
         running=running if live else 0,
+        filtered=filtered,
     )
     shard = (store.get_meta("settings") or {}).get("shard")
     total = _seed_rows(store.get_meta("seed"), parse_shard(shard) if shard else None)
