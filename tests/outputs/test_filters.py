@@ -171,7 +171,7 @@ def test_decontaminate_leaves_out_planted_benchmark_questions(gated_run, tmp_pat
     before = _items(json.loads(plain.read_text()))
     texts = sorted({normal_text(q) for _, _, q in before})
     # Plant two questions with no near-duplicate among the others (exact Jaccard < 0.5, no
-    # shared 13-word passage), so that exactly their items (and their identical copies) are benchmark matches.
+    # shared 13-word passage): exactly their items (and identical copies) must match.
     isolated = [t for t in texts if all(_apart(t, u) for u in texts if u != t)]
     assert len(isolated) >= 2
     hit = {isolated[0], isolated[-1]}
