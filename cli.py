@@ -867,11 +867,14 @@ def serve_sim(
 def demo(
     samples: Annotated[int, typer.Option(help="Synthetic samples to draw.")] = 12,
     checkpoints: CheckpointsOpt = None,
+    gates: Annotated[
+        str | None, typer.Option(help="Quality gates to run (blind, judge2) and show.")
+    ] = None,
 ) -> None:
     """Draw a synthetic seed, serve the simulated endpoint, and evolve the seed end to end."""
     from mmevol.sim.demo import run_demo
 
-    result = guarded(run_demo, checkpoints or default_checkpoints_dir(), samples)
+    result = guarded(run_demo, checkpoints or default_checkpoints_dir(), samples, gates=gates)
     out.print(result.summary, highlight=False)
 
 

@@ -245,3 +245,29 @@ def test_bad_filter_options_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         FilterOptions(decontaminate=(tmp_path / "missing.json",))
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_stats_quality_section_counts_each_gate(gated_run):
+    from mmevol.outputs.stats import compute_stats, tables
+
+    settings, plain, _ = gated_run
+    stats = compute_stats(settings.results_db)
+    quality = stats["quality"]
+    assert quality["gates"] == ["blind", "judge2"]
+    with Store(settings.results_db) as store:
+        rows = store.rows("gates")
+    answerable = sum(r["blind_verdict"] == "answerable" for r in rows)
+    assert quality["blind"]["flagged"] == answerable
+    assert quality["blind"]["checked"] == sum(r["blind_verdict"] is not None for r in rows)
+    assert sum(r["flagged"] for r in quality["blind"]["per_round"].values()) == answerable
+    assert sum(r["flagged"] for r in quality["blind"]["per_operator"].values()) == answerable
+    assert quality["judge2"]["flagged"] == sum(r["judge2_improved"] == 0 for r in rows)
+    assert any(title == "Quality gates" for title, _, _ in tables(stats))
+
+
+def test_stats_of_a_run_without_gates_has_an_empty_quality_section(demo_run):
+    from mmevol.outputs.stats import compute_stats, tables
+
+    stats = compute_stats(demo_run.results_db)
+    assert stats["quality"] == {"gates": []}
+    assert all(title != "Quality gates" for title, _, _ in tables(stats))
