@@ -394,11 +394,47 @@ def export(
             help="hf: keep the one-image `image` column beside `images` (default: keep).",
         ),
     ] = None,
+    require_image: Annotated[
+        bool, typer.Option(help="Leave out items the blind gate answered without the image.")
+    ] = False,
+    min_agreement: Annotated[
+        float | None, typer.Option(help="Leave out items the second judge agreed with less (0-1).")
+    ] = None,
+    dedup: Annotated[
+        bool, typer.Option(help="Leave out near-duplicate images and questions (first kept).")
+    ] = False,
+    decontaminate: Annotated[
+        list[Path] | None, typer.Option(help="JSON/JSONL of benchmark questions to leave out.")
+    ] = None,
+    decontaminate_images: Annotated[
+        Path | None, typer.Option(help="Folder of benchmark images to leave out.")
+    ] = None,
+    image_distance: Annotated[
+        int, typer.Option(help="Perceptual-hash bits under which images are the same.")
+    ] = 4,
+    question_similarity: Annotated[
+        float, typer.Option(help="--dedup: Jaccard similarity of near-duplicate questions.")
+    ] = 0.8,
+    contamination_similarity: Annotated[
+        float, typer.Option(help="--decontaminate: Jaccard similarity to a benchmark question.")
+    ] = 0.7,
 ) -> None:
     """Write finished samples: the authors' format, or training records (llava, sharegpt, hf)."""
     from mmevol.outputs import formats, training
+    from mmevol.outputs.filters import FilterOptions
 
     path = _existing_run(run, checkpoints)
+    filters = guarded(
+        FilterOptions,
+        require_image=require_image,
+        min_agreement=min_agreement,
+        dedup=dedup,
+        decontaminate=tuple(decontaminate or ()),
+        decontaminate_images=decontaminate_images,
+        image_distance=image_distance,
+        question_similarity=question_similarity,
+        contamination_similarity=contamination_similarity,
+    )
     if fmt == "authors":
         given = [rounds, min_score, steps, image_max_side, push_to_hub, relative_to,
                  boxes, split, license, image_column]  # fmt: skip
@@ -408,7 +444,7 @@ def export(
                  " apply to --format llava, llava-next, sharegpt or hf")  # fmt: skip
         from mmevol.outputs.authors import export_json
 
-        result = guarded(export_json, path, output, images)
+        result = guarded(export_json, path, output, filters, images)
         out.print(result.summary(output), highlight=False, markup=False, soft_wrap=True)
         for line in result.problems:
             err.print(f"skipped: {line}", highlight=False, markup=False, soft_wrap=True)
@@ -426,6 +462,7 @@ def export(
         split=guarded(formats.parse_split, split) if split else None,
         license=license,
         image_column=image_column is not False,
+        filters=filters,
     )
     try:
         report = guarded(training.export_training, path, output, fmt, options)
@@ -714,11 +751,14 @@ def serve_sim(
 def demo(
     samples: Annotated[int, typer.Option(help="Synthetic samples to draw.")] = 12,
     checkpoints: CheckpointsOpt = None,
+    gates: Annotated[
+        str | None, typer.Option(help="Quality gates to run (blind, judge2) and show.")
+    ] = None,
 ) -> None:
     """Draw a synthetic seed, serve the simulated endpoint, and evolve the seed end to end."""
     from mmevol.sim.demo import run_demo
 
-    result = guarded(run_demo, checkpoints or default_checkpoints_dir(), samples)
+    result = guarded(run_demo, checkpoints or default_checkpoints_dir(), samples, gates=gates)
     out.print(result.summary, highlight=False)
 
 

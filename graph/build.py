@@ -8,7 +8,8 @@ from mmevol.graph.context import RunContext
 from mmevol.graph.state import InputState, SampleState
 from mmevol.nodes.eliminate import eliminate
 from mmevol.nodes.evolve import evolve
-from mmevol.nodes.router import route_after_eliminate, route_after_validate
+from mmevol.nodes.gates import gates
+from mmevol.nodes.router import route_after_eliminate, route_after_score, route_after_validate
 from mmevol.nodes.score import score
 from mmevol.nodes.select_operator import select_operator
 from mmevol.nodes.validate import validate
@@ -21,6 +22,7 @@ def build_graph() -> StateGraph:
     builder.add_node(evolve)
     builder.add_node(validate)
     builder.add_node(score)
+    builder.add_node(gates)
     builder.add_node(eliminate)
 
     # Every round, and every retry within a round, starts by drawing an operator.
@@ -30,7 +32,9 @@ def build_graph() -> StateGraph:
     builder.add_edge("evolve", "validate")
     # Usable items go to the judge; an unusable answer is retried or the round ends empty.
     builder.add_conditional_edges("validate", route_after_validate)
-    builder.add_edge("score", "eliminate")
+    # With --gates the kept items also pass the quality gates (scored, never dropped there).
+    builder.add_conditional_edges("score", route_after_score)
+    builder.add_edge("gates", "eliminate")
     # After the last round the sample is finished.
     builder.add_conditional_edges("eliminate", route_after_eliminate)
     return builder

@@ -173,6 +173,20 @@ class Settings:
     batch_max_bytes: int = option(
         BATCH_MAX_BYTES, "Bytes per batch shard file (OpenAI's limit: 200 MB)."
     )
+    gates: str | None = option(
+        None,
+        "Quality gates after each round's judge, comma-separated: blind (ask each kept item"
+        " without its image), judge2 (a second judge scores it) [default: none].",
+        results=True,
+    )
+    blind_model: str | None = option(
+        None, "Model of the blind gate's answers [default: --model].", results=True
+    )
+    judge2_model: str | None = option(
+        None,
+        "Second judge of --gates judge2, ideally another family [default: the judge].",
+        results=True,
+    )
 
     def __post_init__(self) -> None:
         """Fill unset values from the environment and check ranges."""
@@ -188,6 +202,7 @@ class Settings:
         self.batch = bool(self.batch or self.batch_dir)
         self.base_url = " ".join(split_urls(self.base_url)) or OPENAI_DEFAULT_BASE_URL
         check_run_name(self.run)
+        self.gates = parse_gates(self.gates)
         for name in (
             "rounds",
             "max_attempts",
@@ -257,6 +272,11 @@ class Settings:
     def base_urls(self) -> tuple[str, ...]:
         """Return the endpoints of the run, in the order given (one for most runs)."""
         return tuple(self.base_url.split())
+
+    @property
+    def gate_set(self) -> tuple[str, ...]:
+        """Return the quality gates of the run, in their order (empty without --gates)."""
+        return tuple(self.gates.split(",")) if self.gates else ()
 
     @property
     def judge_model(self) -> str:
@@ -332,6 +352,25 @@ def without_credentials(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+GATES = ("blind", "judge2")
+
+
+def parse_gates(value: object) -> str | None:
+    """Return ``--gates`` as its gates in canonical order joined by commas, or None for none.
+
+    Raises:
+        ValueError: a name is not a known gate.
+    """
+    if value is None:
+        return None
+    names = value if isinstance(value, list | tuple) else str(value).split(",")
+    wanted = {str(n).strip().lower() for n in names} - {"", "none"}
+    unknown = sorted(wanted - set(GATES))
+    if unknown:
+        raise ValueError(f"--gates: unknown gate {unknown[0]!r}; use {', '.join(GATES)}")
+    return ",".join(g for g in GATES if g in wanted) or None
 
 
 SHARD = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")

@@ -26,6 +26,13 @@ async def route_after_validate(
     return "eliminate"
 
 
+async def route_after_score(
+    state: SampleState, runtime: Runtime[RunContext]
+) -> Literal["gates", "eliminate"]:
+    """Pass the judged round through the quality gates when the run has any (``--gates``)."""
+    return "gates" if context_of(runtime).settings.gate_set else "eliminate"
+
+
 async def route_after_eliminate(
     state: SampleState, runtime: Runtime[RunContext]
 ) -> Literal["select_operator", "__end__"]:

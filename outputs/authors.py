@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from mmevol.graph.config import parse_shard
 from mmevol.outputs import trust
+from mmevol.outputs.filters import FilterOptions, FilterReport, filter_rows
 from mmevol.outputs.trust import ExportProblem
 from mmevol.run.runfolder import run_is_live
 from mmevol.run.seed import count_rows, raw_rows, shard_rows
@@ -43,12 +45,16 @@ class ExportResult:
     """The run's --shard: never_started counts that shard's rows only."""
     limit: int | None = None
     """The run's --limit: never_started includes the rows past it."""
+    filtered: FilterReport | None = None
+    """What the export filters left out (None without filters)."""
 
     def summary(self, output: Path) -> str:
         """Return one line: samples written to ``output``, and those not written and why."""
         line = f"wrote {self.written} samples to {output}"
         if self.not_written():
             line += "; not written: " + ", ".join(self.not_written())
+        if self.filtered is not None:
+            line += "; " + self.filtered.summary()
         return line
 
     def not_written(self) -> list[str]:
@@ -94,7 +100,12 @@ class _Skips:
             self.missing.append(image)
 
 
-def export_json(results_db: Path, output: Path, images: Path | None = None) -> ExportResult:
+def export_json(
+    results_db: Path,
+    output: Path,
+    filters: FilterOptions | None = None,
+    images: Path | None = None,
+) -> ExportResult:
     """Stream finished samples, in seed order, into a JSON list file; say what was left out.
 
     Each sample's image must be a readable image inside the image root (``images``, else
@@ -118,6 +129,9 @@ def export_json(results_db: Path, output: Path, images: Path | None = None) -> E
         lines = output.suffix.lower() == ".jsonl"
         root = trust.image_root(settings, images)
         skips = _Skips()
+        report = FilterReport() if filters is not None and filters.active else None
+        checked = _with_images(store.export_rows(rounds), root, skips)
+        rows = filter_rows(store, checked, filters, report, root)
 
         def accept(count: int) -> None:
             missing = skips.kinds["image missing"]
@@ -132,21 +146,15 @@ def export_json(results_db: Path, output: Path, images: Path | None = None) -> E
                 example=next((line for line in skips.lines if "not found" in line), None),
             )
 
-        count = trust.write_whole(
-            output, lambda fh: _write(store, rounds, fh, root, skips, lines), accept
-        )
-        result = _left_out(store, results_db, count)
+        count = trust.write_whole(output, lambda fh: _write(rows, fh, lines), accept)
+        result = _left_out(store, results_db, count, report)
         result.skipped, result.problems = skips.kinds, skips.lines
         return result
 
 
-def _write(
-    store: Store, rounds: int, fh: TextIO, root: Path, skips: _Skips, lines: bool = False
-) -> int:
-    count = 0
-    if not lines:
-        fh.write("[")
-    for sample in store.export_rows(rounds):
+def _with_images(samples: Iterable[dict], root: Path, skips: _Skips) -> Iterator[dict]:
+    """Yield the samples whose image is a readable image inside ``root``; count the rest."""
+    for sample in samples:
         image = sample.get("image")
         image = image if isinstance(image, str) else ""
         try:
@@ -154,6 +162,14 @@ def _write(
         except images.ImageProblem as problem:
             skips.add(sample["hash_id"], image, problem)
             continue
+        yield sample
+
+
+def _write(rows: Iterable[dict], fh: TextIO, lines: bool = False) -> int:
+    count = 0
+    if not lines:
+        fh.write("[")
+    for sample in rows:
         if lines:
             fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
         else:
@@ -166,7 +182,9 @@ def _write(
     return count
 
 
-def _left_out(store: Store, results_db: Path, written: int) -> ExportResult:
+def _left_out(
+    store: Store, results_db: Path, written: int, filtered: FilterReport | None = None
+) -> ExportResult:
     counts = store.status_counts()
     running = counts.get("running", 0)
     live = run_is_live(results_db)
@@ -175,6 +193,7 @@ def _left_out(store: Store, results_db: Path, written: int) -> ExportResult:
         failed=counts.get("failed", 0),
         unfinished=counts.get("interrupted", 0) + (0 if live else running),
         running=running if live else 0,
+        filtered=filtered,
     )
     settings = store.get_meta("settings") or {}
     shard = settings.get("shard")

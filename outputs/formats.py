@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from mmevol.graph.items import SCORE_SCALE, QAItem
 from mmevol.outputs import trust
+from mmevol.outputs.filters import FilterOptions, FilterReport, filter_rows
 from mmevol.run.seed import turns_to_items
 from mmevol.runtime import images
 from mmevol.store.results import Store
@@ -112,6 +113,8 @@ class ExportOptions:
     """hf only: the card's license (the Hub's identifier); ``other`` and a request when None."""
     image_column: bool = True
     """hf only: keep the one-image ``image`` column beside ``images`` (stores each image twice)."""
+    filters: FilterOptions | None = None
+    """Quality filters (``--require-image``, ``--dedup`` ...): items they leave out."""
 
     def __post_init__(self) -> None:
         """Check the options (a bad one is a one-line ValueError)."""
@@ -444,6 +447,8 @@ class ExportReport:
     """Records written per split (with --split)."""
     notes: list[str] = field(default_factory=list)
     """What the user should know to train on the output (one line each)."""
+    filtered: FilterReport = field(default_factory=FilterReport)
+    """What the quality filters checked and left out."""
 
     def skip(self, problem: RecordProblem) -> None:
         """Count a skipped record and keep its line when there is room."""
@@ -490,6 +495,8 @@ class ExportReport:
         if self.placeholders:
             kinds = ", ".join(f"{k} {n}" for k, n in self.placeholders.most_common())
             line += f"; removed trainer placeholders from the text ({kinds})"
+        if self.filtered.applied:
+            line += "; " + self.filtered.summary()
         if self.boxes["converted"] or self.boxes["left"]:
             line += f"; boxes converted {self.boxes['converted']}"
             if self.boxes["left"]:
@@ -534,7 +541,9 @@ def iter_records(
     base = None if options.relative_to is None else relative_base(root, options.relative_to)
     checked: tuple[str, Path] | None = None  # the last image that passed, and its file
     size: tuple[int, int] | None = None  # its size, for --boxes pixels
-    for sample in store.export_rows(run_rounds):
+    samples = store.export_rows(run_rounds)
+    samples = filter_rows(store, samples, options.filters, report.filtered, root, options.rounds)
+    for sample in samples:
         hash_id = sample["hash_id"]
         image = str(sample.get("image") or "")
         source_id = None if sample.get("id") is None else str(sample.get("id"))

@@ -260,7 +260,29 @@ def run_facts(store: Store) -> dict:
         "input_tokens": sum(m["input_tokens"] for m in summary["models"]),
         "output_tokens": sum(m["output_tokens"] for m in summary["models"]),
         "cost_usd": round(cost, 4),
+        **({"gates": settings["gates"]} if settings.get("gates") else {}),
     }
+
+
+def quality_lines(facts: dict, report: ExportReport) -> str:
+    """Return the card's lines on the run's quality gates and the export's filters (or "")."""
+    lines = ""
+    if facts.get("gates"):
+        lines += f"\n- Quality gates of the run: {facts['gates']} (scored per item, none deleted)"
+    filtered = report.filtered
+    if filtered.applied:
+        parts = [
+            f"{name} left out {filtered.left_out[name]} of {filtered.checked[name]} items"
+            + (
+                f" ({filtered.samples_left_out[name]} whole samples)"
+                if filtered.samples_left_out[name]
+                else ""
+            )
+            for name in ("require-image", "min-agreement", "decontaminate", "dedup")
+            if any(a.startswith(name) for a in filtered.applied)
+        ]
+        lines += "\n- Export filters: " + "; ".join(parts)
+    return lines
 
 
 def dataset_card(report: ExportReport, facts: dict, options: ExportOptions) -> str:
@@ -297,6 +319,7 @@ def dataset_card(report: ExportReport, facts: dict, options: ExportOptions) -> s
             "items_per_round": items,
             "records_per_split": dict(splits),
             "split": None if options.split is None else f"{options.split[0]}={options.split[1]}",
+            **({"filters": report.filtered.as_dict()} if report.filtered.applied else {}),
         },
     }
     models = facts["evolution_model"]
@@ -341,7 +364,7 @@ multimodal model, each followed by a judge that keeps only the items that improv
 - Minimum judge score: {options.min_score if options.min_score is not None else "none"};
   solving steps: {options.steps}
 - Records written: {report.written}; skipped: {sum(report.skipped.values())}
-- Splits: {split_line}
+- Splits: {split_line}{quality_lines(facts, report)}
 
 {license_line}
 

@@ -288,7 +288,44 @@ def _compute(store: Store, run: str) -> dict:
         "operators": operators,
         "cost": cost,
         "paper": {k: _jsonable(v) for k, v in PAPER.items()},
+        "quality": quality(store, settings),
     }
+
+
+def quality(store: Store, settings: dict) -> dict:
+    """Return the quality section: per gate, items checked and flagged, per round and operator.
+
+    The blind gate flags items answered without the image; the second judge flags items it
+    did not find improved (``mean_agreement`` is its mean agreement with the first judge).
+    Export filters are counted by the export that applies them, not here.
+    """
+    rows = store.gate_counts()
+    section: dict[str, Any] = {"gates": [g for g in (settings.get("gates") or "").split(",") if g]}
+    for gate in ("blind", "judge2"):
+        if gate not in section["gates"]:
+            continue
+
+        def entry(group: list[dict], gate: str = gate) -> dict:
+            checked = sum(r[f"{gate}_checked"] or 0 for r in group)
+            flagged = sum(r[f"{gate}_flagged"] or 0 for r in group)
+            out = {"checked": checked, "flagged": flagged, "share": _share(flagged, checked)}
+            if gate == "judge2":
+                weighted = sum((r["agreement"] or 0) * (r["judge2_checked"] or 0) for r in group)
+                out["mean_agreement"] = _mean(weighted, checked)
+            return out
+
+        by_round: dict[int, list[dict]] = {}
+        by_operator: dict[str, list[dict]] = {}
+        for r in rows:
+            by_round.setdefault(r["round"], []).append(r)
+            by_operator.setdefault(r["operator"] or "", []).append(r)
+        section[gate] = {
+            **entry(rows),
+            "flag": "answered without the image" if gate == "blind" else "not improved",
+            "per_round": {str(k): entry(v) for k, v in sorted(by_round.items())},
+            "per_operator": {k: entry(v) for k, v in sorted(by_operator.items())},
+        }
+    return section
 
 
 def _jsonable(value: Any) -> Any:
@@ -424,4 +461,20 @@ def tables(stats: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ("Items per version (v0 = seed items)", v_header, version_rows),
         ("Operators", ["operator", "rounds", "share", "kept share", "paper share"], op_rows),
         ("Tokens and cost", ["", ""], cost_rows),
+        *_quality_table(stats.get("quality") or {}),
     ]
+
+
+def _quality_table(section: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Return the quality gates' table, or none when the run had no gate."""
+    rows = []
+    for gate in section.get("gates", []):
+        g = section.get(gate) or {}
+        rows.append([gate, g.get("flag", ""), str(g.get("checked", 0)), str(g.get("flagged", 0)),
+                     _fmt(g.get("share"))])  # fmt: skip
+        for rnd, r in (g.get("per_round") or {}).items():
+            rows.append([f"  round {rnd}", "", str(r["checked"]), str(r["flagged"]),
+                         _fmt(r["share"])])  # fmt: skip
+    if not rows:
+        return []
+    return [("Quality gates", ["gate", "flags", "checked", "flagged", "share"], rows)]

@@ -283,15 +283,18 @@ class ModelClient:
             event_hooks={"response": [self._observe]},
         )
         self.endpoints = EndpointPool(settings.base_urls, on_notice=self.on_notice)
+        models = role_models(settings)
         self._chats = {
             (role, url): make_chat(settings, model, self.http, url)
-            for role, model in (("evolve", settings.model), ("score", settings.judge_model))
+            for role, model in models.items()
             for url in settings.base_urls
         }
         first = settings.base_urls[0]
-        self.chats = {role: self._chats[role, first] for role in ("evolve", "score")}
+        self.chats = {role: self._chats[role, first] for role in models}
         """The ChatOpenAI of each role on the first endpoint."""
         self.buckets = _buckets(settings)
+        # The gates' calls wait on the limits of the role they stand beside.
+        self.buckets |= {"blind": self.buckets["evolve"], "judge2": self.buckets["score"]}
         self.prices = PriceTable(settings.prices)
         self.tally = tally or spent_so_far(store, self.prices)
         self.usage = Usage(calls_before=self.tally.calls_before, cost_before=self.tally.cost_before)
@@ -367,7 +370,7 @@ class ModelClient:
             return Answer(found["id"], found["response"] or "", found["finish_reason"], True)
         if self.stopping:
             raise RunStopped(str(key))
-        role = "score" if key.node.startswith("score") else "evolve"
+        role = role_of(key.node)
         chat = self.chats[role]
         if self.batches is not None:
             await self._queue(key, chat, text, image_url, schema)  # returns to go online
@@ -520,7 +523,7 @@ class ModelClient:
             self.usage.errors += 1
             self._log(row | {"error": f"batch line: {result.error}"})
             return "failed", 0.0
-        role = "score" if request["node"].startswith("score") else "evolve"
+        role = role_of(request["node"])
         try:
             generation = self.chats[role]._create_chat_result(result.body).generations[0]
             reply = generation.message
@@ -714,6 +717,23 @@ def cached_tokens(usage: dict) -> int:
     """
     details = usage.get("input_token_details") or {}
     return sum(v or 0 for k, v in details.items() if k.endswith("cache_read"))
+
+
+def role_of(node: str) -> str:
+    """Return the model role of a call's node: score (score*), blind, judge2 or evolve."""
+    if node.startswith("score"):
+        return "score"
+    return node if node in ("blind", "judge2") else "evolve"
+
+
+def role_models(settings: Settings) -> dict[str, str]:
+    """Return the model of each role the run calls (the gates' roles only with --gates)."""
+    models = {"evolve": settings.model, "score": settings.judge_model}
+    if "blind" in settings.gate_set:
+        models["blind"] = settings.blind_model or settings.model
+    if "judge2" in settings.gate_set:
+        models["judge2"] = settings.judge2_model or settings.judge_model
+    return models
 
 
 def _buckets(settings: Settings) -> dict[str, tuple[TokenBucket | None, TokenBucket | None]]:

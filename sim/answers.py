@@ -116,7 +116,14 @@ def read_messages(body: dict[str, Any]) -> tuple[str, int]:
 
 
 def classify(text: str) -> str:
-    """Name the kind of request from its tags: "score", "evolve" or "other"."""
+    """Name the kind of request from its tags: "score", "evolve", "blind", "blind_judge", "other".
+
+    "blind" and "blind_judge" (the gates of ``--gates blind``) are only counted once seen.
+    """
+    if "<blind_questions>" in text:
+        return "blind"
+    if "<blind_answers>" in text:
+        return "blind_judge"
     if "<rewritten_items>" in text:
         return "score"
     if "<objective operator=" in text:
@@ -149,6 +156,10 @@ def build_reply(
         content = score_answer(text, rng, options, structured, _wrapper(fmt, "verdicts"), delta)
     elif kind == "evolve":
         content = evolve_answer(text, rng, options.clean, structured, _wrapper(fmt, "items"))
+    elif kind == "blind":
+        content = blind_answer(text, options, structured, _wrapper(fmt, "answers"))
+    elif kind == "blind_judge":
+        content = blind_judge_answer(text, structured, _wrapper(fmt, "verdicts"))
     else:
         content = "OK"
     fault = "verdict_mismatch" if mismatch and kind == "score" else None
@@ -687,3 +698,47 @@ NOT_COMPLETIONS: dict[str, tuple[str, str]] = {
         ),
     ),
 }
+
+
+BLIND_GUESS = "From the question alone, the answer is most likely: "
+BLIND_REFUSE = "I cannot answer this without seeing the image."
+
+
+def answers_blind(question: str, options: SimOptions) -> bool:
+    """Whether the simulated model answers ``question`` without its image (``blind_rate``).
+
+    Drawn from the seed and the question alone, so a test can tell which items the blind
+    gate will flag.
+    """
+    return make_rng(options.seed, "blind", question.strip()).random() < options.blind_rate
+
+
+def blind_answer(text: str, options: SimOptions, structured: bool, key: str) -> str:
+    """Answer a blind-gate prompt: a guess for a share of the questions, a refusal otherwise."""
+    out = []
+    for n, entry in enumerate(_json_list(_section(text, "blind_questions")), 1):
+        question = str(entry.get("question", "")) if isinstance(entry, dict) else str(entry)
+        number = entry.get("item", n) if isinstance(entry, dict) else n
+        words = [w for w in re.findall(r"[a-z]+", question.lower()) if w not in _STOP]
+        guess = BLIND_GUESS + (words[-1] if words else "yes") + "."
+        out.append({"item": number, "answer": guess if answers_blind(question, options) else
+                    BLIND_REFUSE})  # fmt: skip
+    return json.dumps({key: out} if structured else out)
+
+
+def blind_judge_answer(text: str, structured: bool, key: str) -> str:
+    """Compare blind answers: a guess counts as answerable, anything else needs the image."""
+    out = []
+    for n, entry in enumerate(_json_list(_section(text, "blind_answers")), 1):
+        entry = entry if isinstance(entry, dict) else {}
+        answerable = str(entry.get("blind_answer", "")).startswith(BLIND_GUESS)
+        out.append(
+            {
+                "item": entry.get("item", n),
+                "verdict": "answerable" if answerable else "needs_image",
+                "reason": "The blind answer names the reference's answer."
+                if answerable
+                else "The blind answer misses the reference's answer.",
+            }
+        )
+    return json.dumps({key: out} if structured else out)

@@ -27,10 +27,14 @@ class DemoResult:
     summary: str
 
 
-def run_demo(checkpoints: Path, samples: int = 12, concurrency: int = 8) -> DemoResult:
+def run_demo(
+    checkpoints: Path, samples: int = 12, concurrency: int = 8, gates: str | None = None
+) -> DemoResult:
     """Draw ``samples`` synthetic samples, evolve them over 3 rounds and export the result.
 
-    The demo run lives in ``<checkpoints>/demo`` and is started afresh each time.
+    The demo run lives in ``<checkpoints>/demo`` and is started afresh each time. With
+    ``gates`` (``--gates``) the quality gates run too, and the summary shows what each gate
+    flagged and what each export filter leaves out.
     """
     run_dir = Path(checkpoints) / DEMO_RUN
     if run_dir.exists():
@@ -45,6 +49,7 @@ def run_demo(checkpoints: Path, samples: int = 12, concurrency: int = 8) -> Demo
             api_key="sim",
             concurrency=concurrency,
             max_retries=2,
+            gates=gates,
         )
         report = runner.run(settings, seed_path)
     export = run_dir / "evolved.json"
@@ -65,6 +70,8 @@ def run_demo(checkpoints: Path, samples: int = 12, concurrency: int = 8) -> Demo
     lines.append("  (candidates: items that passed parsing and checks and went to the judge)")
     calls = sum(c["calls"] for c in summary["calls"])
     tokens = sum(c["input_tokens"] + c["output_tokens"] for c in summary["calls"])
+    if settings.gates:
+        lines += gate_lines(settings)
     lines += [
         f"  model calls: {calls}, tokens: {tokens}",
         f"  seed: {seed_path}",
@@ -74,3 +81,28 @@ def run_demo(checkpoints: Path, samples: int = 12, concurrency: int = 8) -> Demo
         f"        mmevol trace {TRACE_EXAMPLE} --run {DEMO_RUN}{where}",
     ]
     return DemoResult(run_dir, export, "\n".join(lines))
+
+
+def gate_lines(settings: Settings) -> list[str]:
+    """Return the demo's lines on its gates, and what each export filter would leave out."""
+    from mmevol.outputs.filters import FilterOptions
+    from mmevol.outputs.stats import compute_stats
+
+    quality = compute_stats(settings.results_db)["quality"]
+    lines = []
+    for gate in quality["gates"]:
+        g = quality[gate]
+        lines.append(
+            f"  gate {gate}: {g['flagged']} of {g['checked']} kept items flagged ({g['flag']})"
+        )
+    chosen = [FilterOptions(dedup=True)]
+    if "blind" in quality["gates"]:
+        chosen.insert(0, FilterOptions(require_image=True))
+    if "judge2" in quality["gates"]:
+        chosen.insert(1, FilterOptions(min_agreement=0.8))
+    scratch = settings.run_dir / "filtered.json"
+    for options in chosen:
+        result = export_json(settings.results_db, scratch, options)
+        lines.append(f"  export {', '.join(options.applied())}: {result.filtered.summary()}")
+    scratch.unlink(missing_ok=True)
+    return lines

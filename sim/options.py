@@ -32,6 +32,9 @@ class SimOptions:
     """Share of judge answers with one verdict fewer or more than asked."""
     no_rate: float = 0.3
     """Share of judge verdicts that are "no"."""
+    blind_rate: float = 0.3
+    """Share of blind-gate questions (``--gates blind``) answered without the image; the
+    rest are refused. Drawn per question (``sim.answers.answers_blind``)."""
     clean: bool = False
     """Answer pure fenced JSON, without the small imperfections real models show."""
     api_key: str | None = None
@@ -58,7 +61,7 @@ class SimOptions:
     def __post_init__(self) -> None:
         """Check the rates and the latency distribution."""
         rates = ("error_rate", "rate_limit_rate", "garbage_rate", "truncate_rate",
-                 "surrogate_rate", "verdict_mismatch_rate", "no_rate", "cached_share",
+                 "surrogate_rate", "verdict_mismatch_rate", "no_rate", "cached_share", "blind_rate",
                  "batch_failed_lines")  # fmt: skip
         for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:

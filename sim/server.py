@@ -358,7 +358,8 @@ class SimServer:
     def _note(self, digest: str, text: str) -> int:
         """Count a chat request (under the lock); return how often its body was seen before."""
         self._requests += 1
-        self._by_kind[classify(text)] += 1
+        kind = classify(text)
+        self._by_kind[kind] = self._by_kind.get(kind, 0) + 1
         seen = self._bodies.get(digest, 0)
         self._bodies[digest] = seen + 1
         self.recent.append(text)

@@ -28,7 +28,12 @@ def open_db(path: Path | str | None) -> Database:
         return db
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
+        new = not Path(path).exists()
         db = Database(path)
+        if new:
+            # A new file takes its schema before WAL starts: in WAL every migration's commit
+            # would stay in the -wal file (over 200 kB for all of them) until a checkpoint.
+            migrations.apply(db)
         # WAL lets `mmevol status` read while a run writes; NORMAL sync keeps commits cheap
         # and still never corrupts the file on a crash.
         # Worker processes of one run write to the same file: wait for a turn rather than
@@ -56,6 +61,7 @@ ORDER = {
     "batch_shards": "id",
     "batch_requests": "shard, key",
     "merged": "hash_id",
+    "gates": "hash_id, branch, round, position",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from mmevol.store.database import ORDER, StoreBase
 
 # The tables of one sample's results, copied by ``mmevol merge`` (``calls`` apart: new ids).
-_SAMPLE_TABLES = ("samples", "rounds", "items", "dropped")
+_SAMPLE_TABLES = ("samples", "rounds", "items", "dropped", "gates")
 
 
 class Merging(StoreBase):
@@ -156,6 +156,8 @@ class Merging(StoreBase):
                 conn.execute(f"delete from main.{table} {where}")
             for table in _SAMPLE_TABLES:
                 names = ", ".join(self._shared_columns(alias, table, skip=("id",)))
+                if not names:  # a shard of a version without the table
+                    continue
                 conn.execute(
                     f"insert into main.{table} ({names}) select {names} from {alias}.{table}"
                     f" {where} order by {ORDER[table]}"

@@ -1,4 +1,4 @@
-"""The schema's history: migrations m001..m007 of results.db, applied in order on open."""
+"""The schema's history: migrations m001..m008 of results.db, applied in order on open."""
 
 from __future__ import annotations
 
@@ -224,4 +224,31 @@ def m007_shards(db: Database) -> None:
                 "last_call": int,
             },
             pk="hash_id",
+        )
+
+
+@migrations()
+def m008_gates(db: Database) -> None:
+    """Add ``gates``: the quality gates' verdicts per kept item (``--gates blind,judge2``).
+
+    One row per kept item of a gated round, keyed like ``items``. ``blind_verdict`` is
+    "answerable", "needs_image" or null (the gate could not decide); ``agreement`` is the
+    second judge's agreement with the first (0 to 1) or null. Empty without ``--gates``.
+    """
+    if "gates" not in db.table_names():
+        db["gates"].create(
+            {
+                "hash_id": str,
+                "branch": str,
+                "round": int,
+                "position": int,
+                "blind_answer": str,
+                "blind_verdict": str,
+                "blind_reason": str,
+                "judge2_improved": int,
+                "judge2_score": int,
+                "judge2_reason": str,
+                "agreement": float,
+            },
+            pk=("hash_id", "branch", "round", "position"),
         )

@@ -2,10 +2,11 @@
 
 ``Store`` is composed of one class per concern, each in its own module beside the SQL of
 the table(s) it owns: ``Samples`` (samples.py), ``Rounds`` (rounds.py), ``Calls``
-(calls.py), ``Batches`` (batches.py), ``Queries`` (queries.py, read-only summaries) and
-``Merging`` (merging.py), all extending ``StoreBase`` (database.py: opening, the shared
-connection ``self.db``, generic ``rows``/``count``, meta). They are mixins over that one
-connection rather than separate objects behind delegating methods: each call site keeps
+(calls.py), ``Batches`` (batches.py), ``Gates`` (gates.py), ``Queries`` (queries.py,
+read-only summaries) and ``Merging`` (merging.py), all extending ``StoreBase``
+(database.py: opening, the shared connection ``self.db``, generic ``rows``/``count``,
+meta). They are mixins over that one connection rather than separate objects behind
+delegating methods: each call site keeps
 ``store.log_call(...)``, ``store.summary()`` etc. with no forwarding code to keep in step,
 and a transaction sees one connection whichever concern's methods it uses. The concern
 classes share no state but ``self.db`` and never call one another (only ``StoreBase``), so
@@ -21,6 +22,7 @@ from mmevol.store.batches import Batches
 from mmevol.store.calls import Calls
 from mmevol.store.checkpointrows import CheckpointRows
 from mmevol.store.database import StoreBase, StoreProblem, open_db
+from mmevol.store.gates import Gates
 from mmevol.store.merging import Merging
 from mmevol.store.migrations import migrations
 from mmevol.store.queries import Queries
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 
-class Store(Samples, Rounds, Calls, Batches, Queries, Merging, StoreBase):
+class Store(Samples, Rounds, Calls, Batches, Gates, Queries, Merging, StoreBase):
     """Typed reads and writes of the results database; the only code that writes its SQL.
 
     Use it as a context manager, which closes the connection::

@@ -64,7 +64,7 @@ class Rounds(StoreBase):
     def copy_rounds(self, hash_id: str, source: str, target: str, before_round: int) -> None:
         """Copy a sample's round results before ``before_round`` from one branch to another."""
         with self.db.atomic():
-            for table in ("rounds", "items", "dropped"):
+            for table in ("rounds", "items", "dropped", "gates"):
                 columns = [c for c in self.db[table].columns_dict if c not in ("branch", "id")]
                 names = ", ".join(columns)
                 self.db.execute(
@@ -103,7 +103,7 @@ class Rounds(StoreBase):
         if branch == "main":
             raise ValueError("the main branch is never deleted")
         with self.db.atomic():
-            for table in ("rounds", "items", "dropped"):
+            for table in ("rounds", "items", "dropped", "gates"):
                 self.db.execute(
                     f"delete from {table} where hash_id = ? and branch = ?", [hash_id, branch]
                 )

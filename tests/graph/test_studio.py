@@ -54,6 +54,8 @@ def test_studio_graph_runs_with_context_from_the_environment(sim, demo_seed, mon
 def test_graph_command_prints_mermaid():
     result = CliRunner().invoke(app, ["graph"])
     assert result.exit_code == 0, result.output
-    for edge in ("select_operator --> evolve", "evolve --> validate", "score --> eliminate"):
+    for edge in ("select_operator --> evolve", "evolve --> validate", "gates --> eliminate"):
         assert edge in result.output
+    # After the judge: straight to eliminate, or through the quality gates (--gates).
+    assert "score -.-> eliminate" in result.output and "score -.-> gates" in result.output
     assert "validate -.-> select_operator" in result.output

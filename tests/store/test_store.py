@@ -10,7 +10,7 @@ V010 = Path(__file__).resolve().parents[1] / "fixtures" / "run_v0_1_0" / "checkp
 
 EXPECTED_TABLES = {
     "meta", "samples", "rounds", "items", "dropped", "calls", "batch_shards", "batch_requests",
-    "merged", "_sqlite_migrations",
+    "merged", "gates", "_sqlite_migrations",
 }  # fmt: skip
 
 
@@ -35,6 +35,7 @@ def test_reopen_applies_nothing_twice(tmp_path):
             "m005_call_endpoint",
             "m006_batches",
             "m007_shards",
+            "m008_gates",
         ]
 
 
@@ -194,3 +195,14 @@ def test_calls_are_counted_per_endpoint():
             {"endpoint": "http://b/v1", "calls": 2, "errors": 1, "answered": 1,
              "mean_latency_ms": 2.0},
         ]  # fmt: skip
+
+
+def test_a_new_database_takes_its_schema_before_wal(tmp_path):
+    """All migrations in WAL left a 222 kB -wal file on a new run: a small disk failed at open."""
+    import os
+
+    path = tmp_path / "results.db"
+    with Store(path) as store:
+        assert store.db.execute("pragma journal_mode").fetchone()[0] == "wal"
+        wal = tmp_path / "results.db-wal"
+        assert not wal.exists() or os.path.getsize(wal) < 50_000
