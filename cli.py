@@ -652,8 +652,9 @@ def merge(
 
 @app.command("estimate")
 @settings_options(
-    "rounds", "limit", "shard", "model", "scorer_model", "chunk_size", "image_detail", "prices"
-)
+    "rounds", "limit", "shard", "model", "scorer_model", "chunk_size", "image_detail", "prices",
+    "gates", "blind_model", "judge2_model",
+)  # fmt: skip
 def estimate_cmd(
     seed: Annotated[Path, typer.Argument(help="Seed: a JSON list, a JSONL file or a folder.")],
     settings: Settings,
@@ -672,8 +673,11 @@ def estimate_cmd(
         out.print_json(json.dumps(data))
         return
     out.print(result.summary(settings.model, settings.judge_model), highlight=False)
-    out.print(_table("per round", data["rounds"]))
+    rounds = [{k: v for k, v in r.items() if k != "gates"} for r in data["rounds"]]
+    out.print(_table("per round", rounds))
     out.print(_table("per model", [*data["models"], result.total_row()]))
+    if result.gates:
+        out.print(_table("gate calls (included above)", result.gate_rows()))
     for note in result.notes():
         err.print(note)
 

@@ -103,3 +103,86 @@ def test_estimate_json_keys_are_snake_case_like_stats(tmp_path):
         "samples", "skipped", "rounds", "models", "total_cost", "total_batch_cost",
         "batch_within_hours", "unpriced",
     ]  # fmt: skip
+
+
+def test_estimate_with_gates_matches_the_calls_of_a_gated_run(tmp_path, sim_factory):
+    """The gates' calls per round and node, against a real gated run on the sim.
+
+    The sim's blind model attempts every question (blind_rate 1), as the estimate assumes,
+    so every chunk of kept items gets its comparison. Tolerance: each gate node's calls
+    within 20% per round and 12% over the run (the sim keeps fewer items in later rounds
+    than the authors' shares, so a few samples keep nothing and make no gate call); the
+    gates' prompt tokens of the blind and judge2 nodes within a factor of two (the estimate
+    sizes items from the authors' answers, the sim writes shorter ones).
+    """
+    from mmevol.run import runner
+    from mmevol.store.results import Store
+
+    seed_path, images = make_demo_seed(tmp_path / "seed", n=40, seed=0)
+    server = sim_factory(seed=0, blind_rate=1.0)
+    settings = Settings(
+        run="gated", checkpoints=tmp_path / "ck", images=images, base_url=server.base_url,
+        api_key="sim", concurrency=8, gates="blind,judge2",
+    )  # fmt: skip
+    assert runner.run(settings, seed_path).done == 40
+    with Store(settings.results_db) as store:
+        made = {
+            (r["round"], r["node"]): r
+            for r in store.db.query(
+                "select round, node, count(*) as calls, sum(input_tokens) as tin"
+                " from calls group by round, node"
+            )
+        }
+    result = estimate(settings, seed_path)
+    plain = estimate(Settings(), seed_path)
+    assert result.gates == ("blind", "judge2")
+    for expected, without in zip(result.rounds, plain.rounds, strict=True):
+        assert set(expected.gates) == {"blind", "score_blind", "judge2"}
+        # The gates add to the round; the evolution and judge calls stay as they were.
+        gate_calls = sum(w.calls for w in expected.gates.values())
+        assert expected.calls == pytest.approx(without.calls + gate_calls)
+        assert expected.cost > without.cost
+        for node, work in expected.gates.items():
+            real = made[(expected.round, node)]
+            assert work.calls == pytest.approx(real["calls"], rel=0.2), (expected.round, node)
+            if node != "score_blind":
+                assert 0.5 < work.input_tokens / real["tin"] < 2, (expected.round, node)
+    for node in ("blind", "score_blind", "judge2"):
+        real = sum(r["calls"] for (_, n), r in made.items() if n == node)
+        assert sum(r.gates[node].calls for r in result.rounds) == pytest.approx(real, rel=0.12)
+    # All gate calls, and the run's too, land on the one model, its totals add up.
+    (model,) = result.models
+    assert model.calls == pytest.approx(sum(r.calls for r in result.rounds))
+    assert sum(r["calls"] for r in made.values()) == pytest.approx(model.calls, rel=0.12)
+
+
+def test_estimate_prices_each_gate_on_its_model_and_shows_it_in_the_cli(tmp_path):
+    seed_path, _ = make_demo_seed(tmp_path, n=6, seed=0)
+    settings = Settings(gates="judge2,blind", blind_model="gpt-4o", judge2_model="local-judge")
+    result = estimate(settings, seed_path)
+    models = {m.model: m for m in result.models}
+    assert set(models) == {"gpt-4o-mini", "gpt-4o", "local-judge"}
+    blind = sum(r.gates["blind"].calls for r in result.rounds)
+    judge2 = sum(r.gates["judge2"].calls for r in result.rounds)
+    assert models["gpt-4o"].calls == pytest.approx(blind) and blind > 0
+    assert models["local-judge"].calls == pytest.approx(judge2) and judge2 > 0
+    assert models["local-judge"].cost == 0 and result.unpriced == ["local-judge"]
+    price = PriceTable().get("gpt-4o")
+    assert models["gpt-4o"].cost == pytest.approx(
+        price.cost(models["gpt-4o"].input_tokens, models["gpt-4o"].output_tokens)
+    )
+    # The comparison of blind answers is the judge's call.
+    plain = {m.model: m for m in estimate(Settings(), seed_path).models}
+    compare = sum(r.gates["score_blind"].calls for r in result.rounds)
+    assert models["gpt-4o-mini"].calls == pytest.approx(plain["gpt-4o-mini"].calls + compare)
+
+    args = ["estimate", str(seed_path), "--gates", "blind,judge2", "--blind-model", "gpt-4o"]
+    data = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    assert data["gates"] == ["blind", "judge2"]
+    assert list(data["rounds"][0]["gates"]) == ["blind", "score_blind", "judge2"]
+    assert data["rounds"][0]["calls"] == round(result.rounds[0].calls)
+    text = CliRunner().invoke(app, args, env={"COLUMNS": "200"}).output
+    assert "gate calls" in text and "score_blind" in text
+    # Without --gates the JSON is what it was.
+    data = json.loads(CliRunner().invoke(app, ["estimate", str(seed_path), "--json"]).output)
+    assert "gates" not in data and "gates" not in data["rounds"][0]
