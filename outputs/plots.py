@@ -179,16 +179,64 @@ def _operators(plt, stats: dict, min_score: int | None = None):
     return fig
 
 
+GATE_LABELS = {"blind": "blind: answered without the image", "judge2": "judge2: not improved"}
+
+
+def _gates(plt, stats: dict, min_score: int | None = None):
+    """Per gate, the share of kept items it flagged in each round (and judge2's agreement)."""
+    fig, ax = _figure(plt)
+    quality = stats["quality"]
+    gates = [g for g in quality["gates"] if g in quality]
+    rounds = sorted({int(r) for g in gates for r in quality[g]["per_round"]})
+    x = list(range(len(rounds)))
+    width = 0.8 / max(1, len(gates))
+    for n, gate in enumerate(gates):
+        per_round = quality[gate]["per_round"]
+        entries = [per_round.get(str(r), {}) for r in rounds]
+        shift = (n - (len(gates) - 1) / 2) * width
+        bars = ax.bar(
+            [i + shift for i in x],
+            [e.get("share") or 0 for e in entries],
+            width,
+            label=f"{GATE_LABELS[gate]} (share of checked)",
+        )
+        ax.bar_label(
+            bars, [f"{e.get('flagged', 0)}/{e.get('checked', 0)}" for e in entries], fontsize=10
+        )
+        if gate == "judge2":
+            ax.plot(
+                x,
+                [e.get("mean_agreement") if e.get("checked") else float("nan") for e in entries],
+                "o-",
+                color="black",
+                label="judge2: mean agreement with the judge",
+            )
+    ax.set_ylim(0, 1.15)
+    ax.set_xticks(x, [f"round {r}" for r in rounds])
+    ax.set_ylabel("share of kept items")
+    ax.set_title("Quality gates: kept items flagged, per round")
+    _legend_below(fig, *ax.get_legend_handles_labels(), ncols=1)
+    return fig
+
+
 CHARTS: dict[str, tuple[str, Callable[..., Any]]] = {
     "funnel": ("The funnel: items in, candidates judged, kept, per round", _funnel),
     "scores": ("Judge scores per round: items kept and items judged out", _scores),
     "growth": ("Skills, steps and objects per item, v0 to v3", _growth),
     "operators": ("Operator mix per round against the paper's probabilities", _operators),
+    "gates": ("Quality gates: share of kept items each gate flagged, per round", _gates),
 }
+"""Every chart, by name: its caption and how it is drawn (``gates`` only for a gated run)."""
+
+
+def _applies(name: str, stats: dict) -> bool:
+    return name != "gates" or bool((stats.get("quality") or {}).get("gates"))
 
 
 def chart_figures(stats: dict, min_score: int | None = None) -> dict[str, Any]:
     """Draw every chart and return its matplotlib figure, by name (the caller closes them).
+
+    The ``gates`` chart is drawn only when the run had ``--gates``.
 
     ``min_score`` marks the export's ``--min-score`` cut-off on the score chart.
     """
@@ -199,7 +247,11 @@ def chart_figures(stats: dict, min_score: int | None = None) -> dict[str, Any]:
         "axes.titlesize": FONT_SIZE + 1,
     }
     with plt.rc_context(style):
-        return {name: draw(plt, stats, min_score) for name, (_, draw) in CHARTS.items()}
+        return {
+            name: draw(plt, stats, min_score)
+            for name, (_, draw) in CHARTS.items()
+            if _applies(name, stats)
+        }
 
 
 def chart_pngs(stats: dict, min_score: int | None = None, dpi: int = DPI) -> dict[str, bytes]:

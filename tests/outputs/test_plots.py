@@ -125,3 +125,60 @@ def test_without_matplotlib_the_commands_name_the_extra(demo_run, tmp_path, monk
         assert result.exit_code == 1, result.output
         assert "pip install 'mmevol[plots]'" in result.output
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_gated_run_gets_a_chart_of_its_gates_per_round(gated_demo_run, demo_run, tmp_path):
+    import matplotlib.pyplot as plt
+
+    stats = compute_stats(gated_demo_run.results_db)
+    quality = stats["quality"]
+    figs = chart_figures(stats)
+    try:
+        assert list(figs) == ["funnel", "scores", "growth", "operators", "gates"]
+        fig = figs["gates"]
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        bars = {c.get_label(): c for c in ax.containers}
+        assert set(bars) == {
+            "blind: answered without the image (share of checked)",
+            "judge2: not improved (share of checked)",
+        }
+        for gate, label in (("blind", "blind: answered"), ("judge2", "judge2: not improved")):
+            (container,) = [c for name, c in bars.items() if name.startswith(label)]
+            per_round = quality[gate]["per_round"]
+            assert [p.get_height() for p in container.patches] == [
+                per_round[r]["share"] or 0 for r in sorted(per_round, key=int)
+            ]
+        # The flagged counts stand on the bars; the blind gate flagged something.
+        texts = [t.get_text() for t in ax.texts]
+        blind = quality["blind"]["per_round"]
+        assert f"{blind['1']['flagged']}/{blind['1']['checked']}" in texts
+        assert quality["blind"]["flagged"] > 0
+        (agreement,) = [ln for ln in ax.lines if ln.get_label().startswith("judge2: mean")]
+        assert list(agreement.get_ydata()) == [
+            v["mean_agreement"] for _, v in sorted(quality["judge2"]["per_round"].items())
+        ]
+        # Its legend covers no bar and no point, as every chart's.
+        box = fig.legends[0].get_window_extent()
+        for extent in _data_extents(fig):
+            assert not (
+                min(box.x1, extent.x1) >= max(box.x0, extent.x0)
+                and min(box.y1, extent.y1) >= max(box.y0, extent.y0)
+            )
+    finally:
+        for f in figs.values():
+            plt.close(f)
+    # A run without gates has no such chart; `stats --plots` writes it for a gated run.
+    assert "gates" not in chart_figures_names(demo_run)
+    cli("stats", "--run", "gated", "--checkpoints", gated_demo_run.checkpoints,
+        "--plots", tmp_path)  # fmt: skip
+    assert (tmp_path / "gates.png").is_file()
+
+
+def chart_figures_names(settings) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    figs = chart_figures(compute_stats(settings.results_db))
+    for fig in figs.values():
+        plt.close(fig)
+    return list(figs)
