@@ -10,6 +10,10 @@ The gallery is a sample of the run stratified over outcomes (every round kept so
 some rounds empty, every round empty, failed) and the first round's operator: each stratum
 keeps a seeded reservoir while the samples stream by, so memory does not grow with the
 run, and the same run gives the same gallery.
+
+A run with ``--gates`` marks each kept item with its gate verdicts (needs the image or
+answerable blind; the second judge's score and agreement), and the gallery's "gate" filter
+shows the samples with at least one such item (among the items the report holds).
 """
 
 from __future__ import annotations
@@ -119,7 +123,28 @@ def _cut(text: Any) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
 
 
-def _item(item: dict, score: int | None = None, reason: str | None = None) -> dict:
+AGREES = 0.8
+"""Agreement at which the gallery's filter counts the second judge as agreeing."""
+
+
+def _gate(row: dict | None) -> dict | None:
+    """Return what the gallery shows of one item's gate verdicts (None: no gate row)."""
+    if row is None:
+        return None
+    return {
+        "blind": row.get("blind_verdict"),
+        "blind_answer": _cut(row.get("blind_answer")) if row.get("blind_answer") else None,
+        "blind_reason": _cut(row.get("blind_reason")) if row.get("blind_reason") else None,
+        "j2_improved": row.get("judge2_improved"),
+        "j2_score": row.get("judge2_score"),
+        "j2_reason": _cut(row.get("judge2_reason")) if row.get("judge2_reason") else None,
+        "agreement": row.get("agreement"),
+    }
+
+
+def _item(
+    item: dict, score: int | None = None, reason: str | None = None, gate: dict | None = None
+) -> dict:
     return {
         "q": _cut(item.get("question")),
         "a": _cut(item.get("answer")),
@@ -128,7 +153,7 @@ def _item(item: dict, score: int | None = None, reason: str | None = None) -> di
         "steps": len(item.get("steps") or []),
         "score": score,
         "reason": reason,
-    }
+    } | ({"gate": _gate(gate)} if gate is not None else {})
 
 
 def gallery_record(store: Store, hash_id: str, images: Path | None) -> dict | None:
@@ -158,6 +183,7 @@ def gallery_record(store: Store, hash_id: str, images: Path | None) -> dict | No
     drops_by_round: dict[int, list[dict]] = {}
     for row in detail["dropped"]:
         drops_by_round.setdefault(row["round"], []).append(row)
+    gates = store.gates_of(hash_id, detail.get("branch") or "main")
     for rec in detail["rounds"]:
         kept = items_by_round.get(rec["round"], [])
         drops = drops_by_round.get(rec["round"], [])
@@ -169,7 +195,12 @@ def gallery_record(store: Store, hash_id: str, images: Path | None) -> dict | No
                 "candidates": rec["candidates"],
                 "empty": rec["reason"],
                 "kept": [
-                    _item(json.loads(k["item"]), k["score"], k["judge_reason"])
+                    _item(
+                        json.loads(k["item"]),
+                        k["score"],
+                        k["judge_reason"],
+                        gates.get((k["round"], k["position"])),
+                    )
                     for k in kept[:MAX_ITEMS]
                 ],
                 "more_kept": max(0, len(kept) - MAX_ITEMS),
@@ -285,7 +316,13 @@ def write_report(
         ),
         "charts": _charts_html(pngs),
         "tables": _tables_html(stats),
-        "data": _json_for_script({"samples": gallery}),
+        "data": _json_for_script(
+            {
+                "samples": gallery,
+                "gates": [g for g in (settings.get("gates") or "").split(",") if g],
+                "agrees": AGREES,
+            }
+        ),
     }
     # One pass, so a placeholder inside inserted text is never replaced in turn.
     page = re.sub(r"\{(title|models|charts|tables|data)\}", lambda m: parts[m[1]], PAGE)
@@ -364,6 +401,11 @@ ol.labels b { display: inline-block; min-width: 1.6em; background: #e11; color: 
 details.more > summary, details.drops > summary { cursor: pointer; color: #246; margin: 4px 0; }
 .drop { color: #933; margin: 2px 0; } .empty { color: #a60; }
 .score { background: #264; color: #fff; border-radius: 3px; padding: 0 4px; font-size: 11px; }
+.mark { border-radius: 3px; padding: 0 4px; font-size: 11px; margin-right: 3px;
+  border: 1px solid #999; }
+.mark.needs_image { background: #e3f1e3; } .mark.answerable { background: #fbd9a6; }
+.mark.undecided { background: #eee; } .mark.agrees { background: #e3ecf8; }
+.mark.disagrees { background: #f6c9c9; }
 .caption { font-size: 12px; color: #333; white-space: pre-wrap; overflow-wrap: anywhere; }
 </style></head>
 <body>
@@ -377,6 +419,8 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
  <label>round <select id="f-round"><option value="">any</option></select></label>
  <label>min score <select id="f-score"><option value="">any</option></select></label>
  <label>status <select id="f-status"><option value="">any</option></select></label>
+ <label id="gate-filter" hidden>gate
+  <select id="f-gate"><option value="">any</option></select></label>
  <span id="shown"></span>
 </div>
 <div id="cards"></div>
@@ -413,10 +457,32 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
   fill("f-round", uniq(rounds));
   fill("f-score", ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
   fill("f-status", uniq(outcomes));
+  // The gate filter: a sample matches when one of its kept items shown has the verdict.
+  var gates = data.gates || [];
+  var GATE_CHOICES = {
+    blind: [["needs_image", "needs the image"], ["answerable", "answerable blind"]],
+    judge2: [["agrees", "judge2 agrees (" + data.agrees + "+)"],
+      ["disagrees", "judge2 disagrees (< " + data.agrees + ")"]]
+  };
+  gates.forEach(function (g) {
+    (GATE_CHOICES[g] || []).forEach(function (c) {
+      var o = el("option", null, c[1]); o.value = c[0];
+      document.getElementById("f-gate").appendChild(o);
+    });
+  });
+  document.getElementById("gate-filter").hidden = gates.length === 0;
+  function agrees(g) { return g.agreement !== null && g.agreement >= data.agrees; }
+  function gateHas(it, want) {
+    var g = it.gate;
+    if (!g) { return false; }
+    if (want === "needs_image" || want === "answerable") { return g.blind === want; }
+    if (g.agreement === null || g.agreement === undefined) { return false; }
+    return want === "agrees" ? agrees(g) : !agrees(g);
+  }
   function value(id) { return document.getElementById(id).value; }
   function matches(s) {
     var op = value("f-operator"), rnd = value("f-round");
-    var minScore = value("f-score"), status = value("f-status");
+    var minScore = value("f-score"), status = value("f-status"), gate = value("f-gate");
     if (status && s.outcome !== status) { return false; }
     var rs = s.rounds.filter(function (r) { return !rnd || String(r.round) === rnd; });
     if (rnd && rs.length === 0) { return false; }
@@ -424,6 +490,9 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
       rs = rs.filter(function (r) { return r.operator === op; });
       if (rs.length === 0) { return false; }
     }
+    if (gate && !rs.some(function (r) {
+      return r.kept.some(function (k) { return gateHas(k, gate); });
+    })) { return false; }
     if (minScore) {
       var best = -1;
       rs.forEach(function (r) {
@@ -440,6 +509,7 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
     if (it.score !== null && it.score !== undefined) {
       d.appendChild(el("span", "score", it.score));
     }
+    if (it.gate) { d.appendChild(gateMarks(it.gate)); }
     d.appendChild(el("div", "q", it.q));
     d.appendChild(el("div", "a", it.a));
     var facts = [];
@@ -449,6 +519,35 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
     d.appendChild(el("div", "meta", facts.join(" · ")));
     if (it.reason) { d.appendChild(el("div", "why", "judge: " + it.reason)); }
     return d;
+  }
+  function mark(cls, text, why) {
+    var m = el("span", "mark " + cls, text);
+    if (why) { m.title = why; }
+    return m;
+  }
+  function gateMarks(g) {
+    var marks = el("div", "gates");
+    if (gates.indexOf("blind") >= 0) {
+      var blindWhy = (g.blind_answer ? "blind answer: " + g.blind_answer + " / " : "") +
+        (g.blind_reason || "");
+      if (g.blind === "needs_image") {
+        marks.appendChild(mark("needs_image", "needs the image", blindWhy));
+      } else if (g.blind === "answerable") {
+        marks.appendChild(mark("answerable", "answerable blind", blindWhy));
+      } else {
+        marks.appendChild(mark("undecided", "blind: undecided", blindWhy));
+      }
+    }
+    if (gates.indexOf("judge2") >= 0) {
+      if (g.agreement === null || g.agreement === undefined) {
+        marks.appendChild(mark("undecided", "judge2: no verdict", g.j2_reason));
+      } else {
+        var text = g.j2_improved ? "judge2 " + g.j2_score + " · agreement " + g.agreement
+          : "judge2: not improved";
+        marks.appendChild(mark(agrees(g) ? "agrees" : "disagrees", text, g.j2_reason));
+      }
+    }
+    return marks;
   }
   function dropNode(dr) {
     var text = "dropped (" + dr.stage + "): " + dr.reason + (dr.q ? " — " + dr.q : "");
@@ -588,7 +687,7 @@ details.more > summary, details.drops > summary { cursor: pointer; color: #246; 
       samples.length + " in the report)";
     document.getElementById("more").style.display = hits.length > limit ? "" : "none";
   }
-  ["f-operator", "f-round", "f-score", "f-status"].forEach(function (id) {
+  ["f-operator", "f-round", "f-score", "f-status", "f-gate"].forEach(function (id) {
     document.getElementById(id).addEventListener("change", function () {
       limit = PAGE; render();
     });

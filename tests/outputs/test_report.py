@@ -513,3 +513,100 @@ async def _layout(report: Path, crowded: str, tmp_path: Path) -> Path:
             shutil.copy(shot, Path(artifacts) / "crowded.png")
         assert page.errors == []
         return shot
+
+
+@pytest.fixture
+def hostile_gated_run(gated_demo_run, tmp_path):
+    """A copy of the gated demo run whose first gate row's blind answer and reason attack."""
+    folder = tmp_path / "checkpoints" / "gated"
+    shutil.copytree(gated_demo_run.checkpoints / "gated", folder)
+    with Store(folder / "results.db") as store, store.db.conn:
+        store.db.conn.execute(
+            "update gates set blind_answer = ?, judge2_reason = ? where rowid ="
+            " (select min(rowid) from gates)",
+            [INJECTION, INJECTION],
+        )
+    return folder / "results.db"
+
+
+def _gated_ids(results_db: Path) -> dict[str, set[str]]:
+    """The samples with at least one kept item of each gate verdict, read from the store."""
+    with Store(results_db) as store:
+        rows = store.rows("gates")
+    found: dict[str, set[str]] = {"needs_image": set(), "answerable": set(), "agrees": set(),
+                                  "disagrees": set()}  # fmt: skip
+    for row in rows:
+        if row["blind_verdict"] in found:
+            found[row["blind_verdict"]].add(row["hash_id"])
+        if row["agreement"] is not None:
+            found["agrees" if row["agreement"] >= 0.8 else "disagrees"].add(row["hash_id"])
+    return found
+
+
+@pytest.mark.skipif(
+    chromium_path() is None,
+    reason="Chromium is not installed (Debian: apt-get install -y chromium); .ci/run installs it",
+)
+def test_gate_marks_and_the_gate_filter_in_headless_chromium(hostile_gated_run, demo_run, tmp_path):
+    gated = tmp_path / "gated.html"
+    write_report(hostile_gated_run, gated, samples=300)
+    plain = tmp_path / "plain.html"
+    write_report(demo_run.results_db, plain, samples=300)
+    page = gated.read_text()
+    assert "<img src=x" not in page and page.count("</script>") == 2
+    assert page.count("data:image/png;base64,") == 5  # the gates chart too
+    expected = _gated_ids(hostile_gated_run)
+    assert all(expected.values()), expected  # each verdict occurs, so each filter shows some
+    asyncio.run(_browse_gates(gated, plain, expected))
+
+
+async def _browse_gates(gated: Path, plain: Path, expected: dict[str, set[str]]) -> None:
+    async with Chromium(chromium_path()) as browser:
+        page = await browser.open(gated.as_uri())
+        js = page.evaluate
+        cards = await js("document.querySelectorAll('#cards .card').length")
+        assert cards == 12
+        assert await js("document.getElementById('gate-filter').hidden") is False
+        options = await js(
+            "Array.from(document.querySelectorAll('#f-gate option')).map(o => o.value)"
+        )
+        assert options == ["", "needs_image", "answerable", "agrees", "disagrees"]
+        # Every kept item carries its marks: one per gate.
+        items = await js("document.querySelectorAll('#cards .item .gates').length")
+        marks = await js("document.querySelectorAll('#cards .item .gates .mark').length")
+        assert items > 0 and marks == 2 * items
+        for cls in ("needs_image", "answerable", "agrees", "disagrees"):
+            assert await js(f"document.querySelectorAll('.mark.{cls}').length") > 0, cls
+        # The attack sits in a mark's title as text, and ran nothing.
+        titles = await js("Array.from(document.querySelectorAll('.mark')).map(m => m.title)")
+        assert any(INJECTION in t for t in titles)
+        assert await js("window.pwned === undefined && document.title !== 'pwned'")
+        for want, ids in expected.items():
+            await js(
+                "(() => { const s = document.getElementById('f-gate');"
+                f" s.value = {json.dumps(want)}; s.dispatchEvent(new Event('change')); }})()"
+            )
+            shown = await js(
+                "Array.from(document.querySelectorAll('#cards .card')).map(c => c.dataset.id)"
+            )
+            assert set(shown) == ids, want
+            # Each card shown holds an item with that mark.
+            assert await js(
+                "Array.from(document.querySelectorAll('#cards .card')).every("
+                f"c => c.querySelector('.mark.{want}'))"
+            )
+        await js(
+            "(() => { const s = document.getElementById('f-gate'); s.value = '';"
+            " s.dispatchEvent(new Event('change')); })()"
+        )
+        assert await js("document.querySelectorAll('#cards .card').length") == cards
+        assert page.errors == []
+        assert all(u.startswith(("file:", "data:")) for u in page.requests), page.requests
+        # A run without gates shows no gate filter and no mark.
+        page.loaded.clear()
+        await page.send("Page.navigate", url=plain.as_uri())
+        await asyncio.wait_for(page.loaded.wait(), 60)
+        assert await js("document.querySelectorAll('#cards .card').length") == 12
+        assert await js("document.getElementById('gate-filter').hidden") is True
+        assert await js("document.querySelectorAll('.mark').length") == 0
+        assert page.errors == []
