@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 status=0
-for name in overhead latency scale barrier footprint soak batch; do
+for name in overhead latency scale barrier footprint soak batch gates; do
     "$PY" "bench/$name.py" "$@" || status=$?
 done
 exit "$status"

@@ -18,6 +18,7 @@ EXPECTED = {
     "barrier": ["barrier-scheduling:", "barrier:"],
     "footprint": ["footprint:", "footprint:", "footprint-flat:"],
     "export": ["export:"] * 8 + ["export-flat:"] * 4,
+    "gates": ["gates-cost:"] * 3 + ["gates-filters:"] * 2 + ["gates-filters-memory:"],
     "scale": ["scale:", "scale:", "scale-ratio:"] * 2,  # no latency, then with latency
     "soak": [
         "soak-runs:",
