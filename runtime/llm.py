@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import openai
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
+from openai.types.chat import ChatCompletion
 
 from mmevol.graph.config import Settings
 from mmevol.runtime import endpoints
@@ -101,6 +102,11 @@ _PROBLEMS = {
 
 # The HTTP answers seen by the call running in this context (see ModelClient._observe).
 _SEEN: contextvars.ContextVar[list | None] = contextvars.ContextVar("mmevol_seen", default=None)
+
+_PLAIN_PARAMS = frozenset(
+    {"model", "messages", "stream", "temperature", "max_tokens", "max_completion_tokens"}
+)
+"""Request parameters sent as they are (JSON values the SDK would not change)."""
 
 _CALL_FIELDS = ("key", "hash_id", "branch", "round", "node", "attempt", "chunk", "model")
 
@@ -651,6 +657,15 @@ class ModelClient:
             payload.pop("stream", None)
             result = chat._create_chat_result(
                 await chat.root_async_client.chat.completions.parse(**payload)
+            )
+        elif payload.keys() <= _PLAIN_PARAMS and not payload.get("stream"):
+            # The SDK's documented raw POST: the same JSON body and answer type, without
+            # create()'s walk of every message part against the params' type hints (an
+            # identity for these plain parameters, and a fifth of the SDK's CPU per call).
+            result = chat._create_chat_result(
+                await chat.root_async_client.post(
+                    "/chat/completions", body=payload, cast_to=ChatCompletion
+                )
             )
         else:
             result = chat._create_chat_result(await chat.async_client.create(**payload))
