@@ -89,5 +89,21 @@ class SampleState(InputState):
         """Return the input of the next round: the latest non-empty round, else the seed."""
         for record in reversed(self.rounds):
             if record.kept:
-                return [QAItem.model_validate(k.model_dump(exclude={"score"})) for k in record.kept]
+                return [_unscored(k) for k in record.kept]
         return list(self.seed_items)
+
+
+_QA_FIELDS = tuple(QAItem.model_fields)
+
+
+def _unscored(item: ScoredItem) -> QAItem:
+    """Return a kept item without its score: its fields as they are, already validated.
+
+    Nodes call ``current_items`` several times a round; building the item from its
+    fields skips a dump and a full validation that would give the same item.
+    """
+    return QAItem.model_construct(**{name: _copied(getattr(item, name)) for name in _QA_FIELDS})
+
+
+def _copied(value: object) -> object:
+    return list(value) if isinstance(value, list) else value

@@ -61,16 +61,22 @@ class RunReport:
         return self.stop is not None
 
 
-def thread_config(settings: Settings, hash_id: str) -> dict:
-    """Return the LangGraph config of one sample: its thread, tags for tracing, step limit."""
-    return {
+def thread_config(settings: Settings, hash_id: str, traced: bool = True) -> dict:
+    """Return the LangGraph config of one sample: its thread, tags for tracing, step limit.
+
+    The run name, tags and metadata serve LangSmith only; LangGraph merges them into the
+    config of every task and branch, so an untraced run (``traced`` False) leaves them out.
+    """
+    config: dict = {
         "configurable": {"thread_id": hash_id},
         # Each attempt is three steps and each round two more; leave ample headroom.
         "recursion_limit": settings.rounds * (3 * settings.max_attempts + 4) + 10,
-        "run_name": f"mmevol {hash_id}",
-        "tags": ["mmevol", f"run:{settings.run}", f"sample:{hash_id}"],
-        "metadata": {"mmevol_run": settings.run, "hash_id": hash_id},
     }
+    if traced:
+        config["run_name"] = f"mmevol {hash_id}"
+        config["tags"] = ["mmevol", f"run:{settings.run}", f"sample:{hash_id}"]
+        config["metadata"] = {"mmevol_run": settings.run, "hash_id": hash_id}
+    return config
 
 
 def durability(settings: Settings) -> str:
@@ -276,7 +282,7 @@ async def _run_sample(
 ) -> None:
     assert row.sample is not None
     store = ctx.store
-    config = thread_config(ctx.settings, row.hash_id)
+    config = thread_config(ctx.settings, row.hash_id, traced=ctx.client.traced)
     notify(SampleEvent("started", row.hash_id))
     try:
         snapshot = await graph.aget_state(config)

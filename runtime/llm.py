@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import openai
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
+from openai.types.chat import ChatCompletion
 
 from mmevol.graph.config import Settings
 from mmevol.runtime import endpoints
@@ -117,6 +118,11 @@ _PROBLEMS = {
 # The HTTP answers seen by the call running in this context (see ModelClient._observe).
 _SEEN: contextvars.ContextVar[list | None] = contextvars.ContextVar("mmevol_seen", default=None)
 
+_PLAIN_PARAMS = frozenset(
+    {"model", "messages", "stream", "temperature", "max_tokens", "max_completion_tokens"}
+)
+"""Request parameters sent as they are (JSON values the SDK would not change)."""
+
 _CALL_FIELDS = ("key", "hash_id", "branch", "round", "node", "attempt", "chunk", "model")
 
 
@@ -182,6 +188,24 @@ class Answer:
     text: str
     finish_reason: str | None
     reused: bool
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the client reads from a model's answer (as ChatOpenAI's AIMessage has it)."""
+
+    content: object
+    usage_metadata: dict | None
+    response_metadata: dict
+
+
+def tracing_enabled() -> bool:
+    """Whether LangSmith tracing is on (its usual environment variables)."""
+    try:
+        from langsmith.utils import tracing_is_enabled
+    except ImportError:  # pragma: no cover - langsmith comes with langchain-core
+        return False
+    return bool(tracing_is_enabled())
 
 
 def make_chat(
@@ -299,6 +323,8 @@ class ModelClient:
         self.tally = tally or spent_so_far(store, self.prices)
         self.usage = Usage(calls_before=self.tally.calls_before, cost_before=self.tally.cost_before)
         self.structured = settings.structured_output
+        self.traced = tracing_enabled()
+        """Calls go through ``ChatOpenAI.ainvoke`` so that LangSmith sees them."""
         self.batches: BatchQueue | None = None
         """Batch mode's queue (``--batch``): new calls go out in shards and their samples park."""
         if settings.batch:
@@ -661,18 +687,60 @@ class ModelClient:
     async def _invoke(self, chat: ChatOpenAI, message: HumanMessage, schema: dict | None) -> object:
         """Call the model, with the JSON schema when structured output is on and accepted."""
         if not self.structured or schema is None:
-            return await chat.ainvoke([message])
+            return await self._generate(chat, message)
         try:
-            return await chat.ainvoke([message], response_format=schema)
+            return await self._generate(chat, message, response_format=schema)
         except openai.BadRequestError as err:
             if not self.structured:
-                return await chat.ainvoke([message])
+                return await self._generate(chat, message)
             self.structured = False
             self.on_notice(
                 "the endpoint rejected structured output (json_schema response format): "
                 f"{err}; falling back to parsing text answers for the rest of the run"
             )
-            return await chat.ainvoke([message])
+            return await self._generate(chat, message)
+
+    async def _generate(self, chat: ChatOpenAI, message: HumanMessage, **options: object) -> Reply:
+        """Ask one ChatOpenAI for one answer, by its shortest path unless a trace is kept.
+
+        ``chat.ainvoke`` wraps the request in layers that do nothing for a run: merging
+        the caller's config, a callback manager that inherits LangGraph's task config
+        (and sends its events through a thread), the LLM cache check, and a thread hop to
+        read the answer. The short path asks ChatOpenAI for the same request payload,
+        sends it with the same openai client, and reads the answer with ChatOpenAI's own
+        ``_create_chat_result``: the same request, answer and errors, less than half the
+        CPU. With LangSmith tracing on (its environment variables), or for a model that
+        ChatOpenAI sends to the Responses API, the whole ``ainvoke`` path runs instead.
+        """
+        if self.traced:
+            reply = await chat.ainvoke([message], **options)
+            return Reply(reply.content, reply.usage_metadata, reply.response_metadata)
+        payload = chat._get_request_payload([message], **options)
+        if "messages" not in payload:  # a Responses API model: ChatOpenAI's own path
+            result = await chat._agenerate([message], **options)
+        elif "response_format" in payload:
+            payload.pop("stream", None)
+            result = chat._create_chat_result(
+                await chat.root_async_client.chat.completions.parse(**payload)
+            )
+        elif payload.keys() <= _PLAIN_PARAMS and not payload.get("stream"):
+            # The SDK's documented raw POST: the same JSON body and answer type, without
+            # create()'s walk of every message part against the params' type hints (an
+            # identity for these plain parameters, and a fifth of the SDK's CPU per call).
+            result = chat._create_chat_result(
+                await chat.root_async_client.post(
+                    "/chat/completions", body=payload, cast_to=ChatCompletion
+                )
+            )
+        else:
+            result = chat._create_chat_result(await chat.async_client.create(**payload))
+        generation = result.generations[0]
+        reply = generation.message
+        return Reply(
+            reply.content,
+            reply.usage_metadata,
+            {**(generation.generation_info or {}), **reply.response_metadata},
+        )
 
     def _count(
         self, model: str, tokens_in: int, tokens_out: int, cached: int = 0, batch: bool = False

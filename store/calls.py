@@ -20,15 +20,11 @@ class Calls(StoreBase):
 
     def find_call(self, key: str) -> dict | None:
         """Return the latest successful call recorded under a key, or None."""
-        rows = list(
-            self.db.query(
-                "select * from calls where key = ? and error is null order by id desc limit 1",
-                [key],
-            )
+        return self._one(
+            "select * from calls where key = ? and error is null order by id desc limit 1", [key]
         )
-        return rows[0] if rows else None
 
-    # The three methods below run several times per sample; plain SQL on the connection
+    # The methods here run several times per sample; plain SQL on the connection
     # spares sqlite-utils' per-call table introspection, a measurable share of a run's CPU.
 
     def get_call(self, call_id: int) -> dict:

@@ -3,6 +3,7 @@ ratios the benchmarks print, measured by hand or in a CI step, never asserted in
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ def test_benchmark_smoke_run(name):
     lines = proc.stdout.strip().splitlines()
     assert [line.split(" ", 1)[0] for line in lines] == EXPECTED[name], proc.stdout
     assert all(("PASS" in line or "FAIL" in line) for line in lines if "goal" in line)
+    if name == "overhead":
+        # The regression guard: the ratio to the bare loop is printed (never judged here).
+        assert re.search(r"ratio \d+\.\d+ .*CPU ratio \d+\.\d+", lines[0]), lines[0]
 
 
 def _result_with(finished: list[float]):

@@ -299,3 +299,49 @@ def test_answers_holding_a_lone_surrogate_are_recorded_once_and_unusable(
     out = tmp_path / "out.json"
     assert export_json(settings.results_db, out).written == report.done
     assert "\ud800" not in out.read_text(encoding="utf-8")
+
+
+def test_the_short_call_path_records_what_chat_openai_ainvoke_does(sim, make_settings, tmp_path):
+    # Without LangSmith tracing the client skips ChatOpenAI.ainvoke's layers (issue 22);
+    # with it (``traced``) every call goes through ainvoke. Both must record the same.
+    scripts = [
+        ("content", {"content": "<items>1. Q: Red? A: Yes.</items>"}),
+        ("content", {"content": "cut", "finish_reason": "length"}),
+        ("html", {}),
+        ("no_choices", {}),
+    ]
+    recorded = {}
+    for traced in (False, True):
+        settings = make_settings(sim, tmp_path, run=f"traced-{traced}")
+        settings.run_dir.mkdir(parents=True)
+        store = Store(settings.results_db)
+
+        async def go(store=store, settings=settings, traced=traced):
+            async with ModelClient(settings, store) as client:
+                client.traced = traced
+                answers = []
+                for n, (kind, fields) in enumerate(scripts):
+                    sim.enqueue(kind, **fields)
+                    key = CallKey("0_a.jpg", 1, "score", n)
+                    answers.append(await client.ask(key, "judge these"))
+                return answers
+
+        try:
+            answers = asyncio.run(go())
+            rows = store.rows("calls")
+        finally:
+            store.close()
+        recorded[traced] = (
+            [(a.text, a.finish_reason) for a in answers],
+            [
+                {k: v for k, v in row.items() if k not in ("id", "latency_ms", "created_at")}
+                for row in rows
+            ],
+        )
+    short, full = recorded[False], recorded[True]
+    assert short == full
+    texts = [text for text, _ in short[0]]
+    assert texts[0] == "<items>1. Q: Red? A: Yes.</items>"
+    assert [reason for _, reason in short[0]] == ["stop", "length", "not_a_completion"] + [
+        "not_a_completion"
+    ]
