@@ -5,6 +5,8 @@ endpoint (``sim/answers.py``) finds by name: ``<blind_questions>`` marks the bli
 ``<blind_answers>`` the comparison, ``<second_judge>`` the second judge.
 """
 
+from mmevol.nodes.prompts import response_format
+
 BLIND_PROMPT = """<role>
 You answer questions about an image that you cannot see: only the questions are given.
 </role>
@@ -51,17 +53,7 @@ You give a second, independent opinion: judge each item on its own merits.
 </second_judge>"""
 
 
-def _response_format(name: str, key: str, item: dict) -> dict:
-    schema = {
-        "type": "object",
-        "properties": {key: {"type": "array", "items": item}},
-        "required": [key],
-        "additionalProperties": False,
-    }
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
-
-
-BLIND_SCHEMA = _response_format(
+BLIND_SCHEMA = response_format(
     "blind_answers",
     "answers",
     {
@@ -71,7 +63,7 @@ BLIND_SCHEMA = _response_format(
         "additionalProperties": False,
     },
 )
-BLIND_JUDGE_SCHEMA = _response_format(
+BLIND_JUDGE_SCHEMA = response_format(
     "blind_verdicts",
     "verdicts",
     {

@@ -212,7 +212,8 @@ _VERDICT = {
 }
 
 
-def _response_format(name: str, key: str, item: dict) -> dict:
+def response_format(name: str, key: str, item: dict) -> dict:
+    """Return a strict JSON-schema response format: an object holding one list of ``item``."""
     schema = {
         "type": "object",
         "properties": {key: {"type": "array", "items": item}},
@@ -222,5 +223,5 @@ def _response_format(name: str, key: str, item: dict) -> dict:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
-ITEMS_SCHEMA = _response_format("evolved_items", "items", _ITEM)
-VERDICTS_SCHEMA = _response_format("verdicts", "verdicts", _VERDICT)
+ITEMS_SCHEMA = response_format("evolved_items", "items", _ITEM)
+VERDICTS_SCHEMA = response_format("verdicts", "verdicts", _VERDICT)
