@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
@@ -12,6 +11,7 @@ from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem
 from mmevol.graph.state import Box, SampleState
 from mmevol.nodes import prompts
+from mmevol.nodes.indented import dumps_indented
 from mmevol.runtime.llm import CallKey
 
 
@@ -51,8 +51,8 @@ def format_boxes(boxes: Sequence[Box]) -> str:
 
 
 def items_json(items: Sequence[QAItem]) -> str:
-    """Write items as the JSON list the prompts show."""
-    return json.dumps([i.model_dump() for i in items], ensure_ascii=False, indent=1)
+    """Write items as the JSON list the prompts show (``json.dumps`` with ``indent=1``)."""
+    return dumps_indented([i.model_dump() for i in items])
 
 
 def render_evolve_prompt(state: SampleState, chunk: Sequence[QAItem]) -> str:

@@ -15,7 +15,6 @@ without asking the judge.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from mmevol.graph.items import QAItem, Verdict
 from mmevol.graph.state import SampleState
 from mmevol.nodes import gateprompts, prompts
 from mmevol.nodes.evolve import chunked
+from mmevol.nodes.indented import dumps_indented
 from mmevol.nodes.parsing import UnusableAnswer, extract_json, parse_verdicts
 from mmevol.nodes.score import judge_groups, match_verdicts, render_score_prompt
 from mmevol.runtime.llm import CallKey, answer_problem
@@ -85,10 +85,8 @@ async def _blind_gate(
 async def _blind_chunk(
     state: SampleState, ctx: RunContext, chunk: int, items: list[QAItem], rows: list[dict]
 ) -> None:
-    questions = json.dumps(
+    questions = dumps_indented(
         [{"item": n, "question": item.question} for n, item in enumerate(items, 1)],
-        ensure_ascii=False,
-        indent=1,
     )
     answers, problem = await _ask_list(
         ctx,
@@ -114,7 +112,7 @@ async def _blind_chunk(
             to_judge.append(n)
     if not to_judge:
         return
-    listed = json.dumps(
+    listed = dumps_indented(
         [
             {
                 "item": k,
@@ -124,8 +122,6 @@ async def _blind_chunk(
             }
             for k, n in enumerate(to_judge, 1)
         ],
-        ensure_ascii=False,
-        indent=1,
     )
     verdicts, problem = await _ask_list(
         ctx,

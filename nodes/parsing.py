@@ -121,9 +121,10 @@ def extract_json(text: str | None) -> tuple[Any, bool]:
         # Decoding may run past the fence: a fence written inside a JSON string must not
         # cut the value short.
         decoded = _decode(stripped, at)
-        end = _closing(stripped, at)
         if decoded is not None and _holds_objects(decoded[0]):
             return decoded
+        # Only a span that is not the answer needs its end found, character by character.
+        end = _closing(stripped, at)
         if decoded is not None:
             plain = plain or decoded
         elif _JSONISH.match(stripped, at) and _KEYED.search(
