@@ -1,5 +1,7 @@
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,21 @@ def test_a_new_database_takes_its_schema_before_wal(tmp_path):
         assert store.db.execute("pragma journal_mode").fetchone()[0] == "wal"
         wal = tmp_path / "results.db-wal"
         assert not wal.exists() or os.path.getsize(wal) < 50_000
+
+
+def test_a_run_starts_without_importing_what_only_exports_use():
+    """`mmevol run` loads no pandas, pyarrow, datasets or plotting (0.2-1 s of start-up each)."""
+    code = (
+        "import sys, mmevol.cli, mmevol.run.runner, sqlite_utils.db\n"
+        "print(sorted(m for m in ('pandas', 'pyarrow', 'datasets', 'matplotlib', 'imagehash',"
+        " 'datasketch', 'ray') if m in sys.modules))\n"
+        "print(sqlite_utils.db.pd)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "None"], out.stdout + out.stderr
+
+
+def test_pandas_is_still_importable_after_the_store():
+    code = "import mmevol.store.results, pandas; print(pandas.DataFrame({'a': [1]}).shape)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(1, 1)"
