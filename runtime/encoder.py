@@ -77,6 +77,8 @@ class ImageEncoder:
         self.cache_size = cache_size
         self.on_notice = on_notice or (lambda text: log.warning(text))
         self._cache: collections.OrderedDict[_Key, asyncio.Future[str]] = collections.OrderedDict()
+        # Where each (root, seed path) resolved to: a sample asks for its image every round.
+        self._paths: collections.OrderedDict[tuple[Path, str], Path] = collections.OrderedDict()
         self._broken: str | None = None if helper else "not wanted"
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -109,7 +111,7 @@ class ImageEncoder:
         Raises:
             ImageProblem: The image is missing, escapes the root or cannot be read.
         """
-        path = images.resolve(root, relative)  # cheap, and names the sample's problem
+        path = self._resolve(root, relative)
         try:
             key = (str(path), path.stat().st_mtime_ns, max_side, quality)
         except OSError as err:  # removed or made unreadable a moment ago
@@ -125,6 +127,16 @@ class ImageEncoder:
             self._cache.move_to_end(key)
         # Shielded: a sample cancelled while waiting must not cancel a shared encoding.
         return await asyncio.shield(future)
+
+    def _resolve(self, root: Path, relative: str) -> Path:
+        """Resolve the image under the root once (names the sample's problem if it cannot)."""
+        found = self._paths.get((root, relative))
+        if found is None:
+            found = images.resolve(root, relative)
+            self._paths[(root, relative)] = found
+            if len(self._paths) > self.cache_size:
+                self._paths.popitem(last=False)
+        return found
 
     def _forget_failure(self, key: _Key, done: asyncio.Future[str]) -> None:
         if (done.cancelled() or done.exception() is not None) and self._cache.get(key) is done:
