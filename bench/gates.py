@@ -7,9 +7,9 @@ both, against the simulated endpoint answering at once (its own process, blind s
 Filters: ``--dedup`` and ``--decontaminate`` over synthetic items, through the export's own
 indexes (``outputs/filters.py``: the benchmark check, the MinHash question index and the
 image-hash index, in their scratch SQLite file, ``outputs/nearindex.py``), each size in a
-child process so its peak RSS is its own. Items are 4 per sample, with one image hash per
-sample; 1 item in 20 repeats an earlier question with a word changed, 1 in 200 is a
-benchmark question; 5,000 benchmark questions.
+child process so its peak RSS (VmHWM) is its own. Items are 4 per sample, with one image
+hash per sample; 1 item in 20 repeats an earlier question with a word changed, 1 in 200
+is a benchmark question; 5,000 benchmark questions.
 
     python bench/gates.py            # 300 samples per run; 25,000 and 100,000 items
     python bench/gates.py --smoke    # 16 samples; 1,000 and 4,000 items: seconds
@@ -85,10 +85,20 @@ def question(rng: random.Random, n: int) -> str:
     return f"Question {n}: " + " ".join(words) + "?"
 
 
+def peak_mb() -> float:
+    """Return this program's peak RSS in MB (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries that over from the parent that forked the child (here
+    the gate-cost runs' process), so a small child would report its parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def filter_child(items: int, out: Path) -> None:
     """Run the export's dedup and decontamination indexes over ``items`` synthetic items."""
-    import resource
-
     from mmevol.outputs.filters import Benchmarks, FilterOptions
     from mmevol.outputs.filters import normal_text as norm
     from mmevol.outputs.nearindex import HashIndex, QuestionIndex, Scratch, signature
@@ -140,7 +150,7 @@ def filter_child(items: int, out: Path) -> None:
         scratch.commit()
         disk = scratch.path.stat().st_size / 2**20
     rss_at[items] = rss_mb()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mb()
     out.write_text(json.dumps({"seconds": seconds, "load": load, "peak": peak, "left": left,
                                "rss_at": rss_at, "disk": disk}))  # fmt: skip
 
