@@ -178,12 +178,13 @@ def filter_scale(sizes: list[int]) -> None:
     small, large = sizes
     ratio = found[large]["peak"] / found[small]["peak"]
     growth = (found[large]["peak"] - found[small]["peak"]) / (large - small) * 10_000
+    growth = round(growth, 1) + 0.0  # no "-0.0"
     quarter, whole = (found[large]["rss_at"][str(k)] for k in (large // 4, large))
     print(
         f"gates-filters-memory: peak RSS {found[small]['peak']:.0f} MB at {small:,} items, "
         f"{found[large]['peak']:.0f} MB at {large:,} (x{ratio:.2f}; within the {large:,} run "
         f"RSS {quarter:.0f} MB at {large // 4:,} items, {whole:.0f} MB at the end; "
-        f"+{growth:.1f} MB per 10,000 items; the indexes live in a scratch SQLite file, "
+        f"{growth:+.1f} MB per 10,000 items; the indexes live in a scratch SQLite file, "
         f"{found[large]['disk']:.0f} MB at {large:,} items, read through a 4 MB page cache)",
         flush=True,
     )
