@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -146,7 +147,8 @@ def export_json(
                 example=next((line for line in skips.lines if "not found" in line), None),
             )
 
-        count = trust.write_whole(output, lambda fh: _write(rows, fh, lines), accept)
+        with closing(rows):  # the filters' scratch file goes even when a write fails
+            count = trust.write_whole(output, lambda fh: _write(rows, fh, lines), accept)
         result = _left_out(store, results_db, count, report)
         result.skipped, result.problems = skips.kinds, skips.lines
         return result

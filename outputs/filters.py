@@ -8,8 +8,10 @@ overlaps a benchmark question, or its image matches a benchmark image), ``--dedu
 image or question near-duplicates one exported before it, in seed order). A sample whose
 image is a duplicate or a benchmark image is left out whole.
 
-Samples stream through one at a time; what stays in memory grows only by one perceptual
-hash per distinct image and one MinHash LSH entry per exported question.
+Samples stream through one at a time. What the checks remember of the items before (each
+exported question's MinHash LSH bands, each image's perceptual hash, the benchmark's
+questions and passages) lives in a scratch SQLite file (``mmevol.outputs.nearindex``) in
+the temp folder, removed when the export ends; memory stays flat however many items.
 """
 
 from __future__ import annotations
@@ -18,10 +20,20 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmevol.outputs.nearindex import (
+    HashCache,
+    HashIndex,
+    KeySet,
+    QuestionIndex,
+    Scratch,
+    digest,
+    signature,
+)
 from mmevol.store.results import Store
 
 IMAGE_DISTANCE = 4
@@ -32,8 +44,6 @@ CONTAMINATION_SIMILARITY = 0.7
 """Default Jaccard similarity from which a question matches a benchmark question."""
 CONTAMINATION_NGRAM = 13
 """Words of the n-grams whose overlap with a benchmark question also marks contamination."""
-SHINGLE = 5
-NUM_PERM = 64
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 QUESTION_KEYS = ("question", "query", "prompt", "instruction", "text", "input")
 EXAMPLES_KEPT = 20
@@ -164,86 +174,9 @@ def phash(path: Path) -> int | None:
         return None
 
 
-class HashIndex:
-    """Find 64-bit hashes within a Hamming distance, by exact match on one of d+1 bit blocks.
-
-    Two hashes at most ``d`` bits apart agree exactly on at least one of ``d + 1`` blocks
-    (pigeonhole), so each lookup compares only the hashes sharing a block.
-    """
-
-    def __init__(self, distance: int):
-        """Index hashes that count as the same within ``distance`` differing bits."""
-        self.distance = distance
-        count = distance + 1
-        edges = [round(64 * n / count) for n in range(count + 1)]
-        self.blocks = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:], strict=False)]
-        self.tables: list[dict[int, list[int]]] = [{} for _ in self.blocks]
-        self.names: list[str] = []
-        self.hashes: list[int] = []
-
-    def find(self, value: int) -> str | None:
-        """Return the name of an indexed hash within the distance of ``value``, if any."""
-        for table, (shift, mask) in zip(self.tables, self.blocks, strict=True):
-            for n in table.get((value >> shift) & mask, ()):
-                if (self.hashes[n] ^ value).bit_count() <= self.distance:
-                    return self.names[n]
-        return None
-
-    def add(self, value: int, name: str) -> None:
-        """Index ``value`` under ``name``."""
-        n = len(self.hashes)
-        self.hashes.append(value)
-        self.names.append(name)
-        for table, (shift, mask) in zip(self.tables, self.blocks, strict=True):
-            table.setdefault((value >> shift) & mask, []).append(n)
-
-
 def normal_text(text: str) -> str:
     """Return text lowercased, punctuation removed and spaces collapsed."""
     return " ".join(re.findall(r"[^\W_]+", str(text).lower()))
-
-
-class QuestionIndex:
-    """Near-duplicate questions by MinHash of character 5-grams in an LSH index (datasketch)."""
-
-    def __init__(self, threshold: float):
-        """Index questions that count as the same from Jaccard similarity ``threshold``."""
-        from datasketch import MinHash, MinHashLSH
-
-        self._minhash = MinHash
-        self._template = MinHash(num_perm=NUM_PERM)
-        self._scheme = self._template.scheme
-        # Similarity 1 asks for the same text: the exact table alone answers.
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM) if threshold < 1 else None
-        self.exact: dict[str, str] = {}
-
-    def signature(self, text: str):
-        """Return the MinHash of a normalised question."""
-        grams = {text[i : i + SHINGLE] for i in range(max(1, len(text) - SHINGLE + 1))}
-        sig = self._minhash(
-            num_perm=NUM_PERM, permutations=self._template.permutations, scheme=self._scheme
-        )
-        sig.update_batch([g.encode() for g in grams])
-        return sig
-
-    def find(self, text: str, sig=None) -> str | None:
-        """Return the name of an indexed near-duplicate of ``text`` (normalised), if any."""
-        if text in self.exact:
-            return self.exact[text]
-        if self.lsh is None:
-            return None
-        found = self.lsh.query(sig if sig is not None else self.signature(text))
-        return min(found, key=_order) if found else None
-
-    def add(self, text: str, name: str, sig=None) -> None:
-        """Index ``text`` (normalised) under ``name`` (unique)."""
-        self.exact.setdefault(text, name)
-        if self.lsh is not None:
-            self.lsh.insert(name, sig if sig is not None else self.signature(text))
-
-
-def _order(name: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 # -- benchmark files -----------------------------------------------------------------------
@@ -303,11 +236,12 @@ def _question_of(record: Any) -> str | None:
 class Benchmarks:
     """The benchmark questions and images an export is checked against (``--decontaminate``)."""
 
-    def __init__(self, options: FilterOptions):
-        """Read the benchmark files and hash the benchmark images."""
+    def __init__(self, options: FilterOptions, scratch: Scratch | None = None):
+        """Read the benchmark files and hash the benchmark images, indexing them in ``scratch``."""
+        scratch = scratch or Scratch.memory()
         self.n = options.contamination_ngram
-        self.questions = QuestionIndex(options.contamination_similarity)
-        self.ngrams: set[int] = set()
+        self.questions = QuestionIndex(options.contamination_similarity, scratch)
+        self.ngrams = KeySet(scratch)
         count = 0
         for path in options.decontaminate:
             for question in benchmark_questions(path):
@@ -317,24 +251,30 @@ class Benchmarks:
                 count += 1
                 self.questions.add(text, f"{path.name}#{count}")
                 self.ngrams.update(self._grams(text))
-        self.images = HashIndex(options.image_distance)
+        self.images = HashIndex(options.image_distance, scratch)
         if options.decontaminate_images is not None:
             for file in sorted(Path(options.decontaminate_images).rglob("*")):
                 if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
                     value = phash(file)
                     if value is not None:
                         self.images.add(value, file.name)
+        scratch.commit()
 
-    def _grams(self, text: str) -> set[int]:
+    def _grams(self, text: str) -> list[int]:
         words = text.split()
-        return {hash(" ".join(words[i : i + self.n])) for i in range(len(words) - self.n + 1)}
+        return [
+            digest(" ".join(words[i : i + self.n]).encode()) for i in range(len(words) - self.n + 1)
+        ]
 
-    def question_match(self, text: str) -> str | None:
-        """Return why a normalised question counts as a benchmark question, or None."""
-        found = self.questions.find(text)
+    def question_match(self, text: str, sig=None) -> str | None:
+        """Return why a normalised question counts as a benchmark question, or None.
+
+        ``sig`` is its ``signature`` when already made (for the dedup index too).
+        """
+        found = self.questions.find(text, sig)
         if found:
             return f"question matches benchmark question {found}"
-        if self.ngrams and not self.ngrams.isdisjoint(self._grams(text)):
+        if len(self.ngrams) and self.ngrams.intersects(self._grams(text)):
             return f"question shares a {self.n}-word passage with a benchmark question"
         return None
 
@@ -355,69 +295,91 @@ def filter_rows(
     ``rounds`` are the evolved versions the export writes (all when None); only their
     items are checked, and only their questions count for ``--dedup``. Items are checked
     in seed order, then round, then position, so a duplicate keeps its first occurrence.
+    The indexes' scratch file is removed when the samples end or the generator is closed
+    (callers close it: ``contextlib.closing``).
     """
     if options is None or not options.active:
         yield from samples
         return
     report.applied = options.applied()
     wanted = None if rounds is None else {r for r in rounds if r > 0}
-    bench = Benchmarks(options) if options.decontaminate or options.decontaminate_images else None
-    images = HashIndex(options.image_distance) if options.dedup else None
-    questions = QuestionIndex(options.question_similarity) if options.dedup else None
-    hashes: dict[str, int | None] = {}
-    branches = dict(store.db.execute("select hash_id, coalesce(branch, 'main') from samples"))
-    for sample in samples:
-        hash_id = sample["hash_id"]
-        versions = sorted(
-            int(k.removeprefix("conversations_v"))
-            for k in sample
-            if k.startswith("conversations_v") and k.removeprefix("conversations_v").isdigit()
-        )
-        versions = [v for v in versions if v > 0 and (wanted is None or v in wanted)]
-        count = sum(len(sample.get(f"conversations_v{v}") or []) for v in versions)
-        image_name = str(sample.get("image") or "")
-        value = None
-        if image_name and (images is not None or (bench and bench.images.hashes)):
-            if image_name not in hashes:
-                hashes[image_name] = phash(root / image_name)
-            value = hashes[image_name]
-        # Whole-sample filters: a benchmark image, then a duplicate image.
-        if bench is not None and bench.images.hashes:
-            match = bench.images.find(value) if value is not None else None
-            if match:
-                report.checked["decontaminate"] += count
-                report.samples_left_out["decontaminate"] += 1
-                for _ in range(count):
-                    report.note("decontaminate", hash_id, f"image matches benchmark image {match}")
+    bench_wanted = bool(options.decontaminate or options.decontaminate_images)
+    with Scratch() if options.dedup or bench_wanted else nullcontext() as scratch:
+        bench = Benchmarks(options, scratch) if bench_wanted else None
+        images = HashIndex(options.image_distance, scratch) if options.dedup else None
+        questions = QuestionIndex(options.question_similarity, scratch) if options.dedup else None
+        hashes = HashCache(scratch) if images is not None or (bench and bench.images) else None
+        for sample in samples:
+            versions = _versions(sample, wanted)
+            if _sample_left_out(sample, versions, root, bench, images, hashes, report):
                 continue
-        if images is not None and value is not None:
-            match = images.find(value)
-            if match:
-                report.checked["dedup"] += count
-                report.samples_left_out["dedup"] += 1
-                for _ in range(count):
-                    report.note("dedup", hash_id, f"image near-duplicates that of {match}")
-                continue
-            images.add(value, hash_id)
-        gates = (
-            store.gates_of(hash_id, branches.get(hash_id, "main"))
-            if options.require_image or options.min_agreement is not None
-            else {}
-        )
-        for rnd in versions:
-            key = f"conversations_v{rnd}"
-            kept = []
-            for position, item in enumerate(sample.get(key) or []):
-                where = f"{hash_id} v{rnd} item {position + 1}"
-                why = _item_left_out(
-                    item, gates.get((rnd, position)), options, bench, questions, report, where
-                )
-                if why is None:
-                    kept.append(item)
-                else:
-                    report.note(*why)
-            sample[key] = kept
-        yield sample
+            gates = (
+                store.gates_of(sample["hash_id"], _branch(store, sample["hash_id"]))
+                if options.require_image or options.min_agreement is not None
+                else {}
+            )
+            for rnd in versions:
+                key = f"conversations_v{rnd}"
+                kept = []
+                for position, item in enumerate(sample.get(key) or []):
+                    where = f"{sample['hash_id']} v{rnd} item {position + 1}"
+                    gate = gates.get((rnd, position))
+                    why = _item_left_out(item, gate, options, bench, questions, report, where)
+                    if why is None:
+                        kept.append(item)
+                    else:
+                        report.note(*why)
+                sample[key] = kept
+            yield sample
+
+
+def _versions(sample: dict, wanted: set[int] | None) -> list[int]:
+    """Return the evolved rounds of a sample the export writes, in order."""
+    found = sorted(
+        int(k.removeprefix("conversations_v"))
+        for k in sample
+        if k.startswith("conversations_v") and k.removeprefix("conversations_v").isdigit()
+    )
+    return [v for v in found if v > 0 and (wanted is None or v in wanted)]
+
+
+def _branch(store: Store, hash_id: str) -> str:
+    """Return the sample's current branch (read per sample: no dict of every sample)."""
+    row = store.sample(hash_id) or {}
+    return row.get("branch") or "main"
+
+
+def _sample_left_out(
+    sample: dict,
+    versions: list[int],
+    root: Path,
+    bench: Benchmarks | None,
+    images: HashIndex | None,
+    hashes: HashCache | None,
+    report: FilterReport,
+) -> bool:
+    """Return whether the whole sample is left out (its image); count its items then."""
+    image_name = str(sample.get("image") or "")
+    if hashes is None or not image_name:
+        return False
+    value = hashes.get(image_name, lambda: phash(root / image_name))
+    if value is None:
+        return False
+    match = None
+    if bench is not None and bench.images:
+        name, why = "decontaminate", "matches benchmark image"
+        match = bench.images.find(value)
+    if match is None and images is not None:
+        name, why = "dedup", "near-duplicates that of"
+        match = images.find_or_add(value, sample["hash_id"])
+    if match is None:
+        return False
+    count = sum(len(sample.get(f"conversations_v{v}") or []) for v in versions)
+    report.checked[name] += count
+    report.samples_left_out[name] += 1
+    for _ in range(count):
+        report.note(name, sample["hash_id"], f"image {why} {match}")
+    return True
 
 
 def _item_left_out(
@@ -440,18 +402,17 @@ def _item_left_out(
         if agreement is not None and agreement < options.min_agreement:
             return "min-agreement", where, f"second judge agreement {agreement}"
     text = normal_text(item.get("question", "")) if isinstance(item, dict) else ""
+    # One MinHash serves both question indexes (None when both ask for the same text only).
+    indexes = [q for q in (bench.questions if bench else None, questions) if q is not None]
+    sig = signature(text) if text and any(q.bands is not None for q in indexes) else None
     if bench is not None:
         report.checked["decontaminate"] += 1
-        why = bench.question_match(text) if text else None
+        why = bench.question_match(text, sig) if text else None
         if why:
             return "decontaminate", where, why
     if questions is not None:
         report.checked["dedup"] += 1
-        if not text:
-            return None
-        sig = questions.signature(text) if questions.lsh is not None else None
-        found = questions.find(text, sig)
+        found = questions.find_or_add(text, where, sig) if text else None
         if found:
             return "dedup", where, f"question near-duplicates {found}"
-        questions.add(text, where, sig)
     return None

@@ -897,6 +897,7 @@ def export_records(
             for writer in writers.values():
                 writer.commit()
         finally:
+            records.close()  # the filters' scratch file goes now, even on an error
             for writer in writers.values():
                 writer.abort()
     if options.split:
