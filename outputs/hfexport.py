@@ -453,6 +453,7 @@ def export_hf(
         shutil.rmtree(tmp)
     names = ["train"] if options.split is None else ["train", options.split[0]]
     with Store(results_db) as store:
+        records = None
         try:
             root = image_root(store, options.images)
             schema = features(options.steps, options.image_column)
@@ -490,6 +491,8 @@ def export_hf(
             report.check_found(root, store.status_counts().get("done", 0))
             facts = run_facts(store)
         except BaseException:
+            if records is not None:
+                records.close()  # the filters' scratch file goes now, not when collected
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     (tmp / "README.md").write_text(dataset_card(report, facts, options), encoding="utf-8")

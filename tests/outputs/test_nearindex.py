@@ -163,3 +163,19 @@ def test_hash_cache_hashes_each_image_once_unreadable_ones_too():
     assert cache.get("broken.png", compute(None)) is None
     assert cache.get("broken.png", compute(3)) is None
     assert calls == [2**64 - 1, None]
+
+
+def test_the_scratch_file_is_removed_when_an_hf_export_fails(
+    demo_run, tmp_path, temp_folder, monkeypatch
+):
+    pytest.importorskip("datasets")
+    from mmevol.outputs import formats, hfexport
+
+    def full_disk(self, row, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hfexport.ShardWriter, "add", full_disk)
+    options = formats.ExportOptions(filters=FilterOptions(dedup=True))
+    with pytest.raises(OSError, match="No space left"):
+        hfexport.export_hf(demo_run.results_db, tmp_path / "hf", options)
+    assert _scratch_folders(temp_folder) == []
