@@ -176,6 +176,7 @@ def test_the_scratch_file_is_removed_when_an_hf_export_fails(
 
     monkeypatch.setattr(hfexport.ShardWriter, "add", full_disk)
     options = formats.ExportOptions(filters=FilterOptions(dedup=True))
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as failed:  # its traceback kept alive
         hfexport.export_hf(demo_run.results_db, tmp_path / "hf", options)
     assert _scratch_folders(temp_folder) == []
+    assert failed.value.errno == 28
