@@ -9,7 +9,6 @@ from mmevol.graph.state import InputState, SampleState
 from mmevol.nodes.eliminate import eliminate
 from mmevol.nodes.evolve import evolve
 from mmevol.nodes.gates import gates
-from mmevol.nodes.router import route_after_eliminate, route_after_score, route_after_validate
 from mmevol.nodes.score import score
 from mmevol.nodes.select_operator import select_operator
 from mmevol.nodes.validate import validate
@@ -30,11 +29,9 @@ def build_graph() -> StateGraph:
     builder.add_edge("select_operator", "evolve")
     # The answers are recorded by evolve; validate parses and checks them.
     builder.add_edge("evolve", "validate")
-    # Usable items go to the judge; an unusable answer is retried or the round ends empty.
-    builder.add_conditional_edges("validate", route_after_validate)
-    # With --gates the kept items also pass the quality gates (scored, never dropped there).
-    builder.add_conditional_edges("score", route_after_score)
+    # validate, score and eliminate choose where the sample goes next (see
+    # mmevol.nodes.router): validate to the judge, a retry or an empty round's end; score
+    # to the quality gates (--gates) or eliminate; eliminate to the next round or the end.
+    # With --gates the kept items also pass the gates (scored, never dropped there).
     builder.add_edge("gates", "eliminate")
-    # After the last round the sample is finished.
-    builder.add_conditional_edges("eliminate", route_after_eliminate)
     return builder

@@ -78,12 +78,13 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     return updates
 
 
-# The node each replay update is written as: one whose edge to the step's node is fixed,
-# so that no router runs during the update (routers read the run's settings from the
-# runtime, which a state update does not have). A select_operator step is written as
-# select_operator itself, with the operator drawn from the changed state.
+# The node each replay update is written as: one whose edge to the step's node is fixed
+# (validate, score and eliminate choose their next node as they run, from the run's
+# settings, which a state update does not have). A select_operator step is written as
+# select_operator itself, with the operator drawn from the changed state; an eliminate
+# step as the gates, whose edge leads to eliminate whether or not the run has gates.
 WRITE_AS = {"select_operator": "select_operator", "evolve": "select_operator",
-            "validate": "evolve", "eliminate": "score"}  # fmt: skip
+            "validate": "evolve", "eliminate": "gates"}  # fmt: skip
 
 
 async def replay(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import ScoredItem
 from mmevol.graph.state import Dropped, RoundRecord, SampleState
+from mmevol.nodes.router import AfterEliminate, after_eliminate
 
 
-async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
+async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> Command[AfterEliminate]:
     """Write the round's kept and dropped items, then reset the per-round fields."""
     kept: list[ScoredItem] = []
     reasons: list[str | None] = []
@@ -55,7 +57,8 @@ async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
         dropped=len(drops),
         reason=reason,
     )
-    context_of(runtime).store.save_round(
+    ctx = context_of(runtime)
+    ctx.store.save_round(
         state.hash_id,
         record.model_dump(exclude={"kept"}) | {"kept": len(kept)},
         [k.model_dump() for k in kept],
@@ -63,7 +66,7 @@ async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
         branch=state.branch,
         reasons=reasons,
     )
-    return {
+    update = {
         "rounds": [record],
         "round": state.round + 1,
         "attempt": 1,
@@ -75,3 +78,4 @@ async def eliminate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
         "round_drops": [],
         "problem": None,
     }
+    return Command(update=update, goto=after_eliminate(state.round + 1, ctx.settings))

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem, Verdict
@@ -13,10 +14,11 @@ from mmevol.graph.state import SampleState
 from mmevol.nodes import prompts
 from mmevol.nodes.evolve import chunked, items_json
 from mmevol.nodes.parsing import UnusableAnswer, parse_verdicts
+from mmevol.nodes.router import AfterScore, after_score
 from mmevol.runtime.llm import CallKey, answer_problem
 
 
-async def score(state: SampleState, runtime: Runtime[RunContext]) -> dict:
+async def score(state: SampleState, runtime: Runtime[RunContext]) -> Command[AfterScore]:
     """Score the candidates, one judge call per evolution chunk that produced any."""
     groups = judge_groups(state, context_of(runtime).settings.chunk_size)
     results = await asyncio.gather(
@@ -34,7 +36,8 @@ async def score(state: SampleState, runtime: Runtime[RunContext]) -> dict:
             verdicts[position] = verdict
         if problem:
             problems.append(problem)
-    return {"verdicts": verdicts, "problem": "; ".join(problems) or None}
+    update = {"verdicts": verdicts, "problem": "; ".join(problems) or None}
+    return Command(update=update, goto=after_score(context_of(runtime).settings))
 
 
 def judge_groups(state: SampleState, chunk_size: int) -> list[tuple[int, list[QAItem], list[int]]]:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 
 from mmevol.graph.context import RunContext, context_of
 from mmevol.graph.items import QAItem
 from mmevol.graph.state import Dropped, SampleState
 from mmevol.nodes.checks import screen
 from mmevol.nodes.parsing import UnusableAnswer, parse_items
+from mmevol.nodes.router import AfterValidate, after_validate
 from mmevol.runtime.llm import answer_problem
 
 
-async def validate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
+async def validate(state: SampleState, runtime: Runtime[RunContext]) -> Command[AfterValidate]:
     """Turn the recorded answers into candidate items; an unusable attempt asks for a retry."""
-    store = context_of(runtime).store
+    ctx = context_of(runtime)
+    store = ctx.store
     given = state.current_items()
     boxes = [b.bbox for b in state.boxes]
     candidates: list[QAItem] = []
@@ -43,16 +46,18 @@ async def validate(state: SampleState, runtime: Runtime[RunContext]) -> dict:
         candidates += kept
         origins += [chunk] * len(kept)
     if candidates:
-        return {
+        update = {
             "candidates": candidates,
             "origins": origins,
             "round_drops": drops,
             "problem": None,
         }
-    return {
+        return Command(update=update, goto=after_validate(True, state.attempt, ctx.settings))
+    update = {
         "candidates": [],
         "origins": [],
         "round_drops": drops,
         "problem": "; ".join(dict.fromkeys(problems)) or "no usable item",
         "attempt": state.attempt + 1,
     }
+    return Command(update=update, goto=after_validate(False, state.attempt + 1, ctx.settings))

@@ -240,3 +240,25 @@ def test_replay_settings_read_a_run_recorded_with_several_endpoints(tmp_path):
     assert again.base_urls == ("http://a/v1", "http://b/v1")
     only = replay_settings(tmp_path / "results.db", tmp_path, "r", base_url="http://c/v1")
     assert only.base_urls == ("http://c/v1",)
+
+
+@pytest.mark.parametrize("node", ["validate", "eliminate"])
+def test_replay_from_a_validate_or_eliminate_step_runs_the_fork_to_the_end(
+    node, sim, demo_seed, make_settings, monkeypatch
+):
+    # validate and eliminate choose their next node as they run; a fork written before
+    # them must still run them, then go on to the end. Found while testing this: a fork
+    # before an eliminate step failed with "Missing required config key 'N/A' for
+    # 'route_after_score'" (the state update ran the router, which needs the run's settings).
+    settings, before = kept_history_run(sim, demo_seed, make_settings, monkeypatch)
+    step = next(s for s in before if s["round"] == 2 and s["node"] == node)
+    result = replay_cli(settings, "--from", step["step"], "--set", "caption=a fork")
+    assert result.exit_code == 0, result.output
+    fork = asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH, "fork1"))
+    assert fork[: step["step"] - 1] == before[: step["step"] - 1]
+    # The fork's trace shows the state update as a step of its own, then the fork's steps.
+    rest = [s["node"] for s in before[step["step"] - 1 :]]
+    assert [s["node"] for s in fork[-len(rest) :]] == rest
+    assert len(fork) == len(before) + 1
+    assert branch_rows(settings, "fork1")["rounds"] == 3
+    assert asyncio.run(trace_sample(settings.graph_db, settings.results_db, HASH)) == before
