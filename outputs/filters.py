@@ -47,6 +47,8 @@ CONTAMINATION_NGRAM = 13
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 QUESTION_KEYS = ("question", "query", "prompt", "instruction", "text", "input")
 EXAMPLES_KEPT = 20
+FILTERS = ("require-image", "min-agreement", "decontaminate", "dedup")
+"""The filters in the order they look at an item (an item counts under the first that drops it)."""
 
 
 @dataclass
@@ -84,6 +86,8 @@ class FilterOptions:
         if self.decontaminate_images is not None:
             self.decontaminate_images = Path(self.decontaminate_images)
         for path in self.decontaminate:
+            if path.is_dir():
+                raise ValueError(f"--decontaminate {str(path)!r}: a folder, not a file")
             if not path.is_file():
                 raise ValueError(f"--decontaminate {str(path)!r}: no such file")
         if self.decontaminate_images is not None and not self.decontaminate_images.is_dir():
@@ -141,7 +145,7 @@ class FilterReport:
         if not self.applied:
             return ""
         parts = []
-        for name in ("require-image", "min-agreement", "decontaminate", "dedup"):
+        for name in FILTERS:
             if any(a.startswith(name) for a in self.applied):
                 part = f"{name} {self.left_out[name]} of {self.checked[name]} items"
                 if self.samples_left_out[name]:
@@ -153,10 +157,14 @@ class FilterReport:
         """Return the counts as JSON-ready values (the HF card's ``filters``)."""
         return {
             "applied": list(self.applied),
-            "checked": dict(self.checked),
-            "left_out": dict(self.left_out),
-            "samples_left_out": dict(self.samples_left_out),
+            "checked": _in_order(self.checked),
+            "left_out": _in_order(self.left_out),
+            "samples_left_out": _in_order(self.samples_left_out),
         }
+
+
+def _in_order(counts: Counter) -> dict:
+    return {name: counts[name] for name in FILTERS if name in counts}
 
 
 # -- near-duplicate machinery --------------------------------------------------------------
@@ -244,6 +252,7 @@ class Benchmarks:
         self.ngrams = KeySet(scratch)
         count = 0
         for path in options.decontaminate:
+            before = count
             for question in benchmark_questions(path):
                 text = normal_text(question)
                 if not text:
@@ -251,6 +260,14 @@ class Benchmarks:
                 count += 1
                 self.questions.add(text, f"{path.name}#{count}")
                 self.ngrams.update(self._grams(text))
+            if count == before:
+                # Checking against nothing would pass every item and look like a clean result.
+                raise ValueError(
+                    f"--decontaminate {str(path)!r}: no benchmark question found (a record is"
+                    " a string, or has a question, query, prompt, instruction, text or input"
+                    " field, or LLaVA conversations)"
+                )
+        self.question_count = count
         self.images = HashIndex(options.image_distance, scratch)
         if options.decontaminate_images is not None:
             for file in sorted(Path(options.decontaminate_images).rglob("*")):
@@ -258,6 +275,11 @@ class Benchmarks:
                     value = phash(file)
                     if value is not None:
                         self.images.add(value, file.name)
+            if not len(self.images):
+                raise ValueError(
+                    f"--decontaminate-images {str(options.decontaminate_images)!r}: no readable"
+                    f" image found ({' '.join(IMAGE_SUFFIXES)})"
+                )
         scratch.commit()
 
     def _grams(self, text: str) -> list[int]:
@@ -282,6 +304,23 @@ class Benchmarks:
 # -- the filter pass -----------------------------------------------------------------------
 
 
+def check_gates(store: Store, options: FilterOptions) -> None:
+    """Refuse a gate filter whose gate the run did not run: it would check nothing, pass all.
+
+    Raises:
+        ValueError: ``--require-image`` without ``--gates blind``, or ``--min-agreement``
+            without ``--gates judge2`` (the run's recorded settings say which it ran).
+    """
+    gates = [g for g in str((store.get_meta("settings") or {}).get("gates") or "").split(",") if g]
+    has = f"--gates {','.join(gates)}" if gates else "no gates"
+    for flag, gate, wanted in (
+        ("--require-image", "blind", options.require_image),
+        ("--min-agreement", "judge2", options.min_agreement is not None),
+    ):
+        if wanted and gate not in gates:
+            raise ValueError(f"{flag} needs a run made with --gates {gate}; this run has {has}")
+
+
 def filter_rows(
     store: Store,
     samples: Iterable[dict],
@@ -301,6 +340,7 @@ def filter_rows(
     if options is None or not options.active:
         yield from samples
         return
+    check_gates(store, options)
     report.applied = options.applied()
     wanted = None if rounds is None else {r for r in rounds if r > 0}
     bench_wanted = bool(options.decontaminate or options.decontaminate_images)

@@ -271,3 +271,48 @@ def test_stats_of_a_run_without_gates_has_an_empty_quality_section(demo_run):
     stats = compute_stats(demo_run.results_db)
     assert stats["quality"] == {"gates": []}
     assert all(title != "Quality gates" for title, _, _ in tables(stats))
+
+
+# Reported by a trial on a fresh clone: each of these exported with "0 of N items left
+# out", as though the items had been checked, when nothing was checked at all.
+
+
+@pytest.mark.parametrize(
+    "content", ['{"a": 1}', "[1, 2, 3]", "", '[{"answer": "no question key"}]', '["", "  "]']
+)
+def test_a_benchmark_file_without_questions_is_refused(gated_run, tmp_path, content):
+    settings, _, _ = gated_run
+    bench = tmp_path / "bench.json"
+    bench.write_text(content)
+    with pytest.raises(ValueError, match="bench.json': no benchmark question found"):
+        export_json(
+            settings.results_db, tmp_path / "out.json", FilterOptions(decontaminate=(bench,))
+        )
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_a_benchmark_folder_without_images_is_refused(gated_run, tmp_path):
+    settings, _, _ = gated_run
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "notes.txt").write_text("no images here")
+    options = FilterOptions(decontaminate_images=tmp_path / "bench")
+    with pytest.raises(ValueError, match="no readable image found"):
+        export_json(settings.results_db, tmp_path / "out.json", options)
+
+
+def test_a_folder_given_as_benchmark_file_says_so(tmp_path):
+    with pytest.raises(ValueError, match="a folder, not a file"):
+        FilterOptions(decontaminate=(tmp_path,))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (FilterOptions(require_image=True), "--require-image needs a run made with --gates blind"),
+        (FilterOptions(min_agreement=0.5), "--min-agreement needs a run made with --gates judge2"),
+    ],
+)
+def test_gate_filters_on_a_run_without_that_gate_are_refused(demo_run, tmp_path, options, message):
+    with pytest.raises(ValueError, match=f"{message}; this run has no gates"):
+        export_json(demo_run.results_db, tmp_path / "out.json", options)
+    assert not (tmp_path / "out.json").exists()
