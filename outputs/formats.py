@@ -445,6 +445,8 @@ class ExportReport:
     """Boxes converted by --boxes (``converted``), and lists left as they were (``left``)."""
     splits: Counter = field(default_factory=Counter)
     """Records written per split (with --split)."""
+    split_bytes: Counter = field(default_factory=Counter)
+    """Arrow bytes written per split (hf: the card's ``num_bytes``, as ``datasets`` counts)."""
     notes: list[str] = field(default_factory=list)
     """What the user should know to train on the output (one line each)."""
     filtered: FilterReport = field(default_factory=FilterReport)

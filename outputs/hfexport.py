@@ -171,6 +171,8 @@ class ShardWriter:
         self._rows: list[dict] = []
         self._buffered = 0
         self._shard_size = 0
+        self.arrow_bytes = 0
+        """Bytes of the Arrow tables written: what ``datasets`` calls a split's ``num_bytes``."""
 
     def add(self, row: dict, size: int) -> None:
         """Buffer one row of about ``size`` bytes; write a row group when enough are."""
@@ -192,7 +194,9 @@ class ShardWriter:
             # into the footer, which the writer keeps in memory until it closes.
             self._writer = pq.ParquetWriter(path, self.schema, write_statistics=STATISTICS)
             self._shard_size = 0
-        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        self._writer.write_table(table)
+        self.arrow_bytes += table.nbytes
         self._shard_size += self._buffered
         self._rows, self._buffered = [], 0
         if self._shard_size >= self.shard_bytes:
@@ -308,7 +312,12 @@ def dataset_card(report: ExportReport, facts: dict, options: ExportOptions) -> s
             }
         ],
         "dataset_info": {
-            "splits": [{"name": name, "num_examples": n} for name, n in splits.items()]
+            # Name, records and Arrow bytes of each split: what `datasets` checks the card
+            # for (it warns and ignores the splits without all three).
+            "splits": [
+                {"name": name, "num_bytes": report.split_bytes[name], "num_examples": n}
+                for name, n in splits.items()
+            ]
         },
         "mmevol": {
             **facts,
@@ -486,8 +495,9 @@ def export_hf(
                 report.written += 1
                 if options.split:
                     report.splits[name] += 1
-            for writer in writers.values():
+            for name, writer in writers.items():
                 writer.close()
+                report.split_bytes[name] = writer.arrow_bytes
             report.check_found(root, store.status_counts().get("done", 0))
             facts = run_facts(store)
         except BaseException:
