@@ -269,9 +269,17 @@ def step_pairs(path: Sequence[StateSnapshot]) -> list[tuple[StateSnapshot, State
     """Pair each checkpoint with the one before it: one pair per node that ran.
 
     The first checkpoints are the input and the __start__ step, which change nothing a
-    user cares about, so they are left out; pair N is trace step N.
+    user cares about, so they are left out; pair N is trace step N. So is a replay's state
+    update after which the same node is still to run (a fork before validate or
+    eliminate): no node ran there, and the fork's steps keep the numbers of its source's.
     """
-    return [(a, b) for a, b in pairwise(path) if a.next and a.next[0] != "__start__"]
+    return [
+        (a, b)
+        for a, b in pairwise(path)
+        if a.next
+        and a.next[0] != "__start__"
+        and not ((b.metadata or {}).get("source") == "update" and b.next == a.next)
+    ]
 
 
 def format_steps(steps: Sequence[dict]) -> str:
