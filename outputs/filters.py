@@ -267,7 +267,6 @@ class Benchmarks:
                     " a string, or has a question, query, prompt, instruction, text or input"
                     " field, or LLaVA conversations)"
                 )
-        self.question_count = count
         self.images = HashIndex(options.image_distance, scratch)
         if options.decontaminate_images is not None:
             for file in sorted(Path(options.decontaminate_images).rglob("*")):
@@ -296,7 +295,7 @@ class Benchmarks:
         found = self.questions.find(text, sig)
         if found:
             return f"question matches benchmark question {found}"
-        if len(self.ngrams) and self.ngrams.intersects(self._grams(text)):
+        if self.ngrams.intersects(self._grams(text)):
             return f"question shares a {self.n}-word passage with a benchmark question"
         return None
 
