@@ -141,7 +141,39 @@ class Scratch:
         return False
 
 
-class HashIndex:
+class _ItemIndex:
+    """Named items, numbered in the order indexed, each found again through its keys.
+
+    Two scratch tables: the keys (``key``, ``item``), and the items: ``item`` first, then
+    what the subclass keeps of each (its ``ITEMS`` schema), ``name`` last.
+    """
+
+    KEYS = "create table {t} (key integer, item integer, primary key (key, item)) without rowid"
+    ITEMS = "create table {t} (item integer primary key, name text)"
+
+    def __init__(self, kind: str, scratch: Scratch | None):
+        """Create the two tables of ``kind`` in ``scratch`` (an in-memory one when None)."""
+        self.scratch = scratch or Scratch.memory()
+        self._key_table = self.scratch.table(f"{kind}_keys", self.KEYS)
+        self._item_table = self.scratch.table(f"{kind}_items", self.ITEMS)
+        self.count = 0
+
+    def __len__(self) -> int:
+        """Return the number of items indexed."""
+        return self.count
+
+    def _index(self, keys: Iterable[int], *row: object) -> None:
+        """Add the next item (``row``: its columns after ``item``) under ``keys``."""
+        self.count += 1
+        item = self.count
+        marks = _marks(row)
+        self.scratch.write(f"insert into {self._item_table} values (?, {marks})", [(item, *row)])
+        self.scratch.write(
+            f"insert or ignore into {self._key_table} values (?, ?)", [(key, item) for key in keys]
+        )
+
+
+class HashIndex(_ItemIndex):
     """Find 64-bit hashes within a Hamming distance, by exact match on one of d+1 bit blocks.
 
     Two hashes at most ``d`` bits apart agree exactly on at least one of ``d + 1`` blocks
@@ -150,7 +182,6 @@ class HashIndex:
     block of distance 0 is the hash itself), so keys never collide.
     """
 
-    BLOCKS = "create table {t} (key integer, item integer, primary key (key, item)) without rowid"
     ITEMS = "create table {t} (item integer primary key, hash integer, name text)"
 
     def __init__(self, distance: int, scratch: Scratch | None = None):
@@ -159,14 +190,7 @@ class HashIndex:
         count = distance + 1
         edges = [round(64 * n / count) for n in range(count + 1)]
         self.blocks = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:], strict=False)]
-        self.scratch = scratch or Scratch.memory()
-        self._blocks = self.scratch.table("image_blocks", self.BLOCKS)
-        self._items = self.scratch.table("image_items", self.ITEMS)
-        self.count = 0
-
-    def __len__(self) -> int:
-        """Return the number of hashes indexed."""
-        return self.count
+        super().__init__("image", scratch)
 
     def _keys(self, value: int) -> list[int]:
         return [
@@ -194,28 +218,21 @@ class HashIndex:
         if not self.count:
             return None
         found = self.scratch.db.execute(
-            f"select item, hash from {self._items} where item in"
-            f" (select item from {self._blocks} where key in ({_marks(keys)})) order by item",
+            f"select item, hash from {self._item_table} where item in"
+            f" (select item from {self._key_table} where key in ({_marks(keys)})) order by item",
             keys,
         ).fetchall()
         for item, other in found:
             if (_unsigned(other) ^ value).bit_count() <= self.distance:
-                sql = f"select name from {self._items} where item = ?"
+                sql = f"select name from {self._item_table} where item = ?"
                 return self.scratch.db.execute(sql, [item]).fetchone()[0]
         return None
 
     def _add(self, value: int, keys: list[int], name: str) -> None:
-        self.count += 1
-        item = self.count
-        self.scratch.write(
-            f"insert into {self._items} values (?, ?, ?)", [(item, _signed(value), name)]
-        )
-        self.scratch.write(
-            f"insert or ignore into {self._blocks} values (?, ?)", [(key, item) for key in keys]
-        )
+        self._index(keys, _signed(value), name)
 
 
-class QuestionIndex:
+class QuestionIndex(_ItemIndex):
     """Near-duplicate questions: the LSH bands of a MinHash of character 5-grams, in SQLite.
 
     datasketch makes the MinHash and picks the band layout (``MinHashLSH`` for the
@@ -224,9 +241,6 @@ class QuestionIndex:
     and ``find`` names the first indexed. Similarity 1 keeps a digest of the text alone.
     """
 
-    KEYS = "create table {t} (key integer, item integer, primary key (key, item)) without rowid"
-    NAMES = "create table {t} (item integer primary key, name text)"
-
     def __init__(self, threshold: float, scratch: Scratch | None = None):
         """Index questions that count as the same from Jaccard similarity ``threshold``."""
         from datasketch import MinHashLSH
@@ -234,14 +248,7 @@ class QuestionIndex:
         # Similarity 1 asks for the same text: its digest alone answers.
         near = threshold < 1
         self.bands = MinHashLSH(threshold=threshold, num_perm=NUM_PERM).hashranges if near else None
-        self.scratch = scratch or Scratch.memory()
-        self._keys = self.scratch.table("question_keys", self.KEYS)
-        self._names = self.scratch.table("question_names", self.NAMES)
-        self.count = 0
-
-    def __len__(self) -> int:
-        """Return the number of questions indexed."""
-        return self.count
+        super().__init__("question", scratch)
 
     def signature(self, text: str):
         """Return the MinHash of a normalised question (None at similarity 1: not needed)."""
@@ -277,19 +284,14 @@ class QuestionIndex:
         if not self.count:
             return None
         row = self.scratch.db.execute(
-            f"select name from {self._names} where item ="
-            f" (select min(item) from {self._keys} where key in ({_marks(keys)}))",
+            f"select name from {self._item_table} where item ="
+            f" (select min(item) from {self._key_table} where key in ({_marks(keys)}))",
             keys,
         ).fetchone()
         return row[0] if row else None
 
     def _add(self, keys: list[int], name: str) -> None:
-        self.count += 1
-        item = self.count
-        self.scratch.write(f"insert into {self._names} values (?, ?)", [(item, name)])
-        self.scratch.write(
-            f"insert or ignore into {self._keys} values (?, ?)", [(key, item) for key in keys]
-        )
+        self._index(keys, name)
 
 
 @cache

@@ -102,7 +102,7 @@ def test_a_near_duplicate_is_found_across_commit_boundaries(tmp_path):
             images.add((n + 1) * 0x9E3779B97F4A7C15 % (1 << 64), f"s{n + 2}")
         # What another connection reads was committed, not held back in a transaction.
         with sqlite3.connect(scratch.path) as other:
-            names = other.execute(f"select count(*) from {questions._names}").fetchone()[0]
+            names = other.execute(f"select count(*) from {questions._item_table}").fetchone()[0]
         assert names >= 20
         questions.add(BENCH, "last")  # still pending in the open transaction
         assert questions.find(CAR_AGAIN) == "s1 v1 item 1"
