@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import warnings
-from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -40,8 +39,7 @@ def resolve(root: Path, relative: str) -> Path:
     """Return the image file for a path relative to the root, refusing escapes and misses."""
     if not relative or not str(relative).strip():
         raise ImageProblem("the sample has no image path", "no image path")
-    # A relative root depends on the working folder, which may change: resolved each time.
-    root = _real(root) if root.is_absolute() else root.resolve()
+    root = root.resolve()
     candidate = (root / relative).resolve()
     if Path(relative).is_absolute() or not candidate.is_relative_to(root):
         raise ImageProblem(
@@ -51,12 +49,6 @@ def resolve(root: Path, relative: str) -> Path:
     if not candidate.is_file():
         raise ImageProblem(f"image {relative!r} not found under {str(root)!r}", "image missing")
     return candidate
-
-
-@lru_cache(maxsize=16)
-def _real(root: Path) -> Path:
-    # The image root of a run, resolved once: every evolution call names an image under it.
-    return root.resolve()
 
 
 def check(root: Path, relative: str, max_side: int = 512) -> Path:
