@@ -12,6 +12,7 @@ is handed back to ``json.dumps``, so the output is the same in every case.
 from __future__ import annotations
 
 import json
+import math
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -56,6 +57,6 @@ def _write(value: Any, newline: str) -> str:
         return "false"
     if kind is int:
         return int.__repr__(value)
-    if kind is float and value == value and value not in (float("inf"), float("-inf")):
+    if kind is float and math.isfinite(value):
         return float.__repr__(value)
     raise _Unusual
